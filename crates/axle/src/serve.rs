@@ -1,0 +1,184 @@
+//! `axle serve`: start the platform, the selected services, and stop them cleanly.
+//!
+//! Start-up order: configuration → logging → platform (data dir, bus, kv) → each service
+//! (database, migrations) → every listener bound → serving. Any failure before serving is one
+//! line on stderr and exit code 1. SIGINT or SIGTERM stops the listeners, lets in-flight
+//! requests finish (up to `http.shutdown_grace_secs`), flushes the outboxes and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axle_core::config::Config;
+use axle_core::platform::{Platform, Service, StartError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Every service this binary can run, in start order.
+const SERVICES: &[&str] = &[axle_vehicle::NAME];
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (defaults apply without one).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where embedded storage lives (overrides `data_dir`; default ./axle-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run only these services, comma-separated (e.g. `--only vehicle`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref()).context("configuration")?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let selected = select(&args.only)?;
+    let _telemetry = axle_core::telemetry::init(&config.log, &config.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config, selected))
+}
+
+fn select(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    if only.is_empty() {
+        return Ok(SERVICES.to_vec());
+    }
+    let mut selected = Vec::new();
+    for name in only {
+        match SERVICES.iter().find(|s| **s == name.as_str()) {
+            Some(s) if !selected.contains(s) => selected.push(*s),
+            Some(_) => {}
+            None => bail!(
+                "--only: unknown service {name:?} (known: {})",
+                SERVICES.join(", ")
+            ),
+        }
+    }
+    Ok(selected)
+}
+
+async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
+    match name {
+        axle_vehicle::NAME => axle_vehicle::build(platform).await,
+        _ => unreachable!("select() only returns names from SERVICES"),
+    }
+}
+
+fn listen_addr(config: &Config, name: &str) -> SocketAddr {
+    match name {
+        axle_vehicle::NAME => config.services.vehicle.listen,
+        _ => unreachable!("select() only returns names from SERVICES"),
+    }
+}
+
+async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    let platform = Platform::start(config, shutdown.clone()).await?;
+
+    let mut running = Vec::new();
+    for name in selected {
+        let service = build(name, &platform).await?;
+        let addr = listen_addr(&platform.config, name);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{name}: cannot listen on {addr}"))?;
+        running.push((service, listener));
+    }
+    print_banner(&platform, &running);
+
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let mut servers = tokio::task::JoinSet::new();
+    let mut services = Vec::new();
+    for (service, listener) in running {
+        let (router, stop) = (service.router.clone(), shutdown.clone());
+        servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
+        services.push(service);
+    }
+
+    // Serve until a signal (or a listener failing), then give in-flight requests their grace.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(result) = servers.join_next() => {
+            shutdown.cancel();
+            if let Ok(Err(e)) = result {
+                tracing::error!(error = %e, "a listener failed; stopping");
+            }
+        }
+    }
+    if tokio::time::timeout(grace, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still running after the grace period; stopping anyway"
+        );
+    }
+    for service in services {
+        service.stop().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
+fn print_banner(platform: &Platform, running: &[(Service, TcpListener)]) {
+    let c = &platform.config;
+    let storage = if c.database.url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let events = if c.events.amqp_url.is_some() {
+        "RabbitMQ"
+    } else {
+        "embedded"
+    };
+    let kv = if c.kv.redis_url.is_some() {
+        "Redis"
+    } else {
+        "in-memory"
+    };
+    println!("Axle {} is running.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  data:    {} (storage: {storage}, events: {events}, kv: {kv})",
+        c.data_dir.display()
+    );
+    for (service, listener) in running {
+        if let Ok(addr) = listener.local_addr() {
+            println!(
+                "  {:<8} http://{addr}  (health: /healthz, API: /openapi.json)",
+                service.name
+            );
+        }
+    }
+    println!("Stop with Ctrl-C.");
+}

@@ -1,0 +1,402 @@
+//! Configuration: typed, layered, validated at start-up.
+//!
+//! Layers, later wins: built-in defaults → a TOML file (`--config`) → `AXLE__SECTION__KEY`
+//! environment variables (`AXLE__DATABASE__URL=postgres://…`). Every struct denies unknown keys,
+//! so a typo fails start-up with a message naming the key instead of being silently ignored.
+//!
+//! A backend is "scaled out" when its URL is set: no `database.url` means one SQLite file per
+//! service in the data directory, no `events.amqp_url` means the embedded bus, no `kv.redis_url`
+//! means in-memory counters and locks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded. The message always names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    FileNotFound(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole runtime configuration of one `axle` process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where embedded storage lives (SQLite files, the embedded bus, generated secrets).
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub events: EventsConfig,
+    pub kv: KvConfig,
+    pub services: ServicesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./axle-data"),
+            log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            events: EventsConfig::default(),
+            kv: KvConfig::default(),
+            services: ServicesConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for machines (the default).
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,axle_core=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); unset = no export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0.0 – 1.0 (parent decisions are always followed).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body a service accepts, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…`: every service gets its own schema `<schema_prefix><service>` there.
+    /// Unset: one SQLite file per service under the data directory.
+    pub url: Option<SecretString>,
+    pub schema_prefix: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema_prefix: "axle_".into(),
+            max_connections: 10,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `amqp://…`: events go through RabbitMQ. Unset: the embedded, SQLite-backed bus.
+    pub amqp_url: Option<SecretString>,
+    /// Topic exchange events are published to.
+    pub exchange: String,
+    /// Deliveries of one event to one consumer before it is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            amqp_url: None,
+            exchange: "axle.events".into(),
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// `redis://…`: counters, locks and hot state live in Redis. Unset: in memory.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every key Axle writes, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "axle:".into(),
+        }
+    }
+}
+
+/// Per-service settings. Each service Axle ships has its own table, e.g. `[services.vehicle]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    pub vehicle: ServiceConfig,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            vehicle: ServiceConfig::on_port(9203),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address the service's own HTTP listener binds. Users reach it through the gateway.
+    pub listen: SocketAddr,
+}
+
+impl ServiceConfig {
+    fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist when given), then `AXLE__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed("AXLE__").split("__"))
+    }
+
+    /// Loads defaults and `file` only, ignoring the environment (`axle config check`).
+    pub fn load_file(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_from(Some(file), Figment::new())
+    }
+
+    fn load_from(file: Option<&Path>, env: impl figment::Provider) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::FileNotFound(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment.merge(env).extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: URL schemes, ranges, filter syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn scheme(
+            key: &str,
+            url: &Option<SecretString>,
+            schemes: &[&str],
+        ) -> Result<(), ConfigError> {
+            match url {
+                Some(url) if !schemes.iter().any(|s| url.expose_secret().starts_with(s)) => {
+                    Err(ConfigError::Invalid(format!(
+                        "{key}: expected a URL starting with {}",
+                        schemes.join(" or ")
+                    )))
+                }
+                _ => Ok(()),
+            }
+        }
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        scheme(
+            "database.url",
+            &self.database.url,
+            &["postgres://", "postgresql://"],
+        )?;
+        scheme(
+            "events.amqp_url",
+            &self.events.amqp_url,
+            &["amqp://", "amqps://"],
+        )?;
+        scheme(
+            "kv.redis_url",
+            &self.kv.redis_url,
+            &["redis://", "rediss://"],
+        )?;
+        if self.events.max_attempts == 0 {
+            return invalid("events.max_attempts: must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections: must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return invalid("telemetry.sample_ratio: must be between 0.0 and 1.0");
+        }
+        let schema = &self.database.schema_prefix;
+        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return invalid("database.schema_prefix: lowercase letters and '_' only");
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return invalid(&format!("log.level: {e}"));
+        }
+        Ok(())
+    }
+}
+
+/// Turns figment's errors into one line per problem, each naming the key.
+fn describe(err: figment::Error) -> ConfigError {
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| m.name.to_string());
+            let place = match (&source, e.metadata.as_ref().and_then(|m| m.source.as_ref())) {
+                (_, Some(src)) => format!(" (from {src})"),
+                (Some(name), None) => format!(" (from {name})"),
+                _ => String::new(),
+            };
+            if key.is_empty() {
+                format!("{}{place}", e.kind)
+            } else {
+                format!("{key}: {}{place}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Invalid(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load_from(None, Figment::new()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./axle-data"));
+        assert!(c.database.url.is_none());
+        assert_eq!(c.services.vehicle.listen.port(), 9203);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let f = file(
+            "data_dir = \"/srv/axle\"\n[events]\nmax_attempts = 3\n[services.vehicle]\nlisten = \"127.0.0.1:7000\"\n",
+        );
+        let env = Serialized::default("events.max_attempts", 9);
+        let c = Config::load_from(Some(f.path()), env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/axle"));
+        assert_eq!(c.events.max_attempts, 9, "env wins over the file");
+        assert_eq!(c.services.vehicle.listen.port(), 7000);
+        assert_eq!(c.log.level, "info", "untouched keys keep their defaults");
+    }
+
+    #[test]
+    fn env_variables_use_double_underscores() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AXLE__KV__KEY_PREFIX", "blue:");
+            jail.set_env("AXLE__SERVICES__VEHICLE__LISTEN", "127.0.0.1:7001");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.kv.key_prefix, "blue:");
+            assert_eq!(c.services.vehicle.listen.port(), 7001);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = file("[database]\nurll = \"postgres://x\"\n");
+        let err = Config::load_file(f.path()).unwrap_err().to_string();
+        assert!(err.contains("database") && err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let f = file("[events]\nmax_attempts = \"many\"\n");
+        let err = Config::load_file(f.path()).unwrap_err().to_string();
+        assert!(err.contains("events.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+            ("[events]\nmax_attempts = 0\n", "events.max_attempts"),
+            ("[kv]\nredis_url = \"http://x\"\n", "kv.redis_url"),
+            (
+                "[services.vehicle]\nlisten = \"nowhere\"\n",
+                "services.vehicle.listen",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            (
+                "[telemetry]\nsample_ratio = 2.0\n",
+                "telemetry.sample_ratio",
+            ),
+        ] {
+            let f = file(text);
+            let err = Config::load_file(f.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_file(Path::new("/nonexistent/axle.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::FileNotFound(_)));
+    }
+
+    #[test]
+    fn malformed_toml_is_an_error() {
+        let f = file("[database\nurl = 1");
+        assert!(Config::load_file(f.path()).is_err());
+    }
+}

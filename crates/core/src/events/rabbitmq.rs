@@ -1,0 +1,413 @@
+//! The RabbitMQ event bus, for running Axle on several machines.
+//!
+//! Topology, all durable:
+//! - `<exchange>` (topic): every event, routed by its type;
+//! - one quorum queue per subscription, bound to it with the subscription's patterns, whose
+//!   dead letters go to `<exchange>.dead` (direct) with the queue's name as routing key;
+//! - `<queue>.dlq` (quorum): the dead letters of `<queue>`.
+//!
+//! Publishing waits for publisher confirms, so [`RabbitBus::publish`] returns only once the
+//! broker has the events; until then the outbox keeps them. Consumers ack manually after the
+//! handler succeeded; a failed delivery is retried after a backoff and dead-lettered once the
+//! quorum queue's delivery count (which also counts consumer crashes) reaches `max_attempts`.
+//! Connections that break (a broker restart) are re-opened with backoff, publisher and consumer
+//! alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, CloudEvent, EventHandler, Subscription, retry_backoff};
+use crate::config::EventsConfig;
+
+/// Messages a consumer may hold unacknowledged.
+const PREFETCH: u16 = 64;
+
+#[derive(Clone)]
+pub struct RabbitBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: SecretString,
+    exchange: String,
+    max_attempts: u32,
+    /// The publishing channel (confirm mode), re-opened after a connection loss.
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl RabbitBus {
+    /// Connects and declares the exchanges; fails if the broker is unreachable.
+    pub async fn connect(url: SecretString, config: &EventsConfig) -> Result<Self, BusError> {
+        let bus = RabbitBus {
+            inner: Arc::new(Inner {
+                url,
+                exchange: config.exchange.clone(),
+                max_attempts: config.max_attempts,
+                publisher: Mutex::new(None),
+            }),
+        };
+        let mut publisher = bus.inner.publisher.lock().await;
+        *publisher = Some(bus.open_publisher().await?);
+        drop(publisher);
+        Ok(bus)
+    }
+
+    fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.inner.exchange)
+    }
+
+    async fn open_connection(&self) -> Result<Connection, lapin::Error> {
+        Connection::connect(
+            self.inner.url.expose_secret(),
+            ConnectionProperties::default().with_connection_name("axle".into()),
+        )
+        .await
+    }
+
+    async fn open_publisher(&self) -> Result<(Connection, Channel), BusError> {
+        let conn = self.open_connection().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.inner.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_exchange().as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, channel))
+    }
+
+    /// Runs `f` on the publishing channel, re-opening it first if the connection was lost, and
+    /// dropping it if `f` fails so the next call starts afresh.
+    async fn with_publisher<T>(
+        &self,
+        f: impl AsyncFnOnce(&Channel) -> Result<T, BusError>,
+    ) -> Result<T, BusError> {
+        let mut guard = self.inner.publisher.lock().await;
+        let publisher = match guard.take() {
+            Some((conn, ch)) if conn.status().connected() && ch.status().connected() => (conn, ch),
+            _ => self.open_publisher().await?,
+        };
+        let result = f(&publisher.1).await;
+        if result.is_ok() {
+            *guard = Some(publisher);
+        }
+        result
+    }
+
+    pub async fn publish(&self, events: &[CloudEvent]) -> Result<(), BusError> {
+        let exchange = self.inner.exchange.clone();
+        self.with_publisher(async |channel| {
+            let mut confirms = Vec::with_capacity(events.len());
+            for event in events {
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/cloudevents+json".into())
+                    .with_message_id(event.id.as_str().into())
+                    .with_type(event.ty.as_str().into());
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        event.ty.as_str().into(),
+                        BasicPublishOptions::default(),
+                        event.to_json().as_bytes(),
+                        properties,
+                    )
+                    .await?;
+                confirms.push((event, confirm));
+            }
+            for (event, confirm) in confirms {
+                match confirm.await? {
+                    Confirmation::Ack(_) => {}
+                    _ => return Err(BusError::NotConfirmed(event.id.clone())),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Declares the queue, its dead-letter queue and bindings on `channel`.
+    async fn declare(
+        &self,
+        channel: &Channel,
+        subscription: &Subscription,
+    ) -> Result<(), BusError> {
+        let queue = subscription.queue.as_str();
+        let dlq = format!("{queue}.dlq");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut args = quorum();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_exchange()),
+        );
+        args.insert("x-dead-letter-routing-key".into(), string(queue));
+        channel.queue_declare(queue.into(), durable, args).await?;
+        channel
+            .queue_declare(dlq.as_str().into(), durable, quorum())
+            .await?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                self.dead_exchange().as_str().into(),
+                queue.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for pattern in &subscription.patterns {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.inner.exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn EventHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
+        self.with_publisher(async |channel| self.declare(channel, &subscription).await)
+            .await?;
+        let bus = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut failures = 0;
+            while !shutdown.is_cancelled() {
+                match bus
+                    .consume(&subscription, handler.as_ref(), &shutdown)
+                    .await
+                {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(queue = subscription.queue, error = %e,
+                            "RabbitMQ consumer lost its connection, reconnecting");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_backoff(failures).min(Duration::from_secs(5))) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }))
+    }
+
+    /// Consumes until shutdown (Ok) or until the connection breaks (Err).
+    async fn consume(
+        &self,
+        subscription: &Subscription,
+        handler: &dyn EventHandler,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let conn = self.open_connection().await?;
+        let channel = conn.create_channel().await?;
+        self.declare(&channel, subscription).await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                subscription.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            let delivery = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.cancelled() => {
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(BusError::ConsumerClosed),
+            };
+            // Quorum queues count earlier failed deliveries, consumer crashes included.
+            let attempts = delivery_count(&delivery.properties) + 1;
+            let event = match CloudEvent::from_json(&delivery.data) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(queue = subscription.queue, error = %e, "unreadable message dead-lettered");
+                    delivery
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                    continue;
+                }
+            };
+            if attempts > self.inner.max_attempts {
+                tracing::warn!(
+                    queue = subscription.queue,
+                    event = event.id,
+                    attempts,
+                    "message dead-lettered"
+                );
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                continue;
+            }
+            match handler.handle(event.clone()).await {
+                Ok(()) => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Err(e) if attempts >= self.inner.max_attempts => {
+                    tracing::warn!(queue = subscription.queue, event = event.id, attempts, error = %format!("{e:#}"), "message dead-lettered");
+                    delivery
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+                Err(e) => {
+                    tracing::debug!(queue = subscription.queue, event = event.id, attempts, error = %format!("{e:#}"), "delivery failed, will retry");
+                    tokio::time::sleep(retry_backoff(attempts)).await;
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        })
+                        .await?;
+                }
+            }
+        }
+    }
+
+    pub async fn dead_letter_count(&self, queue: &str) -> Result<u64, BusError> {
+        let dlq = format!("{queue}.dlq");
+        self.with_publisher(async |channel| {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let q = channel
+                .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
+                .await?;
+            Ok(u64::from(q.message_count()))
+        })
+        .await
+    }
+
+    pub async fn replay_dead_letters(&self, queue: &str) -> Result<u64, BusError> {
+        let dlq = format!("{queue}.dlq");
+        self.with_publisher(async |channel| {
+            let mut moved = 0;
+            while let Some(message) = channel
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                let delivery = message.delivery;
+                // Straight back into the queue it died in, not to every binding of its type.
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/cloudevents+json".into()),
+                    )
+                    .await?
+                    .await?;
+                if !matches!(confirm, Confirmation::Ack(_)) {
+                    return Err(BusError::NotConfirmed("dead letter replay".into()));
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+                moved += 1;
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Deletes a subscription's queue and dead-letter queue (tests and decommissioning).
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), BusError> {
+        let dlq = format!("{queue}.dlq");
+        self.with_publisher(async |channel| {
+            for q in [queue, dlq.as_str()] {
+                channel
+                    .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), BusError> {
+        self.with_publisher(async |_| Ok(())).await
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// The `x-delivery-count` header quorum queues add to redeliveries (absent on the first).
+fn delivery_count(properties: &BasicProperties) -> u32 {
+    let key: ShortString = "x-delivery-count".into();
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(&key).cloned());
+    match value {
+        Some(AMQPValue::LongLongInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::LongUInt(n)) => n,
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::ShortUInt(n)) => u32::from(n),
+        Some(AMQPValue::ShortShortInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(n),
+        _ => 0,
+    }
+}

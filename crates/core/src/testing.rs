@@ -1,0 +1,196 @@
+//! Test support: isolated backends per test and services on port 0.
+//!
+//! Real servers are chosen from the environment:
+//! `AXLE_TEST_POSTGRES_URL`, `AXLE_TEST_REDIS_URL`, `AXLE_TEST_AMQP_URL`,
+//! `AXLE_TEST_ETCD_ENDPOINTS`. Unset: tests needing that server print a notice and pass without
+//! running. Set: they run, and fail loudly if the server is unreachable. `.ci/run` sets them all.
+//!
+//! Each [`TestPlatform`] is isolated: a fresh temporary data directory (SQLite files, the
+//! embedded bus), its own PostgreSQL schemas (dropped afterwards), its own RabbitMQ exchange and
+//! its own Redis key prefix, so tests run in parallel against the same servers.
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::platform::{Platform, Service};
+
+/// The URL of a test server from the environment, or `None` after printing a skip notice.
+fn server(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping the {what} part of this test: set {var} to run it");
+            None
+        }
+    }
+}
+
+pub fn postgres_url() -> Option<String> {
+    server("AXLE_TEST_POSTGRES_URL", "PostgreSQL")
+}
+
+pub fn redis_url() -> Option<String> {
+    server("AXLE_TEST_REDIS_URL", "Redis")
+}
+
+pub fn amqp_url() -> Option<String> {
+    server("AXLE_TEST_AMQP_URL", "RabbitMQ")
+}
+
+pub fn etcd_endpoints() -> Option<String> {
+    server("AXLE_TEST_ETCD_ENDPOINTS", "etcd")
+}
+
+/// Which servers a test platform uses; `None` means the embedded default.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub postgres: Option<String>,
+    pub amqp: Option<String>,
+    pub redis: Option<String>,
+}
+
+impl Backends {
+    /// SQLite, embedded bus, in-memory kv.
+    pub fn embedded() -> Self {
+        Self::default()
+    }
+}
+
+/// A platform on fresh, isolated storage. Dropping it removes its PostgreSQL schemas.
+pub struct TestPlatform {
+    pub platform: Platform,
+    /// Unique per test; used to name schemas, the exchange and key prefixes.
+    pub tag: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestPlatform {
+    pub async fn start(backends: Backends) -> Self {
+        let tag = format!("t{}", crate::id::new_id().simple());
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let config = Self::config(&backends, &tag, dir.path());
+        let platform = Platform::start(config, CancellationToken::new())
+            .await
+            .expect("test platform starts (is the configured test server running?)");
+        Self { platform, tag, dir }
+    }
+
+    /// The configuration a test platform runs with.
+    pub fn config(backends: &Backends, tag: &str, data_dir: &std::path::Path) -> Config {
+        let mut config = Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
+        config.database.url = backends.postgres.clone().map(SecretString::from);
+        config.database.schema_prefix = format!("{tag}_");
+        config.database.max_connections = 5;
+        config.events.amqp_url = backends.amqp.clone().map(SecretString::from);
+        config.events.exchange = format!("axle.test.{tag}");
+        config.events.max_attempts = 3;
+        config.kv.redis_url = backends.redis.clone().map(SecretString::from);
+        config.kv.key_prefix = format!("{tag}:");
+        config
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        self.platform.shutdown.cancel();
+        let Some(url) = self.platform.config.database.url.clone() else {
+            return;
+        };
+        let prefix = self.tag.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use secrecy::ExposeSecret;
+                use sqlx::{Connection, Executor};
+                sqlx::any::install_default_drivers();
+                let Ok(mut conn) = sqlx::AnyConnection::connect(url.expose_secret()).await else {
+                    return;
+                };
+                let schemas: Vec<String> = sqlx::query_scalar(
+                    "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE $1",
+                )
+                .bind(format!("{prefix}_%"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                for schema in schemas {
+                    let _ = conn.execute(format!("DROP SCHEMA \"{schema}\" CASCADE").as_str()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A service listening on 127.0.0.1 on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestServer {
+    /// Serves `service` until the returned server is dropped.
+    pub async fn spawn(service: &Service) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let addr = listener.local_addr().expect("bound address");
+        let shutdown = CancellationToken::new();
+        let router = service.router.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = crate::http::serve(listener, router, stop).await;
+        });
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
