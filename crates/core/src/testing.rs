@@ -59,7 +59,8 @@ impl Backends {
     }
 }
 
-/// A platform on fresh, isolated storage. Dropping it removes its PostgreSQL schemas.
+/// A platform on fresh, isolated storage. Dropping it removes its PostgreSQL schemas and
+/// RabbitMQ exchanges.
 pub struct TestPlatform {
     pub platform: Platform,
     /// Unique per test; used to name schemas, the exchange and key prefixes.
@@ -103,9 +104,8 @@ impl TestPlatform {
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         self.platform.shutdown.cancel();
-        let Some(url) = self.platform.config.database.url.clone() else {
-            return;
-        };
+        let postgres = self.platform.config.database.url.clone();
+        let events = self.platform.config.events.clone();
         let prefix = self.tag.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
         let cleanup = std::thread::spawn(move || {
@@ -116,6 +116,13 @@ impl Drop for TestPlatform {
                 return;
             };
             rt.block_on(async move {
+                // A new connection: the platform's lives on the runtime this drop blocks.
+                if let Some(url) = events.amqp_url.clone() {
+                    if let Ok(bus) = crate::events::RabbitBus::connect(url, &events).await {
+                        let _ = bus.delete_exchanges().await;
+                    }
+                }
+                let Some(url) = postgres else { return };
                 use secrecy::ExposeSecret;
                 use sqlx::{Connection, Executor};
                 sqlx::any::install_default_drivers();

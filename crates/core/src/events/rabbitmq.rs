@@ -20,7 +20,7 @@ use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
@@ -371,6 +371,20 @@ impl RabbitBus {
             for q in [queue, dlq.as_str()] {
                 channel
                     .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the exchanges this bus declared (tests and decommissioning).
+    pub async fn delete_exchanges(&self) -> Result<(), BusError> {
+        let names = [self.inner.exchange.clone(), self.dead_exchange()];
+        self.with_publisher(async |channel| {
+            for name in &names {
+                channel
+                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
                     .await?;
             }
             Ok(())
