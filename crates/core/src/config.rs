@@ -341,6 +341,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn env_variables_use_double_underscores() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("AXLE__KV__KEY_PREFIX", "blue:");

@@ -9,6 +9,9 @@
 //! embedded bus), its own PostgreSQL schemas (dropped afterwards), its own RabbitMQ exchange and
 //! its own Redis key prefix, so tests run in parallel against the same servers.
 
+// Test support fails the test loudly when its set-up cannot be done.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 
 use secrecy::SecretString;
@@ -117,10 +120,10 @@ impl Drop for TestPlatform {
             };
             rt.block_on(async move {
                 // A new connection: the platform's lives on the runtime this drop blocks.
-                if let Some(url) = events.amqp_url.clone() {
-                    if let Ok(bus) = crate::events::RabbitBus::connect(url, &events).await {
-                        let _ = bus.delete_exchanges().await;
-                    }
+                if let Some(url) = events.amqp_url.clone()
+                    && let Ok(bus) = crate::events::RabbitBus::connect(url, &events).await
+                {
+                    let _ = bus.delete_exchanges().await;
                 }
                 let Some(url) = postgres else { return };
                 use secrecy::ExposeSecret;

@@ -3,6 +3,8 @@
 //! A test binary of its own: `cargo test` runs test binaries one after another, so no other
 //! test sees the broker go down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 #[path = "it/helpers.rs"]
 mod helpers;
 

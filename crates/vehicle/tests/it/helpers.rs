@@ -12,7 +12,8 @@ pub struct TestApp {
     /// Every event the test consumer received, in order.
     pub events: Arc<Mutex<Vec<CloudEvent>>>,
     pub service: Service,
-    pub platform: TestPlatform,
+    /// Kept alive for the test's duration: dropping it removes the test's schemas.
+    pub _platform: TestPlatform,
 }
 
 /// Which backends a test runs on; `None` when the environment does not provide them.
@@ -52,7 +53,7 @@ pub async fn spawn_app(backends: Backends) -> TestApp {
         server,
         events,
         service,
-        platform,
+        _platform: platform,
     }
 }
 

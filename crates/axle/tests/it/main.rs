@@ -1,0 +1,6 @@
+//! The `axle` binary as a user runs it: commands, start-up failures, serving, stopping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod helpers;
+mod serve;
