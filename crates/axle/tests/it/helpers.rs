@@ -31,16 +31,21 @@ pub fn run_to_end(mut cmd: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
+    wait_with_deadline(child, limit, "the command to end on its own")
+}
+
+/// Waits for `child` to exit and returns its output; kills it and fails after `limit`.
+fn wait_with_deadline(child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
     let pid = child.id();
     let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
     while !waiter.is_finished() {
-        if started.elapsed() > limit {
+        if Instant::now() > deadline {
             let _ = Command::new("kill")
                 .arg("-KILL")
                 .arg(pid.to_string())
                 .status();
-            panic!("command still running after {limit:?}");
+            panic!("timed out after {limit:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -53,6 +58,21 @@ pub struct Server {
 }
 
 impl Server {
+    /// `axle serve` in `dir` with the vehicle service on `port`, once it answers `/healthz`.
+    pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
+        let mut cmd = axle(dir);
+        cmd.arg("serve").env(
+            "AXLE__SERVICES__VEHICLE__LISTEN",
+            format!("127.0.0.1:{port}"),
+        );
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut server = Self::start(cmd);
+        server
+            .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
+            .await;
+        server
+    }
+
     pub fn start(mut cmd: Command) -> Self {
         let child = cmd
             .stdout(Stdio::piped())
@@ -92,20 +112,7 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
-        let pid = child.id();
-        let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !waiter.is_finished() {
-            if Instant::now() > deadline {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-                panic!("axle did not stop within 30s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        waiter.join().unwrap()
+        wait_with_deadline(child, Duration::from_secs(30), "axle to stop after SIGTERM")
     }
 }
 

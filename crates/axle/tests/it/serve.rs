@@ -63,15 +63,7 @@ fn config_check_accepts_good_files_and_names_bad_keys() {
 async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut cmd = axle(dir.path());
-    cmd.arg("serve").env(
-        "AXLE__SERVICES__VEHICLE__LISTEN",
-        format!("127.0.0.1:{port}"),
-    );
-    let mut server = Server::start(cmd);
-    server
-        .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
-        .await;
+    let server = Server::serve(dir.path(), port, &[]).await;
     assert!(
         dir.path().join("axle-data/vehicle.sqlite").exists(),
         "the default data dir is created"
@@ -108,15 +100,7 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("\"stopped\""), "{stderr}");
 
     // The data survives the restart.
-    let mut cmd = axle(dir.path());
-    cmd.arg("serve").env(
-        "AXLE__SERVICES__VEHICLE__LISTEN",
-        format!("127.0.0.1:{port}"),
-    );
-    let mut server = Server::start(cmd);
-    server
-        .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
-        .await;
+    let server = Server::serve(dir.path(), port, &[]).await;
     let list: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/vehicles"))
         .await
         .unwrap()
@@ -233,20 +217,13 @@ async fn traces_are_exported_over_otlp_with_the_callers_trace_id() {
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut cmd = axle(dir.path());
-    cmd.arg("serve")
-        .env(
-            "AXLE__SERVICES__VEHICLE__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env(
-            "AXLE__TELEMETRY__OTLP_ENDPOINT",
-            format!("http://{collector_addr}/v1/traces"),
-        );
-    let mut server = Server::start(cmd);
-    server
-        .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
-        .await;
+    let endpoint = format!("http://{collector_addr}/v1/traces");
+    let server = Server::serve(
+        dir.path(),
+        port,
+        &[("AXLE__TELEMETRY__OTLP_ENDPOINT", endpoint)],
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/vehicles"))
