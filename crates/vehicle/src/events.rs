@@ -1,32 +1,22 @@
-//! Events the vehicle service publishes (through its outbox).
+//! Events the vehicle service publishes (through its outbox). Types and payload are the
+//! published contract in `axle-vehicle-api`.
 
 use axle_core::events::{CloudEvent, EventError};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use axle_vehicle_api::VehicleChanged;
 
 use crate::domain::Vehicle;
 
-pub const RECEIVED: &str = "axle.vehicle.received.v1";
-
-/// Data of `axle.vehicle.received.v1`: a vehicle entered the platform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VehicleReceived {
-    pub vehicle_id: Uuid,
-    pub vin: String,
-    pub make: String,
-    pub model: String,
-    pub year: i32,
-    pub mileage_km: i64,
-}
-
-pub fn received(vehicle: &Vehicle) -> Result<CloudEvent, EventError> {
-    let data = VehicleReceived {
-        vehicle_id: vehicle.id,
-        vin: vehicle.vin.to_string(),
-        make: vehicle.make.clone(),
-        model: vehicle.model.clone(),
-        year: vehicle.year,
-        mileage_km: vehicle.mileage_km,
+/// The event of `vehicle`'s latest change, made by `actor`.
+pub fn changed(vehicle: &Vehicle, event_type: &str, actor: &str) -> Result<CloudEvent, EventError> {
+    let data = VehicleChanged {
+        vehicle: vehicle.view().clone(),
+        actor: actor.to_string(),
     };
-    CloudEvent::new(crate::NAME, RECEIVED, vehicle.id, vehicle.version, &data)
+    CloudEvent::new(
+        crate::NAME,
+        event_type,
+        vehicle.id(),
+        vehicle.version(),
+        &data,
+    )
 }

@@ -10,6 +10,8 @@ pub mod domain;
 pub mod events;
 pub mod store;
 
+pub use axle_vehicle_api as contract;
+
 use axle_core::db::Migrations;
 use axle_core::events::Outbox;
 use axle_core::platform::{Platform, Service, ServiceParts, StartError};

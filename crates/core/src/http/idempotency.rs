@@ -64,7 +64,7 @@ async fn run_once(
     };
     let consumer = request
         .headers()
-        .get("x-consumer-username")
+        .get(super::CONSUMER_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();

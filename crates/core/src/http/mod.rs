@@ -11,6 +11,7 @@
 //! Handlers use [`Json`], [`Path`] and [`Query`] from here so that bad input becomes a 4xx
 //! in the shape of [`ErrorBody`].
 
+mod actor;
 mod error;
 pub mod idempotency;
 mod page;
@@ -37,6 +38,7 @@ use tower_http::request_id::{
 };
 use tracing::Instrument;
 
+pub use actor::{Actor, CONSUMER_HEADER};
 pub use error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 pub use page::{Page, PageQuery};
 

@@ -52,9 +52,10 @@ async fn create_get_and_event(backends: axle_core::testing::Backends) {
     assert_eq!(event.source, "/axle/vehicle");
     assert_eq!(event.subject, id);
     assert_eq!(event.aggregateversion, 1);
-    let data: axle_vehicle::events::VehicleReceived = event.data_as().unwrap();
-    assert_eq!(data.vin, vin(1));
-    assert_eq!(data.vehicle_id.to_string(), id);
+    let data: axle_vehicle_api::VehicleChanged = event.data_as().unwrap();
+    assert_eq!(data.vehicle.vin, vin(1));
+    assert_eq!(data.vehicle.id.to_string(), id);
+    assert_eq!(data.actor, "anonymous");
 }
 
 on_every_backend!(bad_input_gets_clear_errors);
@@ -85,7 +86,7 @@ async fn bad_input_gets_clear_errors(backends: axle_core::testing::Backends) {
         (
             app.post(
                 "/vehicles",
-                &json!({"vin": vin(3), "make": "X", "model": "Y", "year": 2020, "colour": "red"}),
+                &json!({"vin": vin(3), "make": "X", "model": "Y", "year": 2020, "paint": "red"}),
             )
             .await,
             422,
