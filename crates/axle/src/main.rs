@@ -3,6 +3,7 @@
 //! `main` parses the command line and calls one function per command; the wiring of services
 //! lives in [`serve`].
 
+mod masterdata;
 mod serve;
 
 use std::path::PathBuf;
@@ -30,6 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Operate master data (the service must be running).
+    Masterdata {
+        #[command(subcommand)]
+        command: masterdata::MasterdataCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -47,6 +53,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Masterdata { command } => masterdata::run(command),
         Command::Version => {
             println!("axle {}", env!("CARGO_PKG_VERSION"));
             Ok(())

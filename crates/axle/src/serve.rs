@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this binary can run, in start order.
-const SERVICES: &[&str] = &[axle_vehicle::NAME];
+const SERVICES: &[&str] = &[axle_vehicle::NAME, axle_masterdata::NAME];
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -65,6 +65,7 @@ fn select(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
 async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
     match name {
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
+        axle_masterdata::NAME => axle_masterdata::build(platform).await,
         _ => unreachable!("select() only returns names from SERVICES"),
     }
 }
@@ -72,6 +73,7 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
 fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     match name {
         axle_vehicle::NAME => config.services.vehicle.listen,
+        axle_masterdata::NAME => config.services.masterdata.listen,
         _ => unreachable!("select() only returns names from SERVICES"),
     }
 }

@@ -183,12 +183,38 @@ impl Default for KvConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesConfig {
     pub vehicle: ServiceConfig,
+    pub masterdata: MasterdataConfig,
 }
 
 impl Default for ServicesConfig {
     fn default() -> Self {
         Self {
             vehicle: ServiceConfig::on_port(9203),
+            masterdata: MasterdataConfig::default(),
+        }
+    }
+}
+
+/// `[services.masterdata]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterdataConfig {
+    pub listen: SocketAddr,
+    /// The vehicle service's API, which the consistency check compares golden records with.
+    pub vehicle_url: String,
+    /// The upstream model catalog to sync; unset = no sync.
+    pub catalog_url: Option<String>,
+    /// Seconds between catalog syncs.
+    pub catalog_interval_secs: u64,
+}
+
+impl Default for MasterdataConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9204)),
+            vehicle_url: "http://127.0.0.1:9203".into(),
+            catalog_url: None,
+            catalog_interval_secs: 300,
         }
     }
 }
@@ -277,6 +303,17 @@ impl Config {
         let schema = &self.database.schema_prefix;
         if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             return invalid("database.schema_prefix: lowercase letters and '_' only");
+        }
+        let md = &self.services.masterdata;
+        let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !http_url(&md.vehicle_url) {
+            return invalid("services.masterdata.vehicle_url: expected an http(s) URL");
+        }
+        if md.catalog_url.as_deref().is_some_and(|u| !http_url(u)) {
+            return invalid("services.masterdata.catalog_url: expected an http(s) URL");
+        }
+        if md.catalog_interval_secs == 0 {
+            return invalid("services.masterdata.catalog_interval_secs: must be at least 1");
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return invalid(&format!("log.level: {e}"));

@@ -81,7 +81,7 @@ impl CloudEvent {
             id: crate::id::new_id().to_string(),
             source: format!("/axle/{service}"),
             ty: ty.into(),
-            time: Utc::now(),
+            time: crate::time::now(),
             subject: subject.to_string(),
             datacontenttype: "application/json".into(),
             data: serde_json::to_value(data)?,

@@ -2,9 +2,10 @@
 //!
 //! Topology, all durable:
 //! - `<exchange>` (topic): every event, routed by its type;
-//! - one quorum queue per subscription, bound to it with the subscription's patterns, whose
-//!   dead letters go to `<exchange>.dead` (direct) with the queue's name as routing key;
-//! - `<queue>.dlq` (quorum): the dead letters of `<queue>`.
+//! - one quorum queue per subscription, `<exchange>.<queue>` (so deployments sharing a broker
+//!   under different exchanges never share queues), bound with the subscription's patterns,
+//!   whose dead letters go to `<exchange>.dead` (direct) with the queue's name as routing key;
+//! - `<exchange>.<queue>.dlq` (quorum): its dead letters.
 //!
 //! Publishing waits for publisher confirms, so [`RabbitBus::publish`] returns only once the
 //! broker has the events; until then the outbox keeps them. Consumers ack manually after the
@@ -65,6 +66,11 @@ impl RabbitBus {
         *publisher = Some(bus.open_publisher().await?);
         drop(publisher);
         Ok(bus)
+    }
+
+    /// The broker-side name of a subscription's queue.
+    fn queue_name(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.inner.exchange)
     }
 
     fn dead_exchange(&self) -> String {
@@ -164,7 +170,8 @@ impl RabbitBus {
         channel: &Channel,
         subscription: &Subscription,
     ) -> Result<(), BusError> {
-        let queue = subscription.queue.as_str();
+        let queue = &self.queue_name(&subscription.queue);
+        let queue = queue.as_str();
         let dlq = format!("{queue}.dlq");
         let durable = QueueDeclareOptions {
             durable: true,
@@ -249,7 +256,7 @@ impl RabbitBus {
             .await?;
         let mut consumer = channel
             .basic_consume(
-                subscription.queue.as_str().into(),
+                self.queue_name(&subscription.queue).as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -317,7 +324,7 @@ impl RabbitBus {
     }
 
     pub async fn dead_letter_count(&self, queue: &str) -> Result<u64, BusError> {
-        let dlq = format!("{queue}.dlq");
+        let dlq = format!("{}.dlq", self.queue_name(queue));
         self.with_publisher(async |channel| {
             let passive = QueueDeclareOptions {
                 passive: true,
@@ -332,6 +339,7 @@ impl RabbitBus {
     }
 
     pub async fn replay_dead_letters(&self, queue: &str) -> Result<u64, BusError> {
+        let queue = &self.queue_name(queue);
         let dlq = format!("{queue}.dlq");
         self.with_publisher(async |channel| {
             let mut moved = 0;
@@ -344,7 +352,7 @@ impl RabbitBus {
                 let confirm = channel
                     .basic_publish(
                         "".into(),
-                        queue.into(),
+                        queue.as_str().into(),
                         BasicPublishOptions::default(),
                         &delivery.data,
                         BasicProperties::default()
@@ -366,9 +374,10 @@ impl RabbitBus {
 
     /// Deletes a subscription's queue and dead-letter queue (tests and decommissioning).
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BusError> {
+        let queue = &self.queue_name(queue);
         let dlq = format!("{queue}.dlq");
         self.with_publisher(async |channel| {
-            for q in [queue, dlq.as_str()] {
+            for q in [queue.as_str(), dlq.as_str()] {
                 channel
                     .queue_delete(q.into(), QueueDeleteOptions::default())
                     .await?;

@@ -1,0 +1,51 @@
+//! `axle-masterdata`: the master data service.
+//!
+//! Keeps one golden record per vehicle, built from the vehicle service's events (never from its
+//! tables), with the provenance of every attribute and the full timeline; answers queries over
+//! them; checks them against the source and rebuilds them from the event log.
+//! Rooms: [`api`] → [`domain`] (folding, comparison) → [`store`]; [`events`] consumes;
+//! [`consistency`] reads the source's API.
+
+pub mod api;
+pub mod consistency;
+pub mod domain;
+pub mod events;
+pub mod store;
+
+use axle_core::db::Migrations;
+use axle_core::platform::{Platform, Service, ServiceParts, StartError};
+use prometheus::Registry;
+use utoipa::OpenApi;
+
+pub const NAME: &str = "masterdata";
+
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// Builds master data on `platform`: its database, its event consumer and its API.
+pub async fn build(platform: &Platform) -> Result<Service, StartError> {
+    let config = &platform.config.services.masterdata;
+    let db = platform.open_db(NAME, &migrations()).await?;
+    let store = store::GoldenStore::new(db.clone());
+    let consumer =
+        events::subscribe(&platform.bus, store.clone(), platform.shutdown.clone()).await?;
+    let state = api::AppState {
+        store,
+        source: consistency::VehicleSource::new(&config.vehicle_url),
+        bus: platform.bus.clone(),
+    };
+    let mut service = platform.assemble(ServiceParts {
+        name: NAME,
+        db,
+        outbox: None,
+        registry: Registry::new(),
+        api: api::router(state),
+        openapi: api::ApiDoc::openapi(),
+    })?;
+    service.tasks.push(consumer);
+    Ok(service)
+}
