@@ -184,11 +184,11 @@ impl GoldenStore {
                 .map_err(|e| corrupt(e.to_string()))?;
             let time = from_text(&row.get::<String, _>(1)).ok_or_else(|| corrupt("time".into()))?;
             let source: String = row.get(2);
-            if current.as_ref().is_some_and(|c| c.id != change.vehicle.id) {
-                if let Some(done) = current.take() {
-                    upsert(&mut tx, &done).await?;
-                    built += 1;
-                }
+            if current.as_ref().is_some_and(|c| c.id != change.vehicle.id)
+                && let Some(done) = current.take()
+            {
+                upsert(&mut tx, &done).await?;
+                built += 1;
             }
             let seen = Observation {
                 vehicle: &change.vehicle,

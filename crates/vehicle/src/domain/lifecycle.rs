@@ -52,6 +52,7 @@ impl Command {
 
 /// The result of a command that was allowed.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // returned once per command, never stored in bulk
 pub enum Outcome {
     /// The vehicle changed; publish `event_type`.
     Changed {
