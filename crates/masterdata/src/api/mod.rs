@@ -1,5 +1,7 @@
-//! Master data's HTTP API: golden records and timelines, the consistency check and replays.
+//! Master data's HTTP API: golden records and timelines, the consistency check and replays,
+//! and the model catalog.
 
+mod catalog;
 mod operations;
 mod records;
 
@@ -16,12 +18,14 @@ pub struct AppState {
     pub store: GoldenStore,
     pub source: VehicleSource,
     pub bus: EventBus,
+    pub catalog: crate::catalog::Catalog,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(records::router())
         .merge(operations::router())
+        .merge(catalog::router())
         .with_state(state)
 }
 
@@ -35,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         records::search,
         records::fetch,
         records::timeline,
+        catalog::models,
+        catalog::sync,
         operations::check,
         operations::replay,
         operations::dead_letters,
