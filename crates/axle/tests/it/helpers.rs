@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 pub fn axle(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_axle"));
     cmd.current_dir(dir);
+    // Tests run in parallel: no service may take its default port.
+    cmd.env(
+        "AXLE__SERVICES__MASTERDATA__LISTEN",
+        format!("127.0.0.1:{}", free_port()),
+    );
     // The test's own environment must not leak configuration into the binary.
     for (key, _) in std::env::vars() {
         if key.starts_with("AXLE__") {
@@ -55,20 +60,36 @@ fn wait_with_deadline(child: Child, limit: Duration, what: &str) -> Output {
 /// A running `axle serve`, killed if the test ends without stopping it.
 pub struct Server {
     pub child: Option<Child>,
+    /// Where master data listens (vehicle's port is the caller's choice).
+    pub masterdata_port: u16,
 }
 
 impl Server {
     /// `axle serve` in `dir` with the vehicle service on `port`, once it answers `/healthz`.
     pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
+        let masterdata = free_port();
         let mut cmd = axle(dir);
-        cmd.arg("serve").env(
-            "AXLE__SERVICES__VEHICLE__LISTEN",
-            format!("127.0.0.1:{port}"),
-        );
+        cmd.arg("serve")
+            .env(
+                "AXLE__SERVICES__VEHICLE__LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .env(
+                "AXLE__SERVICES__MASTERDATA__LISTEN",
+                format!("127.0.0.1:{masterdata}"),
+            )
+            .env(
+                "AXLE__SERVICES__MASTERDATA__VEHICLE_URL",
+                format!("http://127.0.0.1:{port}"),
+            );
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut server = Self::start(cmd);
+        server.masterdata_port = masterdata;
         server
             .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
+            .await;
+        server
+            .wait_ready(&format!("http://127.0.0.1:{masterdata}/healthz"))
             .await;
         server
     }
@@ -79,7 +100,10 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Self { child: Some(child) }
+        Self {
+            child: Some(child),
+            masterdata_port: 0,
+        }
     }
 
     /// Waits until `url` answers 200, failing if the process exits first.

@@ -64,6 +64,7 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = Server::serve(dir.path(), port, &[]).await;
+    let masterdata_port = server.masterdata_port;
     assert!(
         dir.path().join("axle-data/vehicle.sqlite").exists(),
         "the default data dir is created"
@@ -78,6 +79,34 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+
+    // `axle masterdata check` asks the running master data to compare with the vehicle service.
+    let check = || {
+        let mut cmd = axle(dir.path());
+        cmd.args(["masterdata", "check"]).env(
+            "AXLE__SERVICES__MASTERDATA__LISTEN",
+            format!("127.0.0.1:{masterdata_port}"),
+        );
+        run_to_end(cmd, Duration::from_secs(30))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let out = check();
+        if out.status.success() {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        (report["in_sync"].clone(), report["checked"].clone()),
+        (json!(true), json!(1))
+    );
 
     let out = server.terminate();
     assert!(
