@@ -186,6 +186,38 @@ impl Drop for TestServer {
     }
 }
 
+/// Restarts the local RabbitMQ node (`rabbitmqctl stop_app`, `start_app`) with `down` in
+/// between, and waits until it serves again. The node is brought back even if this panics.
+/// Run it only from a test binary of its own: every test using the broker sees it go down.
+pub async fn restart_rabbitmq(down: std::time::Duration) {
+    struct BringBack;
+    impl Drop for BringBack {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .arg("start_app")
+                .output();
+        }
+    }
+    async fn rabbitmqctl(args: &[&str]) {
+        let out = tokio::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let guard = BringBack;
+    rabbitmqctl(&["stop_app"]).await;
+    tokio::time::sleep(down).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+    drop(guard);
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

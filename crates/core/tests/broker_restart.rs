@@ -19,30 +19,6 @@ use prometheus::Registry;
 
 const EVENTS: usize = 300;
 
-/// Brings the broker back even if the test fails half-way.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
-}
-
-async fn rabbitmqctl(args: &[&str]) {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_mid_stream() {
     let Some(backends) = scaled_out() else { return };
@@ -86,12 +62,7 @@ async fn rabbitmq_restart_mid_stream() {
         (count(&consumer, "effects").await >= 50).then_some(())
     })
     .await;
-    let guard = BrokerGuard;
-    rabbitmqctl(&["stop_app"]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup"]).await;
-    drop(guard);
+    axle_core::testing::restart_rabbitmq(Duration::from_secs(2)).await;
 
     writer.await.unwrap();
     eventually(90, "every committed event applied", || async {

@@ -21,30 +21,6 @@ use serde_json::{Value, json};
 
 const VEHICLES: u32 = 1_000;
 
-/// Brings the broker back even if the test fails half-way.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
-}
-
-async fn rabbitmqctl(args: &[&str]) {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Master data on its own stop switch, serving until that is pulled.
 async fn start_masterdata(
     platform: &Platform,
@@ -102,12 +78,7 @@ async fn converges_after_outage(backends: Backends, restart_broker: bool) {
     assert_eq!(ids.len(), VEHICLES as usize);
 
     if restart_broker {
-        let guard = BrokerGuard;
-        rabbitmqctl(&["stop_app"]).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rabbitmqctl(&["start_app"]).await;
-        rabbitmqctl(&["await_startup"]).await;
-        drop(guard);
+        axle_core::testing::restart_rabbitmq(Duration::from_secs(1)).await;
     }
 
     let (_md_service, md_server, _md_platform) =

@@ -22,6 +22,17 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    /// The id the cursor names (cursors are item ids), validated.
+    pub fn after(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                uuid::Uuid::parse_str(c)
+                    .map_err(|_| ApiError::bad_request("INVALID_QUERY", "bad cursor"))
+            })
+            .transpose()
+    }
+
     /// The page size, validated.
     pub fn limit(&self) -> Result<u32, ApiError> {
         match self.limit.unwrap_or(DEFAULT_LIMIT) {

@@ -43,12 +43,7 @@ pub async fn search(
         cursor: q.cursor,
     };
     let limit = page.limit()?;
-    let after = match page.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            Uuid::parse_str(c).map_err(|_| ApiError::bad_request("INVALID_QUERY", "bad cursor"))?,
-        ),
-    };
+    let after = page.after()?;
     let filter = SearchFilter {
         vin: q.vin,
         state: q.state,

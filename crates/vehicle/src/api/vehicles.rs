@@ -94,12 +94,7 @@ pub async fn list(
         cursor: q.cursor,
     };
     let limit = page.limit()?;
-    let after = match page.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            Uuid::parse_str(c).map_err(|_| ApiError::bad_request("INVALID_QUERY", "bad cursor"))?,
-        ),
-    };
+    let after = page.after()?;
     let filter = VehicleFilter {
         state: q.state,
         seller_org: q.seller_org,
