@@ -152,23 +152,22 @@ impl Vehicle {
                 Received | Inspecting | Inspected | Priced | Listed | Sold,
                 Command::Update(changes),
             ) => {
-                if let Some(v) = changes.trim {
-                    next.trim = optional_text("trim", Some(v))?;
-                }
+                // Absent fields stay; present ones are validated like at registration.
+                let set = |field, value: Option<String>, slot: &mut Option<String>| {
+                    if value.is_some() {
+                        *slot = optional_text(field, value)?;
+                    }
+                    Ok::<_, DomainError>(())
+                };
+                set("trim", changes.trim, &mut next.trim)?;
+                set("colour", changes.colour, &mut next.colour)?;
+                set("location", changes.location, &mut next.location)?;
+                set("seller_org", changes.seller_org, &mut next.seller_org)?;
                 if let Some(v) = changes.mileage_km {
                     next.mileage_km = mileage(v)?;
                 }
-                if let Some(v) = changes.colour {
-                    next.colour = optional_text("colour", Some(v))?;
-                }
-                if let Some(v) = changes.location {
-                    next.location = optional_text("location", Some(v))?;
-                }
                 if let Some(v) = changes.photos {
                     next.photos = photos(v)?;
-                }
-                if let Some(v) = changes.seller_org {
-                    next.seller_org = optional_text("seller_org", Some(v))?;
                 }
                 if next == *current {
                     return Ok(Outcome::Unchanged);
