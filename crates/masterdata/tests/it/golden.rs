@@ -29,13 +29,12 @@ macro_rules! on_every_backend {
 on_every_backend!(whole_life);
 async fn whole_life(backends: Backends) {
     let s = spawn_stack(backends).await;
-    let created = s
-        .call(&s.vehicle, Method::POST, "/vehicles", Some(json!({
+    let id = s
+        .receive(json!({
             "vin": vin(1), "make": "Volkswagen", "model": "Lavida", "year": 2021, "mileage_km": 42_000,
             "colour": "white", "seller_org": "dealer-9"
-        })), 201)
+        }))
         .await;
-    let id = created["id"].as_str().unwrap().to_string();
     let path = |action: &str| format!("/vehicles/{id}/{action}");
     s.vehicle_post(&path("inspection/start"), json!({})).await;
     s.vehicle_post(&path("inspection"), json!({
@@ -269,23 +268,14 @@ async fn poison_event_is_dead_lettered_and_replayable(backends: Backends) {
     .unwrap();
     s.platform.platform.bus.publish(&[poison]).await.unwrap();
     eventually(30, "the poison event in the dead letters", || async {
-        let d = s
-            .call(&s.masterdata, Method::GET, "/dead-letters", None, 200)
-            .await;
-        (d["count"] == 1).then_some(())
+        (s.dead_letters().await == 1).then_some(())
     })
     .await;
     // Healthy events keep flowing past it.
-    let created = s
-        .call(
-            &s.vehicle,
-            Method::POST,
-            "/vehicles",
-            Some(json!({"vin": vin(3), "make": "NIO", "model": "ET5", "year": 2023})),
-            201,
-        )
+    let id = s
+        .receive(json!({"vin": vin(3), "make": "NIO", "model": "ET5", "year": 2023}))
         .await;
-    s.golden_at(created["id"].as_str().unwrap(), 1).await;
+    s.golden_at(&id, 1).await;
     // Replaying puts it back; it fails again and returns to the dead letters.
     let replayed = s
         .call(
@@ -298,10 +288,7 @@ async fn poison_event_is_dead_lettered_and_replayable(backends: Backends) {
         .await;
     assert_eq!(replayed["replayed"], 1);
     eventually(30, "the poison event back in the dead letters", || async {
-        let d = s
-            .call(&s.masterdata, Method::GET, "/dead-letters", None, 200)
-            .await;
-        (d["count"] == 1).then_some(())
+        (s.dead_letters().await == 1).then_some(())
     })
     .await;
 }
@@ -309,16 +296,9 @@ async fn poison_event_is_dead_lettered_and_replayable(backends: Backends) {
 on_every_backend!(drift_is_reported);
 async fn drift_is_reported(backends: Backends) {
     let s = spawn_stack(backends).await;
-    let created = s
-        .call(
-            &s.vehicle,
-            Method::POST,
-            "/vehicles",
-            Some(json!({"vin": vin(4), "make": "Geely", "model": "Emgrand", "year": 2022})),
-            201,
-        )
+    let id = s
+        .receive(json!({"vin": vin(4), "make": "Geely", "model": "Emgrand", "year": 2022}))
         .await;
-    let id = created["id"].as_str().unwrap().to_string();
     s.golden_at(&id, 1).await;
     assert_eq!(s.check().await["in_sync"], true);
 

@@ -112,6 +112,33 @@ impl Stack {
         .await
     }
 
+    /// Registers a vehicle with the vehicle service; returns its id.
+    pub async fn receive(&self, vehicle: Value) -> String {
+        let created = self
+            .call(
+                &self.vehicle,
+                reqwest::Method::POST,
+                "/vehicles",
+                Some(vehicle),
+                201,
+            )
+            .await;
+        created["id"].as_str().unwrap().to_string()
+    }
+
+    /// Events in master data's dead letters.
+    pub async fn dead_letters(&self) -> Value {
+        self.call(
+            &self.masterdata,
+            reqwest::Method::GET,
+            "/dead-letters",
+            None,
+            200,
+        )
+        .await["count"]
+            .clone()
+    }
+
     pub async fn check(&self) -> Value {
         self.call(
             &self.masterdata,
