@@ -110,8 +110,11 @@ impl Drop for TestPlatform {
         let postgres = self.platform.config.database.url.clone();
         let events = self.platform.config.events.clone();
         let prefix = self.tag.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
-        let cleanup = std::thread::spawn(move || {
+        // Drop runs inside the test's runtime, which must not be blocked: the service's tasks
+        // (an outbox relay holding row locks in an open transaction, say) have to finish on it
+        // before the schema can be dropped. So the cleanup runs on a thread of its own, not
+        // joined, and gives up on locks after a while; a schema left behind is harmless.
+        std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -139,12 +142,12 @@ impl Drop for TestPlatform {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap_or_default();
+                let _ = conn.execute("SET lock_timeout = '30s'").await;
                 for schema in schemas {
                     let _ = conn.execute(format!("DROP SCHEMA \"{schema}\" CASCADE").as_str()).await;
                 }
             });
         });
-        let _ = cleanup.join();
     }
 }
 
