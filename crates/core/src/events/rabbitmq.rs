@@ -8,16 +8,20 @@
 //! - `<exchange>.<queue>.dlq` (quorum): its dead letters.
 //!
 //! Publishing waits for publisher confirms, so [`RabbitBus::publish`] returns only once the
-//! broker has the events; until then the outbox keeps them. Consumers ack manually after the
-//! handler succeeded; a failed delivery is retried after a backoff and dead-lettered once the
+//! broker has the events; until then the outbox keeps them. Consumers handle up to the prefetch
+//! at once (one at a time per aggregate) and ack manually after the handler succeeded; a failed delivery is retried after a backoff and dead-lettered once the
 //! quorum queue's delivery count (which also counts consumer crashes) reaches `max_attempts`.
 //! Connections that break (a broker restart) are re-opened with backoff, publisher and consumer
 //! alike.
 
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -35,8 +39,61 @@ use tokio_util::sync::CancellationToken;
 use super::{BusError, CloudEvent, EventHandler, Subscription, retry_backoff};
 use crate::config::EventsConfig;
 
-/// Messages a consumer may hold unacknowledged.
+/// Messages a consumer may hold unacknowledged, and handle at once.
 const PREFETCH: u16 = 64;
+/// How long a consumer stopping at shutdown waits for the deliveries it is handling.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// A readable delivery, not yet handled.
+struct Received {
+    delivery: Delivery,
+    event: CloudEvent,
+    attempts: u32,
+}
+
+impl Received {
+    /// Runs the handler; after a failure, sleeps out the retry backoff before reporting it.
+    fn handle(
+        self,
+        handler: &dyn EventHandler,
+        max_attempts: u32,
+    ) -> impl Future<Output = (String, Delivery, Handled)> + use<> {
+        let Received {
+            delivery,
+            event,
+            attempts,
+        } = self;
+        let (id, subject) = (event.id.clone(), event.subject.clone());
+        let handling = handler.handle(event);
+        async move {
+            let outcome = match handling.await {
+                Ok(()) => Handled::Done,
+                Err(error) if attempts >= max_attempts => Handled::Dead {
+                    id,
+                    attempts,
+                    error,
+                },
+                Err(error) => {
+                    tracing::debug!(event = id, attempts, error = %format!("{error:#}"), "delivery failed, will retry");
+                    tokio::time::sleep(retry_backoff(attempts)).await;
+                    Handled::Retry
+                }
+            };
+            (subject, delivery, outcome)
+        }
+    }
+}
+
+/// How handling a delivery ended.
+enum Handled {
+    Done,
+    Retry,
+    Dead {
+        id: String,
+        attempts: u32,
+        error: anyhow::Error,
+    },
+}
 
 #[derive(Clone)]
 pub struct RabbitBus {
@@ -262,32 +319,72 @@ impl RabbitBus {
                 FieldTable::default(),
             )
             .await?;
+        // Deliveries are handled concurrently up to the prefetch, but one at a time per
+        // aggregate (`subject`) and in delivery order, so each aggregate's events apply in the
+        // order they were published whenever the broker keeps that order.
+        let mut handling = FuturesUnordered::new();
+        let mut waiting: HashMap<String, VecDeque<Received>> = HashMap::new();
         loop {
-            let delivery = tokio::select! {
-                next = consumer.next() => next,
+            tokio::select! {
+                next = consumer.next() => {
+                    let delivery = match next {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(BusError::ConsumerClosed),
+                    };
+                    let Some(received) = self.receive(subscription, delivery).await? else {
+                        continue;
+                    };
+                    match waiting.get_mut(&received.event.subject) {
+                        Some(lane) => lane.push_back(received),
+                        None => {
+                            waiting.insert(received.event.subject.clone(), VecDeque::new());
+                            handling.push(received.handle(handler, self.inner.max_attempts));
+                        }
+                    }
+                }
+                Some((subject, delivery, outcome)) = handling.next() => {
+                    self.settle(subscription, delivery, outcome).await?;
+                    match waiting.get_mut(&subject).and_then(VecDeque::pop_front) {
+                        Some(next) => handling.push(next.handle(handler, self.inner.max_attempts)),
+                        None => {
+                            waiting.remove(&subject);
+                        }
+                    }
+                }
                 _ = shutdown.cancelled() => {
+                    // Let what is being handled finish and be acknowledged, within a bound;
+                    // what waits behind it is redelivered to the next consumer.
+                    let drain = async {
+                        while let Some((_, delivery, outcome)) = handling.next().await {
+                            self.settle(subscription, delivery, outcome).await?;
+                        }
+                        Ok::<_, BusError>(())
+                    };
+                    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, drain).await;
                     let _ = conn.close(200, "shutdown".into()).await;
                     return Ok(());
                 }
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(BusError::ConsumerClosed),
-            };
-            // Quorum queues count earlier failed deliveries, consumer crashes included.
-            let attempts = delivery_count(&delivery.properties) + 1;
-            let event = match CloudEvent::from_json(&delivery.data) {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::warn!(queue = subscription.queue, error = %e, "unreadable message dead-lettered");
-                    delivery
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?;
-                    continue;
-                }
-            };
-            if attempts > self.inner.max_attempts {
+            }
+        }
+    }
+
+    /// Reads a delivery, or dead-letters it at once when it is unreadable or has used up its
+    /// attempts.
+    async fn receive(
+        &self,
+        subscription: &Subscription,
+        delivery: Delivery,
+    ) -> Result<Option<Received>, BusError> {
+        // Quorum queues count earlier failed deliveries, consumer crashes included.
+        let attempts = delivery_count(&delivery.properties) + 1;
+        match CloudEvent::from_json(&delivery.data) {
+            Ok(event) if attempts <= self.inner.max_attempts => Ok(Some(Received {
+                delivery,
+                event,
+                attempts,
+            })),
+            Ok(event) => {
                 tracing::warn!(
                     queue = subscription.queue,
                     event = event.id,
@@ -297,30 +394,48 @@ impl RabbitBus {
                 delivery
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
-                continue;
+                Ok(None)
             }
-            match handler.handle(event.clone()).await {
-                Ok(()) => {
-                    delivery.ack(BasicAckOptions::default()).await?;
-                }
-                Err(e) if attempts >= self.inner.max_attempts => {
-                    tracing::warn!(queue = subscription.queue, event = event.id, attempts, error = %format!("{e:#}"), "message dead-lettered");
-                    delivery
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?;
-                }
-                Err(e) => {
-                    tracing::debug!(queue = subscription.queue, event = event.id, attempts, error = %format!("{e:#}"), "delivery failed, will retry");
-                    tokio::time::sleep(retry_backoff(attempts)).await;
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await?;
-                }
+            Err(e) => {
+                tracing::warn!(queue = subscription.queue, error = %e, "unreadable message dead-lettered");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                Ok(None)
             }
         }
+    }
+
+    async fn settle(
+        &self,
+        subscription: &Subscription,
+        delivery: Delivery,
+        outcome: Handled,
+    ) -> Result<(), BusError> {
+        match outcome {
+            Handled::Done => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Handled::Dead {
+                id,
+                attempts,
+                error,
+            } => {
+                tracing::warn!(queue = subscription.queue, event = id, attempts, error = %format!("{error:#}"), "message dead-lettered");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+            Handled::Retry => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn dead_letter_count(&self, queue: &str) -> Result<u64, BusError> {
