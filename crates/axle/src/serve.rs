@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this binary can run, in start order.
-const SERVICES: &[&str] = &[axle_vehicle::NAME, axle_masterdata::NAME];
+const SERVICES: &[&str] = &[axle_vehicle::NAME, axle_masterdata::NAME, axle_gateway::NAME];
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -29,12 +29,21 @@ pub struct ServeArgs {
     /// Run only these services, comma-separated (e.g. `--only vehicle`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Threads of the gateway's data plane (overrides `services.gateway.workers`).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref()).context("configuration")?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(workers) = args.workers {
+        if workers == 0 {
+            bail!("--workers: must be at least 1");
+        }
+        config.services.gateway.workers = Some(workers);
     }
     let selected = select(&args.only)?;
     let _telemetry = axle_core::telemetry::init(&config.log, &config.telemetry)?;
@@ -66,16 +75,50 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
     match name {
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
         axle_masterdata::NAME => axle_masterdata::build(platform).await,
-        _ => unreachable!("select() only returns names from SERVICES"),
+        _ => unreachable!("select() only returns names from SERVICES; the gateway is built apart"),
     }
 }
 
+/// Where a service's HTTP API listens (the gateway's: its Admin API).
 fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     match name {
         axle_vehicle::NAME => config.services.vehicle.listen,
         axle_masterdata::NAME => config.services.masterdata.listen,
+        axle_gateway::NAME => config.services.gateway.admin_listen,
         _ => unreachable!("select() only returns names from SERVICES"),
     }
+}
+
+/// Runs the data plane until `shutdown`: on its own runtime with `workers` threads when set,
+/// so its share of the machine is fixed, else on the main runtime.
+async fn run_data_plane(
+    plane: axle_gateway::DataPlane,
+    listener: TcpListener,
+    workers: Option<usize>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Some(workers) = workers else {
+        plane.serve(listener, shutdown).await;
+        return Ok(());
+    };
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("gateway-worker")
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                plane.serve(listener, shutdown).await;
+                Ok(())
+            });
+            let _ = done.send(result);
+        })?;
+    finished.await.unwrap_or(Ok(()))
 }
 
 async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()> {
@@ -84,15 +127,31 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
     let platform = Platform::start(config, shutdown.clone()).await?;
 
     let mut running = Vec::new();
-    for name in selected {
-        let service = build(name, &platform).await?;
+    let mut data_plane = None;
+    for &name in &selected {
+        let service = if name == axle_gateway::NAME {
+            let others: Vec<(&str, SocketAddr)> = selected
+                .iter()
+                .filter(|s| **s != name)
+                .map(|s| (*s, listen_addr(&platform.config, s)))
+                .collect();
+            let gateway = axle_gateway::build(&platform, &others).await?;
+            let addr = platform.config.services.gateway.listen;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("gateway: cannot listen on {addr}"))?;
+            data_plane = Some((gateway.data_plane, listener));
+            gateway.admin
+        } else {
+            build(name, &platform).await?
+        };
         let addr = listen_addr(&platform.config, name);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{name}: cannot listen on {addr}"))?;
         running.push((service, listener));
     }
-    print_banner(&platform, &running);
+    print_banner(&platform, &running, data_plane.as_ref().map(|(_, l)| l));
 
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let mut servers = tokio::task::JoinSet::new();
@@ -101,6 +160,10 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
         let (router, stop) = (service.router.clone(), shutdown.clone());
         servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
         services.push(service);
+    }
+    if let Some((plane, listener)) = data_plane {
+        let workers = platform.config.services.gateway.workers;
+        servers.spawn(run_data_plane(plane, listener, workers, shutdown.clone()));
     }
 
     // Serve until a signal (or a listener failing), then give in-flight requests their grace.
@@ -152,7 +215,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn print_banner(platform: &Platform, running: &[(Service, TcpListener)]) {
+fn print_banner(
+    platform: &Platform,
+    running: &[(Service, TcpListener)],
+    data_plane: Option<&TcpListener>,
+) {
     let c = &platform.config;
     let storage = if c.database.url.is_some() {
         "PostgreSQL"
@@ -174,12 +241,19 @@ fn print_banner(platform: &Platform, running: &[(Service, TcpListener)]) {
         "  data:    {} (storage: {storage}, events: {events}, kv: {kv})",
         c.data_dir.display()
     );
+    if let Some(addr) = data_plane.and_then(|l| l.local_addr().ok()) {
+        println!("  gateway  http://{addr}  (routes /api/<service>/ to the services below)");
+    }
     for (service, listener) in running {
         if let Ok(addr) = listener.local_addr() {
-            println!(
-                "  {:<8} http://{addr}  (health: /healthz, API: /openapi.json)",
-                service.name
-            );
+            if service.name == axle_gateway::NAME {
+                println!("  admin    http://{addr}  (APISIX Admin API: /apisix/admin/...)");
+            } else {
+                println!(
+                    "  {:<8} http://{addr}  (health: /healthz, API: /openapi.json)",
+                    service.name
+                );
+            }
         }
     }
     println!("Stop with Ctrl-C.");

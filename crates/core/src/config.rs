@@ -182,6 +182,7 @@ impl Default for KvConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesConfig {
+    pub gateway: GatewayConfig,
     pub vehicle: ServiceConfig,
     pub masterdata: MasterdataConfig,
 }
@@ -189,8 +190,44 @@ pub struct ServicesConfig {
 impl Default for ServicesConfig {
     fn default() -> Self {
         Self {
+            gateway: GatewayConfig::default(),
             vehicle: ServiceConfig::on_port(9203),
             masterdata: MasterdataConfig::default(),
+        }
+    }
+}
+
+/// `[services.gateway]`: the API gateway (APISIX-compatible).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The data plane (APISIX's `node_listen`).
+    pub listen: SocketAddr,
+    /// The Admin API (APISIX's `admin_listen`).
+    pub admin_listen: SocketAddr,
+    /// The Admin API key (`X-API-KEY`). Unset: the `AXLE_ADMIN_KEY` environment variable, else
+    /// a key generated on first start and kept in `<data_dir>/gateway/admin_key`.
+    pub admin_key: Option<SecretString>,
+    /// Addresses allowed to call the Admin API (APISIX's `allow_admin`).
+    pub allow_admin: Vec<String>,
+    /// Worker threads of the data plane; unset = shared with the rest of Axle.
+    pub workers: Option<usize>,
+    /// Largest request body the data plane accepts (413 beyond); 0 = no limit.
+    pub max_body_bytes: u64,
+    /// Route `/api/<service>/...` to each service running in this process.
+    pub default_routes: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            admin_key: None,
+            allow_admin: vec!["127.0.0.0/24".into(), "::1/128".into()],
+            workers: None,
+            max_body_bytes: 64 * 1024 * 1024,
+            default_routes: true,
         }
     }
 }
@@ -303,6 +340,17 @@ impl Config {
         let schema = &self.database.schema_prefix;
         if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             return invalid("database.schema_prefix: lowercase letters and '_' only");
+        }
+        let gw = &self.services.gateway;
+        for cidr in &gw.allow_admin {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "services.gateway.allow_admin: {cidr:?} is not an IP address or CIDR block"
+                )));
+            }
+        }
+        if gw.workers == Some(0) {
+            return invalid("services.gateway.workers: must be at least 1");
         }
         let md = &self.services.masterdata;
         let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");

@@ -34,6 +34,12 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A service-specific start-up failure.
+    #[error("{service}: {message}")]
+    Service {
+        service: &'static str,
+        message: String,
+    },
 }
 
 /// Configuration and shared backends, built once per process.

@@ -8,10 +8,13 @@ pub fn axle(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_axle"));
     cmd.current_dir(dir);
     // Tests run in parallel: no service may take its default port.
-    cmd.env(
+    for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
-        format!("127.0.0.1:{}", free_port()),
-    );
+        "AXLE__SERVICES__GATEWAY__LISTEN",
+        "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+    ] {
+        cmd.env(key, format!("127.0.0.1:{}", free_port()));
+    }
     // The test's own environment must not leak configuration into the binary.
     for (key, _) in std::env::vars() {
         if key.starts_with("AXLE__") {

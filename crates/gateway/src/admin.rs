@@ -1,0 +1,525 @@
+//! The Admin API, compatible with APISIX v3: `/apisix/admin/<kind>[/<id>[/<sub/path>]]` with
+//! PUT, POST, GET (one, or a list with paging and filters), PATCH and DELETE, APISIX's
+//! response shapes and error bodies (`{"error_msg": ...}`), the `X-API-KEY` check and the
+//! `allow_admin` address list. Axle's own additions live under `/axle/admin`: the history of
+//! every change, the difference between two revisions, and rollback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::resource::{self, Kind};
+use crate::store::{ConfigStore, Entry, StoreError};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<ConfigStore>,
+    pub key: Arc<SecretString>,
+    pub allow: Arc<Vec<ipnet::IpNet>>,
+}
+
+/// An Admin API failure, with APISIX's status and body.
+#[derive(Debug)]
+pub enum AdminError {
+    /// 400 `{"error_msg": ...}`.
+    Bad(String),
+    /// 404 `{"message": "Key not found"}`.
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError::Store(e)
+    }
+}
+
+impl From<resource::Invalid> for AdminError {
+    fn from(e: resource::Invalid) -> Self {
+        AdminError::Bad(e.to_string())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            AdminError::Bad(msg) => (StatusCode::BAD_REQUEST, json!({ "error_msg": msg })),
+            AdminError::NotFound => (StatusCode::NOT_FOUND, json!({"message": "Key not found"})),
+            AdminError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error_msg": "failed to check token"}),
+            ),
+            AdminError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                json!({"error_msg": "access from this address is not allowed"}),
+            ),
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "admin API: config store failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error_msg": "config store unavailable"}),
+                )
+            }
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+pub fn router(state: AdminState) -> Router {
+    let guarded = Router::new()
+        .route(
+            "/apisix/admin/{kind}",
+            get(list).put(put_without_id).post(create),
+        )
+        .route(
+            "/apisix/admin/{kind}/{id}",
+            get(get_one).put(put).patch(patch).delete(delete),
+        )
+        .route(
+            "/apisix/admin/{kind}/{id}/{*path}",
+            axum::routing::patch(patch_path),
+        )
+        .route("/axle/admin/history", get(history))
+        .route("/axle/admin/diff", get(diff))
+        .route("/axle/admin/rollback", post(rollback))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard));
+    guarded.with_state(state)
+}
+
+/// `allow_admin`, then the key from `X-API-KEY` (or the `api_key` query parameter).
+async fn guard(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.allow.iter().any(|net| net.contains(&peer.ip())) {
+        return AdminError::Forbidden.into_response();
+    }
+    let from_header = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let from_query = request.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|p| p.strip_prefix("api_key=").map(str::to_string))
+    });
+    let given = from_header.or(from_query).unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), state.key.expose_secret().as_bytes()) {
+        return AdminError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn kind(segment: &str) -> Result<Kind> {
+    Kind::from_segment(segment).ok_or(AdminError::NotFound)
+}
+
+fn body_json(body: &Bytes) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| AdminError::Bad(format!("invalid request body: {e}")))
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn item(entry: &Entry) -> Value {
+    json!({
+        "key": entry.key,
+        "value": entry.value,
+        "createdIndex": entry.created_index,
+        "modifiedIndex": entry.modified_index,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    page: Option<usize>,
+    page_size: Option<usize>,
+    name: Option<String>,
+    label: Option<String>,
+    uri: Option<String>,
+}
+
+async fn list(
+    State(state): State<AdminState>,
+    Path(segment): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let entries = state.store.list(&format!("/apisix/{segment}/")).await?;
+    let matching: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| {
+            let v = &e.value;
+            let name_ok = q.name.as_ref().is_none_or(|n| {
+                v.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| name.contains(n.as_str()))
+            });
+            let label_ok = q.label.as_ref().is_none_or(|l| {
+                let (k, want) = l
+                    .split_once(':')
+                    .map_or((l.as_str(), None), |(k, v)| (k, Some(v)));
+                v.pointer(&format!("/labels/{k}"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|have| want.is_none_or(|w| w == have))
+            });
+            let uri_ok = q.uri.as_ref().is_none_or(|u| {
+                kind == Kind::Routes
+                    && (v
+                        .get("uri")
+                        .and_then(Value::as_str)
+                        .is_some_and(|x| x.contains(u.as_str()))
+                        || v.get("uris").and_then(Value::as_array).is_some_and(|xs| {
+                            xs.iter()
+                                .filter_map(Value::as_str)
+                                .any(|x| x.contains(u.as_str()))
+                        }))
+            });
+            name_ok && label_ok && uri_ok
+        })
+        .collect();
+    let total = matching.len();
+    let page: Vec<Value> = match q.page_size {
+        Some(size) => {
+            if !(10..=500).contains(&size) {
+                return Err(AdminError::Bad(
+                    "page_size: must be between 10 and 500".into(),
+                ));
+            }
+            let page = q.page.unwrap_or(1);
+            if page == 0 {
+                return Err(AdminError::Bad("page: must be at least 1".into()));
+            }
+            matching
+                .iter()
+                .skip((page - 1) * size)
+                .take(size)
+                .map(|e| item(e))
+                .collect()
+        }
+        None => matching.iter().map(|e| item(e)).collect(),
+    };
+    Ok(axum::Json(json!({"total": total, "list": page})).into_response())
+}
+
+async fn get_one(
+    State(state): State<AdminState>,
+    Path((segment, id)): Path<(String, String)>,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let entry = state
+        .store
+        .get(&kind.key(&id))
+        .await?
+        .ok_or(AdminError::NotFound)?;
+    Ok(axum::Json(item(&entry)).into_response())
+}
+
+async fn put(
+    State(state): State<AdminState>,
+    Path((segment, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    write(&state, kind, Some(id), body_json(&body)?).await
+}
+
+/// `PUT /apisix/admin/<kind>` with the id (or a consumer's username) in the body.
+async fn put_without_id(
+    State(state): State<AdminState>,
+    Path(segment): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let value = body_json(&body)?;
+    let id = value.get(kind.id_field()).and_then(resource::id_text);
+    if id.is_none() {
+        return Err(AdminError::Bad(format!(
+            "missing {} {}",
+            kind.noun(),
+            kind.id_field()
+        )));
+    }
+    write(&state, kind, id, value).await
+}
+
+/// `POST`: a new resource with a generated id.
+async fn create(
+    State(state): State<AdminState>,
+    Path(segment): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    if kind == Kind::Consumers {
+        return Err(AdminError::Bad(
+            "consumers are created with PUT and their username".into(),
+        ));
+    }
+    let mut value = body_json(&body)?;
+    if value.get("id").is_some() {
+        return Err(AdminError::Bad(format!(
+            "wrong {} id, do not need it",
+            kind.noun()
+        )));
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("id".into(), Value::String(id.clone()));
+    }
+    write(&state, kind, Some(id), value).await
+}
+
+/// Validates, checks references, stamps ids and times, and stores one resource.
+async fn write(
+    state: &AdminState,
+    kind: Kind,
+    id: Option<String>,
+    mut value: Value,
+) -> Result<Response> {
+    let id_field = kind.id_field();
+    let Some(map) = value.as_object_mut() else {
+        return Err(AdminError::Bad(
+            "invalid configuration: the body must be a JSON object".into(),
+        ));
+    };
+    let id = match (id, map.get(id_field).and_then(resource::id_text)) {
+        (Some(path), Some(body)) if path != body => {
+            return Err(AdminError::Bad(format!("wrong {} {id_field}", kind.noun())));
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            return Err(AdminError::Bad(format!(
+                "missing {} {id_field}",
+                kind.noun()
+            )));
+        }
+    };
+    if !resource::valid_id(&id) {
+        return Err(AdminError::Bad(format!(
+            "invalid configuration: {id_field} {id:?}: 1-64 characters of [a-zA-Z0-9-_.] expected"
+        )));
+    }
+    map.insert(id_field.into(), Value::String(id.clone()));
+    let key = kind.key(&id);
+    let existing = state.store.get(&key).await?;
+    let now = now_secs();
+    let created = existing
+        .as_ref()
+        .and_then(|e| e.value.get("create_time").cloned())
+        .unwrap_or(Value::from(now));
+    map.insert("create_time".into(), created);
+    map.insert("update_time".into(), Value::from(now));
+    resource::validate(kind, &value)?;
+    for (target, target_id) in resource::references(kind, &value) {
+        if state.store.get(&target.key(&target_id)).await?.is_none() {
+            return Err(AdminError::Bad(format!(
+                "failed to fetch {} info by {} id [{target_id}], response code: 404",
+                target.noun(),
+                target.noun()
+            )));
+        }
+    }
+    let (entry, is_new) = state.store.put(&key, &value).await?;
+    let status = if is_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(json!({"key": entry.key, "value": entry.value})),
+    )
+        .into_response())
+}
+
+async fn patch(
+    State(state): State<AdminState>,
+    Path((segment, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let patch = body_json(&body)?;
+    if !patch.is_object() {
+        return Err(AdminError::Bad(
+            "invalid configuration: the body must be a JSON object".into(),
+        ));
+    }
+    let entry = state
+        .store
+        .get(&kind.key(&id))
+        .await?
+        .ok_or(AdminError::NotFound)?;
+    let mut value = entry.value;
+    merge(&mut value, patch);
+    write_patched(&state, kind, id, value).await
+}
+
+/// `PATCH /apisix/admin/<kind>/<id>/<sub/path>`: the body replaces the value at the path.
+async fn patch_path(
+    State(state): State<AdminState>,
+    Path((segment, id, path)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let replacement = body_json(&body)?;
+    let entry = state
+        .store
+        .get(&kind.key(&id))
+        .await?
+        .ok_or(AdminError::NotFound)?;
+    let mut value = entry.value;
+    let mut slot = &mut value;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let Some(map) = slot.as_object_mut() else {
+            return Err(AdminError::Bad(format!("invalid sub path {path:?}")));
+        };
+        slot = map.entry(segment.to_string()).or_insert(Value::Null);
+    }
+    *slot = replacement;
+    write_patched(&state, kind, id, value).await
+}
+
+async fn write_patched(
+    state: &AdminState,
+    kind: Kind,
+    id: String,
+    value: Value,
+) -> Result<Response> {
+    let response = write(state, kind, Some(id), value).await?;
+    // A patch never creates; APISIX answers 200.
+    let (mut parts, body) = response.into_parts();
+    parts.status = StatusCode::OK;
+    Ok(Response::from_parts(parts, body))
+}
+
+/// JSON merge patch (RFC 7386): objects merge, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+async fn delete(
+    State(state): State<AdminState>,
+    Path((segment, id)): Path<(String, String)>,
+) -> Result<Response> {
+    let kind = kind(&segment)?;
+    let key = kind.key(&id);
+    if state.store.get(&key).await?.is_none() {
+        return Err(AdminError::NotFound);
+    }
+    for referrer in Kind::ALL {
+        for entry in state
+            .store
+            .list(&format!("/apisix/{}/", referrer.segment()))
+            .await?
+        {
+            if resource::references(referrer, &entry.value).contains(&(kind, id.clone())) {
+                let rid = resource::parse_key(&entry.key).map_or("", |(_, rid)| rid);
+                return Err(AdminError::Bad(format!(
+                    "can not delete this {}, {} [{rid}] is still using it now",
+                    kind.noun(),
+                    referrer.noun()
+                )));
+            }
+        }
+    }
+    state.store.delete(&key).await?;
+    Ok(axum::Json(json!({"deleted": id, "key": key})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn history(
+    State(state): State<AdminState>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let changes = state.store.history(q.before, limit).await?;
+    let revision = state.store.revision().await?;
+    Ok(axum::Json(json!({"revision": revision, "changes": changes})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DiffQuery {
+    from: i64,
+    to: Option<i64>,
+}
+
+async fn diff(State(state): State<AdminState>, Query(q): Query<DiffQuery>) -> Result<Response> {
+    let to = match q.to {
+        Some(to) => to,
+        None => state.store.revision().await?,
+    };
+    let differences = state.store.diff(q.from, to).await?;
+    Ok(axum::Json(json!({"from": q.from, "to": to, "differences": differences})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    revision: i64,
+}
+
+async fn rollback(State(state): State<AdminState>, body: Bytes) -> Result<Response> {
+    let request: RollbackRequest = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::Bad(format!("invalid request body: {e}")))?;
+    let current = state.store.revision().await?;
+    if request.revision < 0 || request.revision > current {
+        return Err(AdminError::Bad(format!(
+            "revision: must be between 0 and the current revision {current}"
+        )));
+    }
+    let changed = state.store.rollback(request.revision).await?;
+    let revision = state.store.revision().await?;
+    Ok(axum::Json(
+        json!({"revision": revision, "rolled_back_to": request.revision, "changes": changed}),
+    )
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]});
+        merge(&mut v, json!({"a": null, "b": {"c": 5}, "e": [3]}));
+        assert_eq!(v, json!({"b": {"c": 5, "d": 3}, "e": [3]}));
+    }
+}

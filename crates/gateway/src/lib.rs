@@ -1,0 +1,179 @@
+//! `axle-gateway`: the API gateway, compatible with Apache APISIX.
+//!
+//! Control plane and data plane, each in its room:
+//! - [`admin`]: the Admin API (APISIX v3 shapes) writing [`resource`]s to the [`store`];
+//! - [`runtime`]: the store's content compiled into an immutable snapshot (router, upstreams,
+//!   plugin chains), swapped atomically as the store changes;
+//! - [`proxy`]: the hyper data plane serving requests from the current snapshot, running the
+//!   [`plugins`] phases, with [`vars`] expressions for matching.
+
+pub mod admin;
+pub mod plugins;
+pub mod proxy;
+pub mod resource;
+pub mod runtime;
+pub mod store;
+pub mod vars;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axle_core::db::Migrations;
+use axle_core::platform::{Platform, Service, ServiceParts, StartError};
+use prometheus::Registry;
+use secrecy::SecretString;
+use serde_json::json;
+
+pub use proxy::DataPlane;
+
+pub const NAME: &str = "gateway";
+
+/// The environment variable that sets the Admin API key.
+pub const ADMIN_KEY_ENV: &str = "AXLE_ADMIN_KEY";
+
+pub fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+        postgres: sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// The gateway's two halves: the Admin API (as a [`Service`], on `admin_listen`) and the data
+/// plane (on `listen`), both on the same store and runtime.
+#[derive(Debug)]
+pub struct Gateway {
+    pub admin: Service,
+    pub data_plane: DataPlane,
+}
+
+/// Builds the gateway: opens its store, compiles the first snapshot and follows the store.
+/// `services` are the other services of this process, routed under `/api/<name>/` when
+/// `default_routes` is on.
+pub async fn build(
+    platform: &Platform,
+    services: &[(&str, SocketAddr)],
+) -> Result<Gateway, StartError> {
+    let config = &platform.config.services.gateway;
+    let fail = |message: String| StartError::Service {
+        service: NAME,
+        message,
+    };
+    let db = platform.open_db(NAME, &migrations()).await?;
+    let store = Arc::new(
+        store::ConfigStore::open(db.clone())
+            .await
+            .map_err(|e| fail(e.to_string()))?,
+    );
+    let runtime = Arc::new(runtime::Runtime::default());
+    let defaults = if config.default_routes {
+        default_routes(services)
+    } else {
+        BTreeMap::new()
+    };
+    let follower = runtime
+        .follow(store.clone(), defaults, platform.shutdown.clone())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let key = admin_key(config.admin_key.clone(), &platform.config.data_dir)
+        .map_err(|e| fail(format!("admin key: {e}")))?;
+    let allow = config
+        .allow_admin
+        .iter()
+        .map(|c| resource::parse_cidr(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("allow_admin: {e}")))?;
+    let api = admin::router(admin::AdminState {
+        store,
+        key: Arc::new(key),
+        allow: Arc::new(allow),
+    });
+    let mut admin = platform.assemble(ServiceParts {
+        name: NAME,
+        db,
+        outbox: None,
+        registry: Registry::new(),
+        api,
+        openapi: utoipa::openapi::OpenApiBuilder::new().build(),
+    })?;
+    admin.tasks.push(follower);
+    let limits = proxy::Limits {
+        max_body_bytes: config.max_body_bytes,
+        ..proxy::Limits::default()
+    };
+    Ok(Gateway {
+        admin,
+        data_plane: DataPlane::new(runtime, limits),
+    })
+}
+
+/// `/api/<name>/...` → the service's own listener, with the prefix stripped.
+fn default_routes(services: &[(&str, SocketAddr)]) -> BTreeMap<String, serde_json::Value> {
+    services
+        .iter()
+        .map(|(name, addr)| {
+            let id = format!("axle-{name}");
+            let route = json!({
+                "id": id,
+                "name": format!("Axle {name} service"),
+                "uri": format!("/api/{name}/*"),
+                "plugins": {"proxy-rewrite": {"regex_uri": [format!("^/api/{name}(/.*)"), "$1"]}},
+                "upstream": {"type": "roundrobin", "nodes": {addr.to_string(): 1}},
+            });
+            (resource::Kind::Routes.key(&id), route)
+        })
+        .collect()
+}
+
+/// The Admin API key: configured, else from the environment, else generated once and kept in
+/// the data directory (printed when generated, never logged).
+fn admin_key(configured: Option<SecretString>, data_dir: &Path) -> std::io::Result<SecretString> {
+    if let Some(key) = configured {
+        return Ok(key);
+    }
+    if let Ok(key) = std::env::var(ADMIN_KEY_ENV)
+        && !key.is_empty()
+    {
+        return Ok(SecretString::from(key));
+    }
+    let path = data_dir.join(NAME).join("admin_key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => return Ok(SecretString::from(key.trim().to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let key: String = {
+        use rand::Rng;
+        let bytes: [u8; 16] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_private(&path, &key)?;
+    println!(
+        "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
+         services.gateway.admin_key to choose one)",
+        path.display()
+    );
+    Ok(SecretString::from(key))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

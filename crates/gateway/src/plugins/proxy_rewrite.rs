@@ -1,0 +1,129 @@
+//! `proxy-rewrite` (priority 1008): changes the path, method, `Host` and headers sent upstream.
+//!
+//! `uri` wins over `regex_uri` (`[regex, template, ...]`, the first regex that matches applies);
+//! both may use `$var` and, for `regex_uri`, `$1`… captures. A new uri with a `?` replaces the
+//! query string; otherwise the client's is kept.
+
+use std::sync::Arc;
+
+use http::Method;
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Ctx, HeaderEdits, Plugin, Reply, Template};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    uri: Option<String>,
+    method: Option<String>,
+    regex_uri: Option<Vec<String>>,
+    host: Option<String>,
+    headers: Option<Value>,
+    #[serde(default)]
+    use_real_request_uri_unsafe: bool,
+}
+
+#[derive(Debug)]
+struct ProxyRewrite {
+    uri: Option<Template>,
+    regex_uri: Vec<(Regex, Template)>,
+    method: Option<Method>,
+    host: Option<String>,
+    headers: HeaderEdits,
+}
+
+pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    let _ = c.use_real_request_uri_unsafe; // paths are never normalised here, so it changes nothing
+    let uri = c.uri.as_deref().map(Template::parse).transpose()?;
+    let mut regex_uri = Vec::new();
+    if let Some(pairs) = &c.regex_uri {
+        if pairs.is_empty() || pairs.len() % 2 != 0 {
+            return Err("regex_uri: expected [regex, replacement, ...] pairs".into());
+        }
+        for pair in pairs.chunks(2) {
+            let regex = Regex::new(&pair[0])
+                .map_err(|e| format!("regex_uri: invalid regex {:?}: {e}", pair[0]))?;
+            regex_uri.push((regex, Template::parse(&pair[1])?));
+        }
+    }
+    let method = match c.method.as_deref() {
+        Some(m) => {
+            let allowed = [
+                "GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "MKCOL", "COPY", "MOVE",
+                "PROPFIND", "LOCK", "UNLOCK", "PATCH", "TRACE",
+            ];
+            if !allowed.contains(&m) {
+                return Err(format!("method: {m:?} is not a supported method"));
+            }
+            Some(Method::from_bytes(m.as_bytes()).map_err(|e| format!("method: {e}"))?)
+        }
+        None => None,
+    };
+    let headers = match &c.headers {
+        Some(h) => HeaderEdits::parse(h)?,
+        None => HeaderEdits::default(),
+    };
+    Ok(Arc::new(ProxyRewrite {
+        uri,
+        regex_uri,
+        method,
+        host: c.host,
+        headers,
+    }))
+}
+
+impl Plugin for ProxyRewrite {
+    fn name(&self) -> &'static str {
+        "proxy-rewrite"
+    }
+
+    fn priority(&self) -> i32 {
+        1008
+    }
+
+    fn rewrite(&self, ctx: &mut Ctx) -> Option<Reply> {
+        let vars = ctx.vars();
+        let new_uri = if let Some(uri) = &self.uri {
+            Some(uri.render(&vars, &[]))
+        } else {
+            self.regex_uri.iter().find_map(|(regex, template)| {
+                let caps = regex.captures(&ctx.original_path)?;
+                let captures: Vec<Option<&str>> =
+                    caps.iter().map(|m| m.map(|m| m.as_str())).collect();
+                let replaced = template.render(&vars, &captures);
+                // Like nginx's `ngx.re.sub`: the match is replaced, the rest of the path kept.
+                let whole = caps.get(0)?;
+                Some(format!(
+                    "{}{replaced}{}",
+                    &ctx.original_path[..whole.start()],
+                    &ctx.original_path[whole.end()..]
+                ))
+            })
+        };
+        let mut headers = ctx.headers.clone();
+        self.headers.apply(&mut headers, &vars);
+        if let Some(uri) = new_uri {
+            match uri.split_once('?') {
+                Some((path, query)) => {
+                    ctx.path = path.to_string();
+                    ctx.query = Some(query.to_string());
+                }
+                None => ctx.path = uri,
+            }
+            if !ctx.path.starts_with('/') {
+                ctx.path.insert(0, '/');
+            }
+        }
+        ctx.headers = headers;
+        if let Some(method) = &self.method {
+            ctx.method = method.clone();
+        }
+        if let Some(host) = &self.host {
+            ctx.upstream_host = Some(host.clone());
+        }
+        None
+    }
+}

@@ -1,0 +1,475 @@
+//! The data plane: a hyper server that matches each request against the current snapshot, runs
+//! the plugin phases and forwards it to an upstream node over a keepalive pool.
+//!
+//! One request, top to bottom in [`DataPlane::handle`]: context → route match (404 when none)
+//! → `rewrite` and `access` phases (global rules first; a plugin may answer) → pick a node
+//! (smooth weighted round robin) → forward with `X-Forwarded-*` and `X-Real-IP`, retrying
+//! other nodes when a connection fails and the request has no body → response phases →
+//! stream the body back. WebSocket upgrades are proxied when the route enables them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::plugins::{Ctx, Reply, ResponseHead};
+use crate::resource::PassHost;
+use crate::runtime::Runtime;
+use crate::runtime::router::Route;
+use crate::runtime::upstream::{Timeouts, Upstream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Limits the data plane enforces on clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body accepted (413 beyond it); 0 = no limit.
+    pub max_body_bytes: u64,
+    /// Largest request head accepted (431 beyond it).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    runtime: Arc<Runtime>,
+    client: Client<HttpConnector, Body>,
+    limits: Limits,
+}
+
+impl DataPlane {
+    pub fn new(runtime: Arc<Runtime>, limits: Limits) -> DataPlane {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(320)
+            .build(connector);
+        DataPlane {
+            runtime,
+            client,
+            limits,
+        }
+    }
+
+    /// Accepts connections until `shutdown`, then lets open requests finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .header_read_timeout(Duration::from_secs(60));
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let plane = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let plane = plane.clone();
+                async move { Ok::<_, Infallible>(plane.handle(req, remote, local_port).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    }
+
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        local_port: u16,
+    ) -> Response<Body> {
+        let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        if let Some(length) = content_length(&parts.headers)
+            && self.limits.max_body_bytes > 0
+            && length > self.limits.max_body_bytes
+        {
+            return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .map(strip_port)
+            .unwrap_or_default()
+            .to_string();
+        let path = parts.uri.path().to_string();
+        let mut ctx = Ctx {
+            method: parts.method,
+            original_path: path.clone(),
+            path,
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            host,
+            upstream_host: None,
+            remote_addr: remote.ip(),
+            server_port: local_port,
+            scheme: "http",
+        };
+
+        let snapshot = self.runtime.snapshot();
+        let Some(route) = snapshot.router.find(&ctx.vars()) else {
+            return json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
+        };
+        let global = &snapshot.global;
+        let reply = global
+            .rewrite(&mut ctx)
+            .or_else(|| route.plugins.rewrite(&mut ctx))
+            .or_else(|| global.access(&mut ctx))
+            .or_else(|| route.plugins.access(&mut ctx));
+        let response = match (reply, &route.upstream) {
+            (Some(reply), _) => reply_response(reply),
+            (None, None) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "missing upstream configuration in Route or Service",
+            ),
+            (None, Some(upstream)) => {
+                let websocket = client_upgrade.filter(|_| route.enable_websocket);
+                match self
+                    .forward(route, upstream, &ctx, body, websocket.is_some())
+                    .await
+                {
+                    Ok(mut response) => {
+                        if let Some(client) = websocket
+                            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            tunnel(client, hyper::upgrade::on(&mut response));
+                        }
+                        response.map(|b| b.map_err(BoxError::from).boxed())
+                    }
+                    Err(status) => error_page(status),
+                }
+            }
+        };
+        // Response phases, for upstream and plugin responses alike.
+        let (mut parts, body) = response.into_parts();
+        let mut head = ResponseHead {
+            status: parts.status,
+            headers: std::mem::take(&mut parts.headers),
+            body: None,
+        };
+        global.response(&ctx, &mut head);
+        route.plugins.response(&ctx, &mut head);
+        parts.status = head.status;
+        parts.headers = head.headers;
+        let body = match head.body {
+            Some(replaced) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                full(replaced)
+            }
+            None => body,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// Sends the request to a node of `upstream`; on a failed connection, to another one while
+    /// retries and `retry_timeout` allow and the request has no body to replay.
+    async fn forward(
+        &self,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &Ctx,
+        body: Incoming,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, StatusCode> {
+        let replayable = hyper::body::Body::is_end_stream(&body);
+        let timeouts = route
+            .timeout
+            .map(|t| Timeouts::from_config(Some(&t)))
+            .unwrap_or(upstream.timeouts);
+        let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
+        let mut body = Some(self.limited(body));
+        let mut tried = Vec::new();
+        loop {
+            let Some(node) = upstream.pick(&tried) else {
+                return Err(StatusCode::BAD_GATEWAY);
+            };
+            tried.push(node);
+            let body = body.take().unwrap_or_else(empty);
+            let request = upstream_request(ctx, upstream, node, body, upgrade)?;
+            let budget = timeouts.connect + timeouts.send + timeouts.read;
+            match tokio::time::timeout(budget, self.client.request(request)).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(e)) => {
+                    let again = e.is_connect()
+                        && replayable
+                        && tried.len() <= upstream.retries
+                        && deadline.is_none_or(|d| Instant::now() < d);
+                    tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
+                        error = %e, retrying = again, "upstream request failed");
+                    if !again {
+                        return Err(StatusCode::BAD_GATEWAY);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
+                        "upstream timed out");
+                    return Err(StatusCode::GATEWAY_TIMEOUT);
+                }
+            }
+        }
+    }
+
+    fn limited(&self, body: Incoming) -> Body {
+        match self.limits.max_body_bytes {
+            0 => body.map_err(BoxError::from).boxed(),
+            max => http_body_util::Limited::new(body, max as usize).boxed(),
+        }
+    }
+}
+
+/// The request as the upstream node sees it.
+fn upstream_request(
+    ctx: &Ctx,
+    upstream: &Upstream,
+    node: usize,
+    body: Body,
+    upgrade: bool,
+) -> Result<Request<Body>, StatusCode> {
+    let target = &upstream.targets[node];
+    let path_and_query = match &ctx.query {
+        Some(q) => format!("{}?{q}", ctx.path),
+        None => ctx.path.clone(),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(target.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let mut headers = ctx.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let host = match (&ctx.upstream_host, upstream.pass_host) {
+        (Some(host), _) => Some(host.clone()),
+        (None, PassHost::Pass) => None,
+        (None, PassHost::Node) => Some(if target.port == 80 {
+            target.host.clone()
+        } else {
+            target.authority.to_string()
+        }),
+        (None, PassHost::Rewrite) => upstream.upstream_host.clone(),
+    };
+    if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert(header::HOST, host);
+    } else if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&ctx.host)
+    {
+        // HTTP/2 clients send :authority instead of Host.
+        headers.insert(header::HOST, host);
+    }
+    let remote = ctx.remote_addr.to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {remote}"),
+        None => remote.clone(),
+    };
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("x-forwarded-for", &forwarded_for);
+    set("x-real-ip", &remote);
+    set("x-forwarded-proto", ctx.scheme);
+    set("x-forwarded-host", &ctx.host);
+    set("x-forwarded-port", &ctx.server_port.to_string());
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let mut request = Request::builder()
+        .method(ctx.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Joins the client's and the upstream's upgraded connections once both are ready.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn reply_response(reply: Reply) -> Response<Body> {
+    let mut response = Response::new(full(reply.body));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers;
+    response
+}
+
+/// APISIX's JSON error body: `{"error_msg": "..."}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error_msg": message }).to_string();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The HTML error page nginx (and so APISIX) answers 413/502/503/504 with.
+fn error_page(status: StatusCode) -> Response<Body> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let body = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n\
+         <center><h1>{title}</h1></center>\r\n<hr><center>axle</center>\r\n\
+         </body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("a.com:8080"), "a.com");
+        assert_eq!(strip_port("a.com"), "a.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

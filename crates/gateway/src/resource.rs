@@ -1,0 +1,717 @@
+//! APISIX resources as the Admin API accepts them and the config stores keep them.
+//!
+//! Stores hold each resource as the JSON document APISIX keeps in etcd, under
+//! `/apisix/<kind>/<id>`. On every write the document is checked here by reading it into the
+//! typed structs below (unknown fields are rejected, as APISIX's schemas do) and then by the
+//! checks serde cannot express (one of `uri`/`uris`, regexes in `vars`, CIDRs, known plugins).
+//! The runtime compiles the same typed structs into its snapshot.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::plugins;
+use crate::vars::Vars;
+
+/// The resource kinds of the Admin API, in the order APISIX documents them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Routes,
+    Services,
+    Upstreams,
+    Consumers,
+    ConsumerGroups,
+    PluginConfigs,
+    GlobalRules,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Routes,
+        Kind::Services,
+        Kind::Upstreams,
+        Kind::Consumers,
+        Kind::ConsumerGroups,
+        Kind::PluginConfigs,
+        Kind::GlobalRules,
+    ];
+
+    /// The path segment: `/apisix/admin/<segment>` and `/apisix/<segment>/<id>`.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Routes => "routes",
+            Kind::Services => "services",
+            Kind::Upstreams => "upstreams",
+            Kind::Consumers => "consumers",
+            Kind::ConsumerGroups => "consumer_groups",
+            Kind::PluginConfigs => "plugin_configs",
+            Kind::GlobalRules => "global_rules",
+        }
+    }
+
+    pub fn from_segment(segment: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.segment() == segment)
+    }
+
+    /// The singular noun APISIX uses in messages ("upstream", "plugin config").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Routes => "route",
+            Kind::Services => "service",
+            Kind::Upstreams => "upstream",
+            Kind::Consumers => "consumer",
+            Kind::ConsumerGroups => "consumer group",
+            Kind::PluginConfigs => "plugin config",
+            Kind::GlobalRules => "global rule",
+        }
+    }
+
+    /// The key APISIX uses in etcd and in Admin API responses, e.g. `/apisix/routes/1`.
+    pub fn key(self, id: &str) -> String {
+        format!("/apisix/{}/{id}", self.segment())
+    }
+
+    /// Consumers are named by `username`; every other kind by `id`.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            Kind::Consumers => "username",
+            _ => "id",
+        }
+    }
+}
+
+/// Splits a key (`/apisix/routes/1`) into its kind and id.
+pub fn parse_key(key: &str) -> Option<(Kind, &str)> {
+    let rest = key.strip_prefix("/apisix/")?;
+    let (segment, id) = rest.split_once('/')?;
+    Some((Kind::from_segment(segment)?, id))
+}
+
+/// Why a resource was refused; the message names the field, as APISIX's `error_msg` does.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    fn new(message: impl Into<String>) -> Self {
+        Invalid(message.into())
+    }
+}
+
+/// Checks a whole resource document of `kind`.
+pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
+    if !value.is_object() {
+        return Err(Invalid::new("the body must be a JSON object"));
+    }
+    match kind {
+        Kind::Routes => parse::<Route>(value)?.check(),
+        Kind::Services => parse::<Service>(value)?.check(),
+        Kind::Upstreams => parse::<Upstream>(value)?.check(),
+        Kind::Consumers => parse::<Consumer>(value)?.check(),
+        Kind::ConsumerGroups | Kind::PluginConfigs | Kind::GlobalRules => {
+            parse::<PluginSet>(value)?.check()
+        }
+    }
+}
+
+/// Reads a stored document into its typed form.
+/// Errors name the field's path (`upstream.nodes`).
+pub fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Invalid> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            Invalid::new(e.into_inner().to_string())
+        } else {
+            Invalid::new(format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
+/// The other resources a document refers to, for referential checks.
+pub fn references(kind: Kind, value: &Value) -> Vec<(Kind, String)> {
+    let mut refs = Vec::new();
+    let mut add = |field: &str, target: Kind| {
+        if let Some(id) = value.get(field).and_then(id_text) {
+            refs.push((target, id));
+        }
+    };
+    match kind {
+        Kind::Routes => {
+            add("upstream_id", Kind::Upstreams);
+            add("service_id", Kind::Services);
+            add("plugin_config_id", Kind::PluginConfigs);
+        }
+        Kind::Services => add("upstream_id", Kind::Upstreams),
+        Kind::Consumers => add("group_id", Kind::ConsumerGroups),
+        _ => {}
+    }
+    refs
+}
+
+/// An id as text: APISIX accepts ids as strings or integers.
+pub fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether `id` is one APISIX accepts: 1–64 characters of `[a-zA-Z0-9-_.]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A resource id, written as a string or an integer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Id(pub String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        match id_text(&value) {
+            Some(id) if valid_id(&id) => Ok(Id(id)),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid id {value}: expected 1-64 characters of [a-zA-Z0-9-_.]"
+            ))),
+        }
+    }
+}
+
+pub type Labels = BTreeMap<String, String>;
+/// Plugin name → its configuration, checked against the plugin's own schema.
+pub type Plugins = BTreeMap<String, Value>;
+
+/// `timeout` on routes and upstreams, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeout {
+    pub connect: f64,
+    pub send: f64,
+    pub read: f64,
+}
+
+impl Timeout {
+    fn check(&self) -> Result<(), Invalid> {
+        for (name, v) in [
+            ("connect", self.connect),
+            ("send", self.send),
+            ("read", self.read),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Invalid::new(format!(
+                    "timeout.{name}: must be a positive number of seconds"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    pub uri: Option<String>,
+    pub uris: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub remote_addr: Option<String>,
+    pub remote_addrs: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub priority: i64,
+    pub vars: Option<Value>,
+    pub plugins: Option<Plugins>,
+    pub upstream: Option<Upstream>,
+    pub upstream_id: Option<Id>,
+    pub service_id: Option<Id>,
+    pub plugin_config_id: Option<Id>,
+    pub timeout: Option<Timeout>,
+    pub enable_websocket: Option<bool>,
+    pub status: Option<u8>,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
+impl Route {
+    pub fn check(&self) -> Result<(), Invalid> {
+        match (&self.uri, &self.uris) {
+            (Some(_), Some(_)) => return Err(Invalid::new("only one of uri and uris may be set")),
+            (None, None) => return Err(Invalid::new("uri or uris is required")),
+            _ => {}
+        }
+        for uri in self.uris() {
+            if !uri.starts_with('/') {
+                return Err(Invalid::new(format!("uri {uri:?}: must start with /")));
+            }
+        }
+        if self.host.is_some() && self.hosts.is_some() {
+            return Err(Invalid::new("only one of host and hosts may be set"));
+        }
+        for host in self.hosts() {
+            check_host(host)?;
+        }
+        if self.remote_addr.is_some() && self.remote_addrs.is_some() {
+            return Err(Invalid::new(
+                "only one of remote_addr and remote_addrs may be set",
+            ));
+        }
+        for addr in self.remote_addrs() {
+            parse_cidr(addr).map_err(|e| Invalid::new(format!("remote_addrs: {e}")))?;
+        }
+        for method in self.methods.iter().flatten() {
+            if !METHODS.contains(&method.as_str()) {
+                return Err(Invalid::new(format!(
+                    "methods: {method:?} is not one of {}",
+                    METHODS.join(", ")
+                )));
+            }
+        }
+        if let Some(vars) = &self.vars {
+            Vars::compile(vars).map_err(|e| Invalid::new(format!("vars: {e}")))?;
+        }
+        if let Some(status) = self.status
+            && status > 1
+        {
+            return Err(Invalid::new("status: must be 0 or 1"));
+        }
+        if self.upstream.is_some() && self.upstream_id.is_some() {
+            return Err(Invalid::new(
+                "only one of upstream and upstream_id may be set",
+            ));
+        }
+        if self.plugins.is_none()
+            && self.upstream.is_none()
+            && self.upstream_id.is_none()
+            && self.service_id.is_none()
+        {
+            return Err(Invalid::new(
+                "one of plugins, upstream, upstream_id or service_id is required",
+            ));
+        }
+        if let Some(upstream) = &self.upstream {
+            upstream.check().map_err(|e| nested("upstream", e))?;
+        }
+        if let Some(t) = &self.timeout {
+            t.check()?;
+        }
+        plugins::check_all(self.plugins.as_ref())
+    }
+
+    pub fn uris(&self) -> impl Iterator<Item = &String> {
+        self.uri.iter().chain(self.uris.iter().flatten())
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.host.iter().chain(self.hosts.iter().flatten())
+    }
+
+    pub fn remote_addrs(&self) -> impl Iterator<Item = &String> {
+        self.remote_addr
+            .iter()
+            .chain(self.remote_addrs.iter().flatten())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    pub hosts: Option<Vec<String>>,
+    pub plugins: Option<Plugins>,
+    pub upstream: Option<Upstream>,
+    pub upstream_id: Option<Id>,
+    pub enable_websocket: Option<bool>,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl Service {
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.upstream.is_some() && self.upstream_id.is_some() {
+            return Err(Invalid::new(
+                "only one of upstream and upstream_id may be set",
+            ));
+        }
+        for host in self.hosts.iter().flatten() {
+            check_host(host)?;
+        }
+        if let Some(upstream) = &self.upstream {
+            upstream.check().map_err(|e| nested("upstream", e))?;
+        }
+        plugins::check_all(self.plugins.as_ref())
+    }
+}
+
+/// Load-balancing algorithms (`type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    #[default]
+    Roundrobin,
+    Chash,
+    LeastConn,
+    Ewma,
+}
+
+/// What `chash` hashes (`hash_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    Vars,
+    Header,
+    Cookie,
+    Consumer,
+    VarsCombinations,
+}
+
+/// Which `Host` the upstream sees (`pass_host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassHost {
+    /// The client's Host.
+    #[default]
+    Pass,
+    /// The chosen node's host.
+    Node,
+    /// `upstream_host`.
+    Rewrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+}
+
+/// `nodes`: `{"host:port": weight}` or `[{"host", "port", "weight"}]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    Map(BTreeMap<String, u32>),
+    List(Vec<Node>),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub host: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: i64,
+    pub metadata: Option<Value>,
+}
+
+impl Nodes {
+    /// Every node as (host, port, weight); a port missing from the list form defaults to the
+    /// scheme's.
+    pub fn list(&self, scheme: Scheme) -> Result<Vec<(String, u16, u32)>, Invalid> {
+        let default_port = match scheme {
+            Scheme::Http | Scheme::Grpc => 80,
+            Scheme::Https | Scheme::Grpcs => 443,
+        };
+        match self {
+            Nodes::Map(map) => map
+                .iter()
+                .map(|(addr, weight)| {
+                    let (host, port) = split_host_port(addr, default_port)
+                        .ok_or_else(|| Invalid::new(format!("nodes: bad address {addr:?}")))?;
+                    Ok((host, port, *weight))
+                })
+                .collect(),
+            Nodes::List(list) => list
+                .iter()
+                .map(|n| {
+                    if n.host.is_empty() {
+                        return Err(Invalid::new("nodes: host must not be empty"));
+                    }
+                    Ok((n.host.clone(), n.port.unwrap_or(default_port), n.weight))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `host:port`, `host`, `[v6]:port`.
+fn split_host_port(addr: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => {
+            Some((host.to_string(), port.parse().ok()?))
+        }
+        None if !addr.is_empty() => Some((addr.to_string(), default_port)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivePool {
+    #[serde(default = "KeepalivePool::default_size")]
+    pub size: usize,
+    #[serde(default = "KeepalivePool::default_idle_timeout")]
+    pub idle_timeout: f64,
+    #[serde(default = "KeepalivePool::default_requests")]
+    pub requests: u64,
+}
+
+impl KeepalivePool {
+    fn default_size() -> usize {
+        320
+    }
+    fn default_idle_timeout() -> f64 {
+        60.0
+    }
+    fn default_requests() -> u64 {
+        1000
+    }
+}
+
+impl Default for KeepalivePool {
+    fn default() -> Self {
+        KeepalivePool {
+            size: Self::default_size(),
+            idle_timeout: Self::default_idle_timeout(),
+            requests: Self::default_requests(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    #[serde(rename = "type", default)]
+    pub balancer: Balancer,
+    pub nodes: Option<Nodes>,
+    #[serde(default)]
+    pub hash_on: HashOn,
+    pub key: Option<String>,
+    pub retries: Option<u32>,
+    pub retry_timeout: Option<f64>,
+    pub timeout: Option<Timeout>,
+    #[serde(default)]
+    pub pass_host: PassHost,
+    pub upstream_host: Option<String>,
+    #[serde(default)]
+    pub scheme: Scheme,
+    pub keepalive_pool: Option<KeepalivePool>,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl Upstream {
+    pub fn check(&self) -> Result<(), Invalid> {
+        let Some(nodes) = &self.nodes else {
+            return Err(Invalid::new("nodes is required"));
+        };
+        nodes.list(self.scheme)?;
+        if self.balancer == Balancer::Chash && self.key.is_none() {
+            return Err(Invalid::new("key is required when type is chash"));
+        }
+        if self.balancer != Balancer::Roundrobin {
+            return Err(Invalid::new(format!(
+                "type: {:?} balancing is not supported yet (roundrobin is)",
+                self.balancer
+            )));
+        }
+        if matches!(self.scheme, Scheme::Https | Scheme::Grpc | Scheme::Grpcs) {
+            return Err(Invalid::new(format!(
+                "scheme: {:?} upstreams are not supported yet (http is)",
+                self.scheme
+            )));
+        }
+        if self.pass_host == PassHost::Rewrite && self.upstream_host.is_none() {
+            return Err(Invalid::new(
+                "upstream_host is required when pass_host is rewrite",
+            ));
+        }
+        if let Some(t) = self.retry_timeout
+            && !(t >= 0.0 && t.is_finite())
+        {
+            return Err(Invalid::new("retry_timeout: must be a number of seconds"));
+        }
+        if let Some(t) = &self.timeout {
+            t.check()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub username: String,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    pub plugins: Option<Plugins>,
+    pub group_id: Option<Id>,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl Consumer {
+    pub fn check(&self) -> Result<(), Invalid> {
+        let ok = !self.username.is_empty()
+            && self.username.len() <= 100
+            && self
+                .username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(Invalid::new(
+                "username: 1-100 characters of [a-zA-Z0-9_] expected",
+            ));
+        }
+        plugins::check_all(self.plugins.as_ref())
+    }
+}
+
+/// Consumer groups, plugin configs and global rules: a named set of plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSet {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    pub plugins: Plugins,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl PluginSet {
+    pub fn check(&self) -> Result<(), Invalid> {
+        plugins::check_all(Some(&self.plugins))
+    }
+}
+
+fn nested(field: &str, e: Invalid) -> Invalid {
+    Invalid(format!("{field}: {}", e.0))
+}
+
+/// Hosts as APISIX accepts them: a name, optionally starting with the `*` wildcard.
+fn check_host(host: &str) -> Result<(), Invalid> {
+    let name = host.strip_prefix('*').unwrap_or(host);
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(format!(
+            "host {host:?} is not a valid host name"
+        )))
+    }
+}
+
+/// An IP address or a CIDR block.
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    text.parse::<ipnet::IpNet>()
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error(kind: Kind, value: Value) -> String {
+        validate(kind, &value).unwrap_err().0
+    }
+
+    #[test]
+    fn apisix_examples_are_valid() {
+        let route = json!({"uri": "/index.html", "upstream": {"type": "roundrobin",
+            "nodes": {"127.0.0.1:1980": 1}}});
+        validate(Kind::Routes, &route).unwrap();
+        let upstream = json!({"type": "roundrobin", "nodes": [{"host": "127.0.0.1",
+            "port": 1980, "weight": 1}], "retries": 1, "timeout": {"connect": 1,
+            "send": 1, "read": 1}});
+        validate(Kind::Upstreams, &upstream).unwrap();
+        validate(Kind::Consumers, &json!({"username": "jack"})).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = error(
+            Kind::Routes,
+            json!({"uri": "/a", "upstream_id": "1", "urii": 1}),
+        );
+        assert!(e.contains("unknown field `urii`"), "{e}");
+        let e = error(Kind::Routes, json!({"upstream_id": "1"}));
+        assert!(e.contains("uri or uris"), "{e}");
+        let e = error(
+            Kind::Routes,
+            json!({"uri": "/a", "upstream_id": "1", "remote_addrs": ["10.0.0.0/33"]}),
+        );
+        assert!(e.contains("remote_addrs"), "{e}");
+        let e = error(
+            Kind::Routes,
+            json!({"uri": "/a", "upstream_id": "1", "vars": [["arg_x", "~~", "("]]}),
+        );
+        assert!(e.starts_with("vars:"), "{e}");
+        let e = error(
+            Kind::Routes,
+            json!({"uri": "/a", "plugins": {"no-such-plugin": {}}}),
+        );
+        assert!(e.contains("unknown plugin [no-such-plugin]"), "{e}");
+        let e = error(Kind::Upstreams, json!({"nodes": {"127.0.0.1:x": 1}}));
+        assert!(e.contains("nodes"), "{e}");
+        let e = error(Kind::Routes, json!({"uri": "/a", "upstream_id": "a b"}));
+        assert!(e.contains("invalid id"), "{e}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a:80", 1), Some(("a".into(), 80)));
+        assert_eq!(split_host_port("a", 1), Some(("a".into(), 1)));
+        assert_eq!(split_host_port("[::1]:8", 1), Some(("::1".into(), 8)));
+        assert_eq!(split_host_port("a:", 1), None);
+        assert_eq!(split_host_port(":80", 1), None);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for kind in Kind::ALL {
+            assert_eq!(parse_key(&kind.key("7")), Some((kind, "7")));
+        }
+        assert_eq!(parse_key("/apisix/ssls/1"), None);
+    }
+}

@@ -1,0 +1,269 @@
+//! The runtime: configuration compiled into an immutable [`Snapshot`] that the data plane reads
+//! without locks, swapped atomically when the store changes.
+//!
+//! A follower task tracks the store's revision: it reads the changes since the revision it has,
+//! applies them to its copy of the configuration and compiles a new snapshot. Requests in
+//! flight keep the snapshot they started with. A resource that does not compile (possible only
+//! when written to a store behind the Admin API's back) is logged and left out; the rest serve.
+
+pub mod router;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::plugins::Chain;
+use crate::resource::{self, Invalid, Kind, Plugins};
+use crate::store::ConfigStore;
+use router::{HostPattern, Route, Router, UriPattern};
+use upstream::Upstream;
+
+/// How often the follower looks for changes written by other processes.
+const POLL: Duration = Duration::from_secs(1);
+/// Changes read per round trip.
+const CHANGES_PER_READ: i64 = 10_000;
+
+/// One consistent view of the configuration.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub router: Router,
+    /// The plugins of every global rule, run before the route's.
+    pub global: Chain,
+}
+
+/// Compiles the configuration (key → document) into a snapshot.
+pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
+    let mut by_kind: HashMap<Kind, Vec<(&str, &Value)>> = HashMap::new();
+    for (key, value) in config {
+        if let Some((kind, id)) = resource::parse_key(key) {
+            by_kind.entry(kind).or_default().push((id, value));
+        }
+    }
+    let of = |kind| by_kind.get(&kind).map(Vec::as_slice).unwrap_or_default();
+    let skip = |kind: Kind, id: &str, e: Invalid| {
+        tracing::warn!(key = kind.key(id), error = %e, "configuration left out");
+    };
+
+    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (id, value) in of(Kind::Upstreams) {
+        match resource::parse(value).and_then(|u| Upstream::from_config(&u)) {
+            Ok(u) => {
+                upstreams.insert(id, Arc::new(u));
+            }
+            Err(e) => skip(Kind::Upstreams, id, e),
+        }
+    }
+    let mut services: HashMap<&str, (resource::Service, Option<Arc<Upstream>>)> = HashMap::new();
+    for (id, value) in of(Kind::Services) {
+        let compiled = resource::parse::<resource::Service>(value).and_then(|s| {
+            let upstream = match (&s.upstream, &s.upstream_id) {
+                (Some(inline), _) => Some(Arc::new(Upstream::from_config(inline)?)),
+                (None, Some(uid)) => Some(find(&upstreams, Kind::Upstreams, &uid.0)?.clone()),
+                (None, None) => None,
+            };
+            Ok((s, upstream))
+        });
+        match compiled {
+            Ok(s) => {
+                services.insert(id, s);
+            }
+            Err(e) => skip(Kind::Services, id, e),
+        }
+    }
+    let mut plugin_configs: HashMap<&str, Plugins> = HashMap::new();
+    for (id, value) in of(Kind::PluginConfigs) {
+        match resource::parse::<resource::PluginSet>(value) {
+            Ok(p) => {
+                plugin_configs.insert(id, p.plugins);
+            }
+            Err(e) => skip(Kind::PluginConfigs, id, e),
+        }
+    }
+    let mut global_plugins = Plugins::new();
+    for (id, value) in of(Kind::GlobalRules) {
+        match resource::parse::<resource::PluginSet>(value) {
+            Ok(rule) => global_plugins.extend(rule.plugins),
+            Err(e) => skip(Kind::GlobalRules, id, e),
+        }
+    }
+    let global = Chain::build(&[&global_plugins]).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "global rules left out");
+        Chain::default()
+    });
+
+    let mut routes = Vec::new();
+    for (id, value) in of(Kind::Routes) {
+        let route = resource::parse::<resource::Route>(value)
+            .and_then(|r| compile_route(id, &r, &upstreams, &services, &plugin_configs));
+        match route {
+            Ok(Some(route)) => routes.push(route),
+            Ok(None) => {}
+            Err(e) => skip(Kind::Routes, id, e),
+        }
+    }
+    Snapshot {
+        revision,
+        router: Router::new(routes),
+        global,
+    }
+}
+
+fn find<'a, T>(map: &'a HashMap<&str, T>, kind: Kind, id: &str) -> Result<&'a T, Invalid> {
+    map.get(id)
+        .ok_or_else(|| Invalid(format!("{} [{id}] does not exist", kind.noun())))
+}
+
+/// The route as it serves; None when it is disabled (`status: 0`).
+fn compile_route(
+    id: &str,
+    r: &resource::Route,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+    services: &HashMap<&str, (resource::Service, Option<Arc<Upstream>>)>,
+    plugin_configs: &HashMap<&str, Plugins>,
+) -> Result<Option<Route>, Invalid> {
+    if r.status == Some(0) {
+        return Ok(None);
+    }
+    let service = r
+        .service_id
+        .as_ref()
+        .map(|sid| find(services, Kind::Services, &sid.0))
+        .transpose()?;
+    let upstream = match (&r.upstream, &r.upstream_id) {
+        (Some(inline), _) => Some(Arc::new(Upstream::from_config(inline)?)),
+        (None, Some(uid)) => Some(find(upstreams, Kind::Upstreams, &uid.0)?.clone()),
+        (None, None) => service.and_then(|(_, u)| u.clone()),
+    };
+    let empty = Plugins::new();
+    let plugin_config = r
+        .plugin_config_id
+        .as_ref()
+        .map(|pid| find(plugin_configs, Kind::PluginConfigs, &pid.0))
+        .transpose()?;
+    let plugins = Chain::build(&[
+        service
+            .and_then(|(s, _)| s.plugins.as_ref())
+            .unwrap_or(&empty),
+        plugin_config.unwrap_or(&empty),
+        r.plugins.as_ref().unwrap_or(&empty),
+    ])?;
+    let mut hosts: Vec<HostPattern> = r.hosts().map(|h| HostPattern::parse(h)).collect();
+    if hosts.is_empty()
+        && let Some((s, _)) = service
+    {
+        hosts = s
+            .hosts
+            .iter()
+            .flatten()
+            .map(|h| HostPattern::parse(h))
+            .collect();
+    }
+    let remote_addrs = r
+        .remote_addrs()
+        .map(|a| resource::parse_cidr(a).map_err(Invalid))
+        .collect::<Result<_, _>>()?;
+    let vars = r
+        .vars
+        .as_ref()
+        .map(crate::vars::Vars::compile)
+        .transpose()
+        .map_err(|e| Invalid(format!("vars: {e}")))?;
+    let methods = r
+        .methods
+        .as_ref()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| http::Method::from_bytes(m.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| Invalid(format!("methods: {e}")))?;
+    let enable_websocket = r
+        .enable_websocket
+        .or_else(|| service.and_then(|(s, _)| s.enable_websocket))
+        .unwrap_or(false);
+    Ok(Some(Route {
+        id: id.to_string(),
+        uris: r.uris().map(|u| UriPattern::parse(u)).collect(),
+        hosts,
+        methods,
+        remote_addrs,
+        vars,
+        priority: r.priority,
+        upstream,
+        plugins,
+        timeout: r.timeout,
+        enable_websocket,
+    }))
+}
+
+/// The current snapshot, shared by the data plane's workers.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Runtime {
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn install(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Loads the store, installs its snapshot, and follows it until `shutdown`.
+    /// `defaults` are resources present unless the store has the same key (the built-in
+    /// routes to Axle's own services).
+    pub async fn follow(
+        self: &Arc<Self>,
+        store: Arc<ConfigStore>,
+        defaults: BTreeMap<String, Value>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, crate::store::StoreError> {
+        let (mut revision, entries) = store.snapshot().await?;
+        let mut stored: BTreeMap<String, Value> =
+            entries.into_iter().map(|e| (e.key, e.value)).collect();
+        let effective = move |stored: &BTreeMap<String, Value>| {
+            let mut all = defaults.clone();
+            all.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all
+        };
+        self.install(compile(revision, &effective(&stored)));
+        let runtime = self.clone();
+        let mut written = store.subscribe();
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = written.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                match store.changes_since(revision, CHANGES_PER_READ).await {
+                    Ok(changes) if changes.is_empty() => {}
+                    Ok(changes) => {
+                        for change in changes {
+                            revision = change.revision;
+                            match change.value {
+                                Some(value) => stored.insert(change.key, value),
+                                None => stored.remove(&change.key),
+                            };
+                        }
+                        runtime.install(compile(revision, &effective(&stored)));
+                        tracing::debug!(revision, "gateway configuration applied");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway: reading config changes failed; serving the last snapshot");
+                    }
+                }
+            }
+        }))
+    }
+}

@@ -1,0 +1,231 @@
+//! Route matching, compiled once per snapshot.
+//!
+//! Order, as APISIX's radixtree: exact uris first, then path-parameter patterns
+//! (`/users/:id`), then prefixes (`/api/*`), longest first; among routes on the same uri,
+//! higher `priority` first, then the order of their keys. The first candidate whose `hosts`,
+//! `methods`, `remote_addrs` and `vars` all hold is the match; a candidate that fails a filter
+//! lets the next one try.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::plugins::Chain;
+use crate::resource::Timeout;
+use crate::runtime::upstream::Upstream;
+use crate::vars::{Request, Vars};
+
+/// A uri as a route writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UriPattern {
+    Exact(String),
+    /// `/api/*` or `/api*`: everything starting with the text before the `*`.
+    Prefix(String),
+    /// `/users/:id/orders` (a `:name` matches one segment; a final `*` the rest).
+    Params(Vec<Segment>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl UriPattern {
+    pub fn parse(uri: &str) -> UriPattern {
+        if uri.split('/').any(|s| s.starts_with(':')) {
+            let segments = uri
+                .split('/')
+                .skip(1)
+                .map(|s| {
+                    if s.starts_with(':') {
+                        Segment::Param
+                    } else if s.starts_with('*') {
+                        Segment::Rest
+                    } else {
+                        Segment::Literal(s.to_string())
+                    }
+                })
+                .collect();
+            UriPattern::Params(segments)
+        } else if let Some(prefix) = uri.strip_suffix('*') {
+            UriPattern::Prefix(prefix.to_string())
+        } else {
+            UriPattern::Exact(uri.to_string())
+        }
+    }
+
+    /// Whether `path` matches, the slow obvious way (the router indexes instead).
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            UriPattern::Exact(uri) => path == uri,
+            UriPattern::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            UriPattern::Params(segments) => params_match(segments, path),
+        }
+    }
+}
+
+fn params_match(segments: &[Segment], path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    for segment in segments {
+        match segment {
+            Segment::Rest => return true,
+            Segment::Literal(text) => {
+                if parts.next() != Some(text.as_str()) {
+                    return false;
+                }
+            }
+            Segment::Param => match parts.next() {
+                Some(p) if !p.is_empty() => {}
+                _ => return false,
+            },
+        }
+    }
+    parts.next().is_none()
+}
+
+/// `hosts` entries: exact names or `*.example.com` wildcards, compared without case.
+#[derive(Debug, Clone)]
+pub enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(host: &str) -> HostPattern {
+        match host.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
+            None => HostPattern::Exact(host.to_ascii_lowercase()),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    pub uris: Vec<UriPattern>,
+    pub hosts: Vec<HostPattern>,
+    pub methods: Option<Vec<Method>>,
+    pub remote_addrs: Vec<ipnet::IpNet>,
+    pub vars: Option<Vars>,
+    pub priority: i64,
+    /// None: a route with plugins only (they answer).
+    pub upstream: Option<Arc<Upstream>>,
+    pub plugins: Chain,
+    pub timeout: Option<Timeout>,
+    pub enable_websocket: bool,
+}
+
+impl Route {
+    /// Everything but the uri.
+    pub fn filters_match(&self, r: &Request<'_>) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(r.host)))
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| m.as_str() == r.method))
+            && (self.remote_addrs.is_empty()
+                || self.remote_addrs.iter().any(|n| n.contains(&r.remote_addr)))
+            && self.vars.as_ref().is_none_or(|v| v.matches(r))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+    exact: HashMap<String, Vec<usize>>,
+    params: Vec<(Vec<Segment>, usize)>,
+    /// Prefix length → prefix → routes; longest first.
+    prefixes: Vec<(usize, HashMap<String, Vec<usize>>)>,
+}
+
+impl Router {
+    /// Indexes `routes`; their order breaks ties between equal priorities.
+    pub fn new(routes: Vec<Route>) -> Router {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut params = Vec::new();
+        let mut by_len: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, route) in routes.iter().enumerate() {
+            for uri in &route.uris {
+                match uri {
+                    UriPattern::Exact(u) => exact.entry(u.clone()).or_default().push(i),
+                    UriPattern::Prefix(p) => by_len
+                        .entry(p.len())
+                        .or_default()
+                        .entry(p.clone())
+                        .or_default()
+                        .push(i),
+                    UriPattern::Params(s) => params.push((s.clone(), i)),
+                }
+            }
+        }
+        let order = |list: &mut Vec<usize>| {
+            list.sort_by_key(|&i| (std::cmp::Reverse(routes[i].priority), i));
+            list.dedup();
+        };
+        exact.values_mut().for_each(order);
+        for map in by_len.values_mut() {
+            map.values_mut().for_each(order);
+        }
+        params.sort_by_key(|(_, i)| (std::cmp::Reverse(routes[*i].priority), *i));
+        let mut prefixes: Vec<_> = by_len.into_iter().collect();
+        prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        Router {
+            routes,
+            exact,
+            params,
+            prefixes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn find(&self, r: &Request<'_>) -> Option<&Route> {
+        let path = r.path;
+        let pick = |list: &[usize]| {
+            list.iter()
+                .map(|&i| &self.routes[i])
+                .find(|route| route.filters_match(r))
+        };
+        if let Some(route) = self.exact.get(path).and_then(|l| pick(l)) {
+            return Some(route);
+        }
+        for (segments, i) in &self.params {
+            let route = &self.routes[*i];
+            if params_match(segments, path) && route.filters_match(r) {
+                return Some(route);
+            }
+        }
+        for (len, map) in &self.prefixes {
+            if *len > path.len() || !path.is_char_boundary(*len) {
+                continue;
+            }
+            if let Some(route) = map.get(&path[..*len]).and_then(|l| pick(l)) {
+                return Some(route);
+            }
+        }
+        None
+    }
+}

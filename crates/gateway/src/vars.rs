@@ -1,0 +1,448 @@
+//! `vars` expressions, APISIX's (lua-resty-expr) rule language, compiled once per snapshot.
+//!
+//! A rule is `[var, op, value]`, or `[var, "!", op, value]` to negate it. A list of rules
+//! holds when all hold; a list may start with `"AND"`, `"OR"`, `"!AND"` or `"!OR"` and then
+//! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
+//! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `arg_<name>`,
+//! `http_<header>` (lower case, `-` as `_`) and `cookie_<name>`. Operators: `==`, `~=`, `>`,
+//! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use regex::{Regex, RegexBuilder};
+use serde_json::Value;
+
+use crate::resource::parse_cidr;
+
+/// What an expression reads from a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub host: &'a str,
+    pub headers: &'a HeaderMap,
+    pub remote_addr: IpAddr,
+    pub scheme: &'a str,
+    pub server_port: u16,
+}
+
+impl<'a> Request<'a> {
+    /// Query argument `name`, percent-decoded.
+    pub fn arg(&self, name: &str) -> Option<Cow<'a, str>> {
+        let query = self.query?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k) == name).then(|| decode(v))
+        })
+    }
+
+    /// Cookie `name` from the `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then_some(v)
+            })
+    }
+}
+
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A request variable, by its nginx name.
+#[derive(Debug, Clone)]
+pub enum Var {
+    Uri,
+    RequestUri,
+    Host,
+    RemoteAddr,
+    Method,
+    Scheme,
+    ServerPort,
+    QueryString,
+    Arg(String),
+    Header(String),
+    Cookie(String),
+}
+
+impl Var {
+    pub fn parse(name: &str) -> Result<Var, String> {
+        Ok(match name {
+            "uri" => Var::Uri,
+            "request_uri" => Var::RequestUri,
+            "host" => Var::Host,
+            "remote_addr" => Var::RemoteAddr,
+            "request_method" => Var::Method,
+            "scheme" => Var::Scheme,
+            "server_port" => Var::ServerPort,
+            "query_string" | "args" => Var::QueryString,
+            _ => {
+                if let Some(arg) = name.strip_prefix("arg_") {
+                    Var::Arg(arg.to_string())
+                } else if let Some(header) = name.strip_prefix("http_") {
+                    Var::Header(header.to_ascii_lowercase().replace('_', "-"))
+                } else if let Some(cookie) = name.strip_prefix("cookie_") {
+                    Var::Cookie(cookie.to_string())
+                } else {
+                    return Err(format!("unknown variable {name:?}"));
+                }
+            }
+        })
+    }
+
+    pub fn read<'a>(&self, r: &Request<'a>) -> Option<Cow<'a, str>> {
+        match self {
+            Var::Uri => Some(Cow::Borrowed(r.path)),
+            Var::RequestUri => Some(match r.query {
+                Some(q) => Cow::Owned(format!("{}?{q}", r.path)),
+                None => Cow::Borrowed(r.path),
+            }),
+            Var::Host => Some(Cow::Borrowed(r.host)),
+            Var::RemoteAddr => Some(Cow::Owned(r.remote_addr.to_string())),
+            Var::Method => Some(Cow::Borrowed(r.method)),
+            Var::Scheme => Some(Cow::Borrowed(r.scheme)),
+            Var::ServerPort => Some(Cow::Owned(r.server_port.to_string())),
+            Var::QueryString => r.query.map(Cow::Borrowed),
+            Var::Arg(name) => r.arg(name),
+            Var::Header(name) => r
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed),
+            Var::Cookie(name) => r.cookie(name).map(Cow::Borrowed),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Eq(String),
+    Ne(String),
+    Gt(f64),
+    Ge(f64),
+    Lt(f64),
+    Le(f64),
+    Regex(Regex),
+    In(Vec<String>),
+    Has(String),
+    IpMatch(Vec<ipnet::IpNet>),
+}
+
+#[derive(Debug, Clone)]
+enum Expr {
+    All(Vec<Expr>),
+    Any(Vec<Expr>),
+    Not(Box<Expr>),
+    Rule { var: Var, op: Op },
+}
+
+/// A compiled `vars` expression.
+#[derive(Debug, Clone)]
+pub struct Vars(Expr);
+
+impl Vars {
+    /// Compiles `value`; the error says which rule is wrong and why.
+    pub fn compile(value: &Value) -> Result<Vars, String> {
+        let Value::Array(items) = value else {
+            return Err("must be an array of rules".into());
+        };
+        list(items).map(Vars)
+    }
+
+    pub fn matches(&self, request: &Request<'_>) -> bool {
+        eval(&self.0, request)
+    }
+}
+
+fn list(items: &[Value]) -> Result<Expr, String> {
+    let logical = items.first().and_then(Value::as_str).and_then(|s| match s {
+        "AND" => Some((false, false)),
+        "OR" => Some((true, false)),
+        "!AND" => Some((false, true)),
+        "!OR" => Some((true, true)),
+        _ => None,
+    });
+    match logical {
+        Some((any, negate)) => {
+            let mut subs = Vec::new();
+            for item in &items[1..] {
+                let Value::Array(inner) = item else {
+                    return Err(format!("{item}: expected a nested rule list"));
+                };
+                subs.push(nested(inner)?);
+            }
+            let expr = if any {
+                Expr::Any(subs)
+            } else {
+                Expr::All(subs)
+            };
+            Ok(if negate {
+                Expr::Not(Box::new(expr))
+            } else {
+                expr
+            })
+        }
+        None => {
+            let mut rules = Vec::new();
+            for item in items {
+                let Value::Array(inner) = item else {
+                    return Err(format!("{item}: each rule must be an array"));
+                };
+                rules.push(nested(inner)?);
+            }
+            Ok(Expr::All(rules))
+        }
+    }
+}
+
+/// A nested array: either a rule (`["arg_a", "==", "1"]`) or another list.
+fn nested(items: &[Value]) -> Result<Expr, String> {
+    match items.first() {
+        Some(Value::String(s)) if !matches!(s.as_str(), "AND" | "OR" | "!AND" | "!OR") => {
+            rule(items)
+        }
+        _ => list(items),
+    }
+}
+
+fn rule(items: &[Value]) -> Result<Expr, String> {
+    let shown = Value::Array(items.to_vec());
+    let (name, negate, op, value) = match items {
+        [Value::String(name), Value::String(op), value] => (name, false, op.as_str(), value),
+        [
+            Value::String(name),
+            Value::String(bang),
+            Value::String(op),
+            value,
+        ] if bang == "!" => (name, true, op.as_str(), value),
+        _ => return Err(format!("{shown}: expected [var, operator, value]")),
+    };
+    let var = Var::parse(name).map_err(|e| format!("{shown}: {e}"))?;
+    let op = operator(op, value).map_err(|e| format!("{shown}: {e}"))?;
+    let expr = Expr::Rule { var, op };
+    Ok(if negate {
+        Expr::Not(Box::new(expr))
+    } else {
+        expr
+    })
+}
+
+fn text(value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(format!("{value} must be a string or a number")),
+    }
+}
+
+fn number(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Value::String(s) => s.parse().map_err(|_| format!("{s:?} is not a number")),
+        _ => Err(format!("{value} is not a number")),
+    }
+}
+
+fn operator(op: &str, value: &Value) -> Result<Op, String> {
+    Ok(match op {
+        "==" => Op::Eq(text(value)?),
+        "~=" => Op::Ne(text(value)?),
+        ">" => Op::Gt(number(value)?),
+        ">=" => Op::Ge(number(value)?),
+        "<" => Op::Lt(number(value)?),
+        "<=" => Op::Le(number(value)?),
+        "~~" | "~*" => {
+            let pattern = text(value)?;
+            let regex = RegexBuilder::new(&pattern)
+                .case_insensitive(op == "~*")
+                .build()
+                .map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
+            Op::Regex(regex)
+        }
+        "in" | "IN" => match value {
+            Value::Array(items) => Op::In(items.iter().map(text).collect::<Result<_, _>>()?),
+            _ => return Err("in: the value must be an array".into()),
+        },
+        "has" => Op::Has(text(value)?),
+        "ipmatch" => {
+            let items = match value {
+                Value::Array(items) => items.clone(),
+                one => vec![one.clone()],
+            };
+            Op::IpMatch(
+                items
+                    .iter()
+                    .map(|v| parse_cidr(&text(v)?))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        other => return Err(format!("unknown operator {other:?}")),
+    })
+}
+
+fn eval(expr: &Expr, r: &Request<'_>) -> bool {
+    match expr {
+        Expr::All(subs) => subs.iter().all(|e| eval(e, r)),
+        Expr::Any(subs) => subs.iter().any(|e| eval(e, r)),
+        Expr::Not(e) => !eval(e, r),
+        Expr::Rule { var, op } => {
+            let value = var.read(r);
+            let Some(value) = value.as_deref() else {
+                // A missing variable only satisfies "not equal".
+                return matches!(op, Op::Ne(_));
+            };
+            match op {
+                Op::Eq(v) => value == v,
+                Op::Ne(v) => value != v,
+                Op::Gt(n) => value.parse::<f64>().is_ok_and(|x| x > *n),
+                Op::Ge(n) => value.parse::<f64>().is_ok_and(|x| x >= *n),
+                Op::Lt(n) => value.parse::<f64>().is_ok_and(|x| x < *n),
+                Op::Le(n) => value.parse::<f64>().is_ok_and(|x| x <= *n),
+                Op::Regex(re) => re.is_match(value),
+                Op::In(set) => set.iter().any(|v| v == value),
+                Op::Has(v) => value.contains(v.as_str()),
+                Op::IpMatch(nets) => value
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(vars: Value, query: Option<&str>, headers: &[(&str, &str)]) -> bool {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let request = Request {
+            method: "GET",
+            path: "/orders/7",
+            query,
+            host: "api.example.com",
+            headers: &map,
+            remote_addr: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            server_port: 9080,
+        };
+        Vars::compile(&vars).unwrap().matches(&request)
+    }
+
+    #[test]
+    fn apisix_operators() {
+        assert!(check(
+            json!([["arg_name", "==", "json"]]),
+            Some("name=json"),
+            &[]
+        ));
+        assert!(!check(
+            json!([["arg_name", "==", "json"]]),
+            Some("name=xml"),
+            &[]
+        ));
+        assert!(check(json!([["arg_name", "~=", "json"]]), None, &[]));
+        assert!(check(json!([["arg_age", ">", 18]]), Some("age=19"), &[]));
+        assert!(!check(json!([["arg_age", "<", "18"]]), Some("age=19"), &[]));
+        assert!(check(
+            json!([["http_x_version", "~~", "^v[0-9]+$"]]),
+            None,
+            &[("x-version", "v12")]
+        ));
+        assert!(check(json!([["uri", "~*", "^/ORDERS"]]), None, &[]));
+        assert!(check(
+            json!([["request_method", "IN", ["GET", "POST"]]]),
+            None,
+            &[]
+        ));
+        assert!(check(json!([["host", "has", "example"]]), None, &[]));
+        assert!(check(
+            json!([["remote_addr", "ipmatch", ["10.0.0.0/8"]]]),
+            None,
+            &[]
+        ));
+        assert!(check(json!([["arg_a", "!", "==", "1"]]), Some("a=2"), &[]));
+        assert!(check(
+            json!([["cookie_ab", "==", "b"]]),
+            None,
+            &[("cookie", "x=1; ab=b")]
+        ));
+    }
+
+    #[test]
+    fn logical_lists() {
+        let or = json!(["OR", ["arg_a", "==", "1"], ["arg_b", "==", "1"]]);
+        assert!(check(or.clone(), Some("b=1"), &[]));
+        assert!(!check(or, Some("c=1"), &[]));
+        let not_and = json!(["!AND", ["arg_a", "==", "1"], ["arg_b", "==", "1"]]);
+        assert!(check(not_and.clone(), Some("a=1"), &[]));
+        assert!(!check(not_and, Some("a=1&b=1"), &[]));
+        let nested = json!([
+            ["arg_a", "==", "1"],
+            ["OR", ["arg_b", "==", "1"], ["arg_c", "==", "1"]]
+        ]);
+        assert!(check(nested, Some("a=1&c=1"), &[]));
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        for (vars, expect) in [
+            (json!([["arg_a", "~~", "("]]), "invalid regex"),
+            (json!([["arg_a", "=~", "1"]]), "unknown operator"),
+            (json!([["nope", "==", "1"]]), "unknown variable"),
+            (json!([["arg_a", "=="]]), "expected [var, operator, value]"),
+            (json!({"a": 1}), "must be an array"),
+        ] {
+            let e = Vars::compile(&vars).unwrap_err();
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert!(check(
+            json!([["arg_q", "==", "a b/c"]]),
+            Some("q=a+b%2Fc"),
+            &[]
+        ));
+        assert!(check(json!([["arg_q", "==", "%"]]), Some("q=%"), &[]));
+    }
+}
