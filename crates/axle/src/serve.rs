@@ -16,7 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Every service this binary can run, in start order.
-const SERVICES: &[&str] = &[axle_vehicle::NAME, axle_masterdata::NAME, axle_gateway::NAME];
+const SERVICES: &[&str] = &[
+    axle_vehicle::NAME,
+    axle_masterdata::NAME,
+    axle_gateway::NAME,
+];
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {

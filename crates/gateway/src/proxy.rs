@@ -135,7 +135,14 @@ impl DataPlane {
         local_port: u16,
     ) -> Response<Body> {
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 clients send `:authority` instead of `Host`; upstreams get it as `Host`.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
         if let Some(length) = content_length(&parts.headers)
             && self.limits.max_body_bytes > 0
             && length > self.limits.max_body_bytes
@@ -146,7 +153,6 @@ impl DataPlane {
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .map(strip_port)
             .unwrap_or_default()
             .to_string();
@@ -308,11 +314,6 @@ fn upstream_request(
         (None, PassHost::Rewrite) => upstream.upstream_host.clone(),
     };
     if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert(header::HOST, host);
-    } else if !headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&ctx.host)
-    {
-        // HTTP/2 clients send :authority instead of Host.
         headers.insert(header::HOST, host);
     }
     let remote = ctx.remote_addr.to_string();

@@ -1,0 +1,337 @@
+//! The Admin API against APISIX's documented examples, shapes and errors.
+
+use axle_core::testing::Backends;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{KEY, spawn_gateway, spawn_upstream};
+use crate::on_every_backend;
+
+on_every_backend!(apisix_examples, apisix_examples_work_as_written);
+async fn apisix_examples_work_as_written(backends: Backends) {
+    let gw = spawn_gateway(backends).await;
+    let a = spawn_upstream("a").await;
+    let b = spawn_upstream("b").await;
+
+    // Create an upstream.
+    let (status, created) = gw
+        .admin(
+            Method::PUT,
+            "/apisix/admin/upstreams/1",
+            Some(json!({"type": "roundrobin", "nodes": {a.to_string(): 1}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["key"], "/apisix/upstreams/1");
+    assert_eq!(created["value"]["id"], "1");
+    assert!(created["value"]["create_time"].is_i64());
+    assert!(created["value"]["update_time"].is_i64());
+
+    // A route with upstream_id.
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/get", "upstream_id": "1"}),
+    )
+    .await;
+    let seen: Value = gw.wait_for("/get", 200).await.json().await.unwrap();
+    assert_eq!(seen["upstream"], "a");
+
+    // A route with an inline upstream.
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"methods": ["GET"], "host": "example.com", "uri": "/anything/*",
+               "upstream": {"type": "roundrobin", "nodes": {b.to_string(): 1}}}),
+    )
+    .await;
+    let r = axle_core::testing::eventually(10, "the inline route", || async {
+        let r = gw
+            .client
+            .get(gw.url("/anything/foo?arg=10"))
+            .header("Host", "example.com")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(
+        (seen["upstream"].clone(), seen["path"].clone()),
+        (json!("b"), json!("/anything/foo"))
+    );
+    assert_eq!(seen["query"], "arg=10");
+    // Wrong host: no route.
+    let miss = gw
+        .client
+        .get(gw.url("/anything/foo"))
+        .header("Host", "other.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), 404);
+    assert_eq!(
+        miss.json::<Value>().await.unwrap(),
+        json!({"error_msg": "404 Route Not Found"})
+    );
+
+    // A service, and a route using it.
+    gw.put(
+        "/apisix/admin/services/201",
+        json!({"upstream": {"type": "roundrobin", "nodes": {b.to_string(): 1}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/12",
+        json!({"uri": "/svc", "service_id": "201"}),
+    )
+    .await;
+    let seen: Value = gw.wait_for("/svc", 200).await.json().await.unwrap();
+    assert_eq!(seen["upstream"], "b");
+
+    // PATCH a node's weight: the upstream now has both nodes, `a` at weight 0 (never picked).
+    let (status, patched) = gw
+        .admin(
+            Method::PATCH,
+            "/apisix/admin/upstreams/1",
+            Some(json!({"nodes": {b.to_string(): 1, a.to_string(): 0}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        patched["value"]["type"], "roundrobin",
+        "other fields are kept"
+    );
+    axle_core::testing::eventually(10, "the patched weights", || async {
+        let r = gw.client.get(gw.url("/get")).send().await.ok()?;
+        let seen: Value = r.json().await.ok()?;
+        (seen["upstream"] == "b").then_some(())
+    })
+    .await;
+    // PATCH a sub-path.
+    let (status, patched) = gw
+        .admin(
+            Method::PATCH,
+            "/apisix/admin/upstreams/1/nodes",
+            Some(json!({a.to_string(): 1})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(patched["value"]["nodes"], json!({a.to_string(): 1}));
+
+    // GET one and the list, in APISIX v3 shapes.
+    let (status, one) = gw.admin(Method::GET, "/apisix/admin/routes/1", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["key"], "/apisix/routes/1");
+    assert!(one["createdIndex"].is_i64() && one["modifiedIndex"].is_i64());
+    let (_, list) = gw.admin(Method::GET, "/apisix/admin/routes", None).await;
+    assert_eq!(list["total"], 3);
+    assert_eq!(list["list"].as_array().unwrap().len(), 3);
+    let (_, found) = gw
+        .admin(Method::GET, "/apisix/admin/routes?uri=anything", None)
+        .await;
+    assert_eq!(found["total"], 1);
+    assert_eq!(found["list"][0]["value"]["id"], "2");
+
+    // DELETE.
+    let (status, deleted) = gw
+        .admin(Method::DELETE, "/apisix/admin/routes/12", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        deleted,
+        json!({"deleted": "12", "key": "/apisix/routes/12"})
+    );
+    gw.wait_for("/svc", 404).await;
+    let (status, body) = gw.admin(Method::GET, "/apisix/admin/routes/12", None).await;
+    assert_eq!((status, body), (404, json!({"message": "Key not found"})));
+}
+
+on_every_backend!(bad_input, bad_input_gets_a_400_naming_the_problem);
+async fn bad_input_gets_a_400_naming_the_problem(backends: Backends) {
+    let gw = spawn_gateway(backends).await;
+    let cases = [
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            "{not json",
+            "invalid request body",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "upstream_id": "1", "uir": 1}"#,
+            "unknown field `uir`",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "upstream_id": "1", "vars": [["arg_a", "~~", "(x"]]}"#,
+            "invalid regex",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "upstream_id": "1", "remote_addrs": ["10.0.0.0/40"]}"#,
+            "remote_addrs",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "plugins": {"magic": {}}}"#,
+            "unknown plugin [magic]",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "upstream_id": "404"}"#,
+            "failed to fetch upstream info by upstream id [404]",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/routes/1",
+            r#"{"id": "2", "uri": "/a", "plugins": {}}"#,
+            "wrong route id",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/upstreams/1",
+            r#"{"nodes": {"127.0.0.1:80": "heavy"}}"#,
+            "nodes",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/upstreams/1",
+            r#"{"nodes": {"127.0.0.1:80": 1}, "timeout": {"connect": 0, "send": 1, "read": 1}}"#,
+            "timeout.connect",
+        ),
+        (
+            Method::PUT,
+            "/apisix/admin/consumers",
+            r#"{"username": "no spaces"}"#,
+            "username",
+        ),
+    ];
+    for (method, path, body, expected) in cases {
+        let response = gw
+            .client
+            .request(method, gw.admin.url(path))
+            .header("X-API-KEY", KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let msg = error["error_msg"].as_str().unwrap();
+        assert!(msg.contains(expected), "{body}: {msg}");
+    }
+
+    // Referential checks on delete.
+    gw.put(
+        "/apisix/admin/upstreams/1",
+        json!({"nodes": {"127.0.0.1:1": 1}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/7",
+        json!({"uri": "/x", "upstream_id": 1}),
+    )
+    .await;
+    let (status, body) = gw
+        .admin(Method::DELETE, "/apisix/admin/upstreams/1", None)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error_msg"],
+        "can not delete this upstream, route [7] is still using it now"
+    );
+
+    // Without the key, or with a wrong one.
+    let r = gw
+        .client
+        .get(gw.admin.url("/apisix/admin/routes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .client
+        .get(gw.admin.url("/apisix/admin/routes"))
+        .header("X-API-KEY", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Unknown resource kinds and paging limits.
+    let (status, _) = gw.admin(Method::GET, "/apisix/admin/bananas", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = gw
+        .admin(Method::GET, "/apisix/admin/routes?page_size=5", None)
+        .await;
+    assert_eq!(status, 400);
+}
+
+on_every_backend!(history, every_change_is_versioned_and_can_be_rolled_back);
+async fn every_change_is_versioned_and_can_be_rolled_back(backends: Backends) {
+    let gw = spawn_gateway(backends).await;
+    let a = spawn_upstream("a").await;
+    let b = spawn_upstream("b").await;
+    gw.put(
+        "/apisix/admin/upstreams/1",
+        json!({"nodes": {a.to_string(): 1}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/r", "upstream_id": "1"}),
+    )
+    .await;
+    let (_, history) = gw.admin(Method::GET, "/axle/admin/history", None).await;
+    let good = history["revision"].as_i64().unwrap();
+    assert_eq!(history["changes"][0]["key"], "/apisix/routes/1");
+
+    gw.put(
+        "/apisix/admin/upstreams/1",
+        json!({"nodes": {b.to_string(): 1}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"uri": "/r2", "upstream_id": "1"}),
+    )
+    .await;
+    gw.wait_for("/r2", 200).await;
+    let (_, diff) = gw
+        .admin(Method::GET, &format!("/axle/admin/diff?from={good}"), None)
+        .await;
+    let keys: Vec<&str> = diff["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["/apisix/routes/2", "/apisix/upstreams/1"]);
+    assert!(diff["differences"][0]["before"].is_null());
+
+    let (status, rolled) = gw
+        .admin(
+            Method::POST,
+            "/axle/admin/rollback",
+            Some(json!({"revision": good})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rolled}");
+    assert!(rolled["revision"].as_i64().unwrap() > good);
+    gw.wait_for("/r2", 404).await;
+    let seen: Value = gw.wait_for("/r", 200).await.json().await.unwrap();
+    assert_eq!(seen["upstream"], "a");
+    let (status, _) = gw
+        .admin(
+            Method::POST,
+            "/axle/admin/rollback",
+            Some(json!({"revision": 1_000_000})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}

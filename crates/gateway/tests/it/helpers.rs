@@ -1,0 +1,190 @@
+//! `spawn_gateway`: the gateway on fresh storage; `spawn_upstream`: an echo server.
+
+use std::net::SocketAddr;
+
+use axle_core::testing::{Backends, TestPlatform, TestServer, postgres_url};
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
+
+/// Which backends a test runs on; `None` when the environment does not provide them.
+pub fn backends(scaled_out: bool) -> Option<Backends> {
+    if !scaled_out {
+        return Some(Backends::embedded());
+    }
+    Some(Backends {
+        postgres: Some(postgres_url()?),
+        amqp: None,
+        redis: None,
+    })
+}
+
+/// Runs an async test body once per backend set (SQLite, then PostgreSQL when configured).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$body($crate::helpers::backends(false).unwrap()).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(b) = $crate::helpers::backends(true) {
+                    super::$body(b).await;
+                }
+            }
+        }
+    };
+}
+
+pub struct Gateway {
+    pub admin: TestServer,
+    pub proxy: SocketAddr,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    pub _platform: TestPlatform,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn spawn_gateway(backends: Backends) -> Gateway {
+    let platform = TestPlatform::start(backends).await;
+    let key_file = platform.data_dir().join("gateway/admin_key");
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, KEY).unwrap();
+    let gateway = axle_gateway::build(&platform.platform, &[]).await.unwrap();
+    let admin = TestServer::spawn(&gateway.admin).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(gateway.data_plane.serve(listener, stop.clone()));
+    Gateway {
+        admin,
+        proxy,
+        client: reqwest::Client::new(),
+        stop,
+        _platform: platform,
+    }
+}
+
+impl Gateway {
+    /// An Admin API call with the key; returns (status, body).
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.admin.url(path))
+            .header("X-API-KEY", KEY);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Value {
+        let (status, body) = self.admin(Method::PUT, path, Some(body)).await;
+        assert!(
+            status == 200 || status == 201,
+            "PUT {path}: {status} {body}"
+        );
+        body
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// GET through the data plane until it answers `status` (config changes apply within
+    /// milliseconds, not synchronously).
+    pub async fn wait_for(&self, path: &str, status: u16) -> reqwest::Response {
+        axle_core::testing::eventually(10, &format!("{path} to answer {status}"), || async {
+            let r = self.client.get(self.url(path)).send().await.ok()?;
+            (r.status().as_u16() == status).then_some(r)
+        })
+        .await
+    }
+}
+
+/// An upstream answering every request with what it saw, as JSON, tagged with `name`.
+pub async fn spawn_upstream(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move |request: Request| async move {
+        let (parts, body) = request.into_parts();
+        let headers: serde_json::Map<String, Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        axum::Json(json!({
+            "upstream": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        }))
+        .into_response()
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// An upstream that accepts WebSocket upgrades and then echoes every byte back.
+pub async fn spawn_ws_echo() -> SocketAddr {
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(|mut req: hyper::Request<Incoming>| async move {
+                    let upgraded = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(io) = upgraded.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    )
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}

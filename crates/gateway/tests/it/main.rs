@@ -1,0 +1,8 @@
+//! Gateway integration tests: the Admin API and the data plane on port 0, upstreams on port 0,
+//! talking HTTP to them; store-backed tests run on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod admin;
+mod helpers;
+mod proxy;

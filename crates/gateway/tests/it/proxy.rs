@@ -1,0 +1,242 @@
+//! The data plane: forwarding, plugins, failures, retries, live changes, WebSocket, HTTP/2.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axle_core::testing::Backends;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{spawn_gateway, spawn_upstream, spawn_ws_echo};
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn forwards_with_x_forwarded_headers_and_runs_the_rewrite_plugins() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({
+            "uri": "/v1/*",
+            "upstream": {"nodes": {up.to_string(): 1}, "pass_host": "node"},
+            "plugins": {
+                "proxy-rewrite": {
+                    "regex_uri": ["^/v1/(.*)", "/internal/$1"],
+                    "headers": {"set": {"X-Api-Version": "v1", "X-Client": "$remote_addr"},
+                                "remove": ["X-Secret"]}
+                },
+                "response-rewrite": {"headers": {"set": {"X-Served-By": "axle"}}}
+            }
+        }),
+    )
+    .await;
+    gw.wait_for("/v1/orders", 200).await;
+    let r = gw
+        .client
+        .get(gw.url("/v1/orders/7?expand=1"))
+        .header("Host", "shop.example.com")
+        .header("X-Secret", "s3cret")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "axle");
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["path"], "/internal/orders/7");
+    assert_eq!(seen["query"], "expand=1");
+    let h = &seen["headers"];
+    assert_eq!(h["host"], up.to_string(), "pass_host: node");
+    assert_eq!(h["x-api-version"], "v1");
+    assert_eq!(h["x-client"], "127.0.0.1");
+    assert!(h.get("x-secret").is_none());
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "shop.example.com");
+    assert_eq!(h["x-forwarded-proto"], "http");
+
+    // response-rewrite replacing the body and status; a POST body streams through.
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"uri": "/teapot", "upstream": {"nodes": {up.to_string(): 1}},
+               "plugins": {"response-rewrite": {"status_code": 418, "body": "short and stout"}}}),
+    )
+    .await;
+    let r = gw.wait_for("/teapot", 418).await;
+    assert_eq!(r.text().await.unwrap(), "short and stout");
+    let big = "x".repeat(1 << 20);
+    let r = gw
+        .client
+        .post(gw.url("/v1/upload"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["body"].as_str().unwrap().len(), big.len());
+}
+
+#[tokio::test]
+async fn a_dead_node_is_retried_on_another_and_502_when_none_is_left() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("alive").await;
+    let dead = free_addr();
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/r", "upstream": {"nodes": {up.to_string(): 1, dead.clone(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/r", 200).await;
+    for _ in 0..20 {
+        let r = gw.client.get(gw.url("/r")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "the dead node's share is retried on the live one"
+        );
+    }
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"uri": "/dead", "upstream": {"nodes": {dead: 1}}}),
+    )
+    .await;
+    let r = gw.wait_for("/dead", 502).await;
+    assert!(r.text().await.unwrap().contains("502 Bad Gateway"));
+}
+
+#[tokio::test]
+async fn route_changes_apply_under_load_without_a_failed_request() {
+    let gw = Arc::new(spawn_gateway(Backends::embedded()).await);
+    let a = spawn_upstream("a").await;
+    let b = spawn_upstream("b").await;
+    gw.put(
+        "/apisix/admin/routes/live",
+        json!({"uri": "/live", "upstream": {"nodes": {a.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/live", 200).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (gw, done, served) = (gw.clone(), done.clone(), served.clone());
+        load.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while !done.load(Ordering::SeqCst) {
+                let r = gw.client.get(gw.url("/live")).send().await.unwrap();
+                assert_eq!(r.status(), 200, "no request fails while routes change");
+                let body: Value = r.json().await.unwrap();
+                seen.insert(body["upstream"].as_str().unwrap().to_string());
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+            seen
+        }));
+    }
+    for i in 0..20 {
+        let node = if i % 2 == 0 { b } else { a };
+        gw.put(
+            "/apisix/admin/routes/live",
+            json!({"uri": "/live", "upstream": {"nodes": {node.to_string(): 1}}}),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut seen = std::collections::HashSet::new();
+    for task in load {
+        seen.extend(task.await.unwrap());
+    }
+    assert!(served.load(Ordering::SeqCst) > 20);
+    assert_eq!(
+        seen.len(),
+        2,
+        "both upstreams served during the changes: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let echo = spawn_ws_echo().await;
+    gw.put(
+        "/apisix/admin/routes/ws",
+        json!({"uri": "/ws", "enable_websocket": true, "upstream": {"nodes": {echo.to_string(): 1}}}),
+    )
+    .await;
+    axle_core::testing::eventually(10, "the websocket route", || async {
+        let r = gw.client.get(gw.url("/ws")).send().await.ok()?;
+        (r.status() != 404).then_some(())
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: auction.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A masked WebSocket text frame "bid 100"; the echo sends the same bytes back.
+    let frame = [
+        0x81u8,
+        0x87,
+        1,
+        2,
+        3,
+        4,
+        b'b' ^ 1,
+        b'i' ^ 2,
+        b'd' ^ 3,
+        b' ' ^ 4,
+        b'1' ^ 1,
+        b'0' ^ 2,
+        b'0' ^ 3,
+    ];
+    stream.write_all(&frame).await.unwrap();
+    let mut back = [0u8; 13];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, frame);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    use http_body_util::{BodyExt, Empty};
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("h2").await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/h2", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/h2", 200).await;
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{}/h2", gw.proxy))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["upstream"], "h2");
+    assert_eq!(seen["headers"]["host"], gw.proxy.to_string());
+}
