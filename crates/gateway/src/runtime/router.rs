@@ -229,3 +229,125 @@ impl Router {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const URIS: [&str; 10] = [
+        "/", "/a", "/a/b", "/a/*", "/a*", "/*", "/a/:id", "/a/:id/c", "/b/*", "/a/b/*",
+    ];
+    const PATHS: [&str; 10] = [
+        "/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/a/x/c", "/b/q", "/c", "/a/x",
+    ];
+    const HOSTS: [&str; 3] = ["a.com", "x.a.com", "b.com"];
+
+    fn route(
+        i: usize,
+        uris: &[usize],
+        priority: i64,
+        host: Option<&str>,
+        method: Option<&str>,
+    ) -> Route {
+        Route {
+            id: i.to_string(),
+            uris: uris.iter().map(|&u| UriPattern::parse(URIS[u])).collect(),
+            hosts: host
+                .map(|h| vec![HostPattern::parse(h)])
+                .unwrap_or_default(),
+            methods: method.map(|m| vec![Method::from_bytes(m.as_bytes()).unwrap()]),
+            remote_addrs: Vec::new(),
+            vars: None,
+            priority,
+            upstream: None,
+            plugins: Chain::default(),
+            timeout: None,
+            enable_websocket: false,
+        }
+    }
+
+    type Rank = (u8, std::cmp::Reverse<usize>, std::cmp::Reverse<i64>, usize);
+
+    /// The obvious matcher: every (route, uri) that matches, best by (exact, params, longest
+    /// prefix), then priority, then route order.
+    fn naive<'a>(routes: &'a [Route], r: &Request<'_>) -> Option<&'a Route> {
+        let mut best: Option<(Rank, &Route)> = None;
+        for (i, route) in routes.iter().enumerate() {
+            for uri in &route.uris {
+                if !uri.matches(r.path) || !route.filters_match(r) {
+                    continue;
+                }
+                let (class, len) = match uri {
+                    UriPattern::Exact(_) => (0, 0),
+                    UriPattern::Params(_) => (1, 0),
+                    UriPattern::Prefix(p) => (2, p.len()),
+                };
+                let rank = (
+                    class,
+                    std::cmp::Reverse(len),
+                    std::cmp::Reverse(route.priority),
+                    i,
+                );
+                if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                    best = Some((rank, route));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    fn arb_route() -> impl Strategy<Value = (Vec<usize>, i64, Option<usize>, Option<bool>)> {
+        (
+            proptest::collection::vec(0..URIS.len(), 1..3),
+            -2i64..3,
+            proptest::option::of(0..3usize),
+            proptest::option::of(any::<bool>()),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn router_agrees_with_the_naive_matcher(
+            specs in proptest::collection::vec(arb_route(), 0..12),
+            path in 0..PATHS.len(),
+            host in 0..HOSTS.len(),
+            post in any::<bool>(),
+        ) {
+            let host_patterns = ["a.com", "*.a.com", "b.com"];
+            let build = || -> Vec<Route> {
+                specs.iter().enumerate().map(|(i, (uris, priority, h, m))| {
+                    route(i, uris, *priority, h.map(|h| host_patterns[h]),
+                          m.map(|post| if post { "POST" } else { "GET" }))
+                }).collect()
+            };
+            let headers = http::HeaderMap::new();
+            let request = Request {
+                method: if post { "POST" } else { "GET" },
+                path: PATHS[path],
+                query: None,
+                host: HOSTS[host],
+                headers: &headers,
+                remote_addr: "127.0.0.1".parse().unwrap(),
+                scheme: "http",
+                server_port: 80,
+            };
+            let reference = build();
+            let router = Router::new(build());
+            let expected = naive(&reference, &request).map(|r| r.id.clone());
+            let found = router.find(&request).map(|r| r.id.clone());
+            prop_assert_eq!(found, expected);
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(UriPattern::parse("/a/:id").matches("/a/7"));
+        assert!(!UriPattern::parse("/a/:id").matches("/a/7/8"));
+        assert!(!UriPattern::parse("/a/:id").matches("/a/"));
+        assert!(UriPattern::parse("/a/:id/*").matches("/a/7/8/9"));
+        assert!(UriPattern::parse("/a*").matches("/abc"));
+        assert!(HostPattern::parse("*.a.com").matches("X.A.com"));
+        assert!(!HostPattern::parse("*.a.com").matches("a.com"));
+    }
+}
