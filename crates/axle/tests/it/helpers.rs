@@ -65,14 +65,21 @@ pub struct Server {
     pub child: Option<Child>,
     /// Where master data listens (vehicle's port is the caller's choice).
     pub masterdata_port: u16,
+    /// Where the gateway's data plane listens.
+    pub gateway_port: u16,
 }
 
 impl Server {
     /// `axle serve` in `dir` with the vehicle service on `port`, once it answers `/healthz`.
     pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
         let masterdata = free_port();
+        let gateway = free_port();
         let mut cmd = axle(dir);
         cmd.arg("serve")
+            .env(
+                "AXLE__SERVICES__GATEWAY__LISTEN",
+                format!("127.0.0.1:{gateway}"),
+            )
             .env(
                 "AXLE__SERVICES__VEHICLE__LISTEN",
                 format!("127.0.0.1:{port}"),
@@ -88,6 +95,7 @@ impl Server {
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut server = Self::start(cmd);
         server.masterdata_port = masterdata;
+        server.gateway_port = gateway;
         server
             .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
             .await;
@@ -106,6 +114,7 @@ impl Server {
         Self {
             child: Some(child),
             masterdata_port: 0,
+            gateway_port: 0,
         }
     }
 

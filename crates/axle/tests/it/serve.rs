@@ -80,6 +80,22 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(created.status(), 201);
 
+    // The gateway routes /api/<service>/ to each service of the process.
+    let through_gateway: serde_json::Value = reqwest::get(format!(
+        "http://127.0.0.1:{}/api/vehicle/vehicles",
+        server.gateway_port
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(through_gateway["items"][0]["vin"], "1HGCM82633A004352");
+    assert!(
+        dir.path().join("axle-data/gateway/admin_key").exists(),
+        "the Admin API key is generated on first start"
+    );
+
     // `axle masterdata check` asks the running master data to compare with the vehicle service.
     let check = || {
         let mut cmd = axle(dir.path());

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Gateway benchmark: the same upstream reached directly, through nginx (proxy_pass, 1 worker)
+# and through Axle's gateway (1 data-plane thread), driven by the same wrk on loopback.
+# Usage: bench/gateway.sh [SECONDS] [CONNECTIONS]   (defaults 10 and 50)
+# Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNECTIONS="${2:-50}"
+UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 ADMIN_PORT=18183
+
+for tool in nginx wrk; do
+  if ! command -v "$tool" >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+  fi
+done
+cargo build --quiet --release -p axle
+AXLE="${CARGO_TARGET_DIR:-target}/release/axle"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PROXY_CPU="" LOAD_CPU=""
+if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+
+nginx_conf() { # $1 = name, $2 = server block
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1;
+  proxy_temp_path $WORK/$1;
+  fastcgi_temp_path $WORK/$1;
+  uwsgi_temp_path $WORK/$1;
+  scgi_temp_path $WORK/$1;
+  $2
+}
+CONF
+}
+
+# The upstream: nginx answering a small fixed body.
+nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
+$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
+
+# The reference proxy: nginx proxy_pass with an upstream keepalive pool.
+nginx_conf proxy "upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 320; }
+  server { listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';
+                 proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
+                 proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+$PROXY_CPU nginx -c "$WORK/proxy/nginx.conf" & PIDS+=($!)
+
+# Axle's gateway alone, one data-plane thread, a route to the same upstream.
+AXLE_ADMIN_KEY=bench-key \
+AXLE__LOG__LEVEL=warn \
+AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT" \
+AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
+  $PROXY_CPU "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+
+wait_for() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
+wait_for "http://127.0.0.1:$NGINX_PORT/"
+for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes" 2>/dev/null && break; sleep 0.1; done
+curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/bench" \
+  -d "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"
+wait_for "http://127.0.0.1:$AXLE_PORT/"
+
+# Prints "requests/s p99_ms" for one wrk run.
+measure() {
+  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d2s "$1" >/dev/null # warm-up
+  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" | awk '
+    /Requests\/sec/ { rps = $2 }
+    /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }; p99 = v }
+    END { printf "%.0f %.2f\n", rps, p99 }'
+}
+
+read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
+read -r nginx_rps nginx_p99 < <(measure "http://127.0.0.1:$NGINX_PORT/")
+read -r axle_rps axle_p99 < <(measure "http://127.0.0.1:$AXLE_PORT/")
+
+echo "gateway benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, $(nproc) cores, proxy pinned: ${PROXY_CPU:-no}"
+printf "  %-34s %10s req/s   p99 %7s ms\n" "direct to the upstream" "$direct_rps" "$direct_p99"
+printf "  %-34s %10s req/s   p99 %7s ms\n" "nginx proxy_pass (1 worker)" "$nginx_rps" "$nginx_p99"
+printf "  %-34s %10s req/s   p99 %7s ms\n" "axle gateway (1 worker thread)" "$axle_rps" "$axle_p99"
+awk -v a="$axle_rps" -v n="$nginx_rps" 'BEGIN { printf "  ratio axle / nginx                 %10.2f\n", a / n }'
