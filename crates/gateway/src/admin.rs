@@ -134,6 +134,15 @@ fn kind(segment: &str) -> Result<Kind> {
     Kind::from_segment(segment).ok_or(AdminError::NotFound)
 }
 
+/// The stored document of `kind`/`id`, or 404.
+async fn existing(state: &AdminState, kind: Kind, id: &str) -> Result<Entry> {
+    state
+        .store
+        .get(&kind.key(id))
+        .await?
+        .ok_or(AdminError::NotFound)
+}
+
 fn body_json(body: &Bytes) -> Result<Value> {
     serde_json::from_slice(body).map_err(|e| AdminError::Bad(format!("invalid request body: {e}")))
 }
@@ -228,11 +237,7 @@ async fn get_one(
     Path((segment, id)): Path<(String, String)>,
 ) -> Result<Response> {
     let kind = kind(&segment)?;
-    let entry = state
-        .store
-        .get(&kind.key(&id))
-        .await?
-        .ok_or(AdminError::NotFound)?;
+    let entry = existing(&state, kind, &id).await?;
     Ok(axum::Json(item(&entry)).into_response())
 }
 
@@ -359,17 +364,9 @@ async fn patch(
     body: Bytes,
 ) -> Result<Response> {
     let kind = kind(&segment)?;
+    // A patch that is not an object replaces the whole document, which `write` then refuses.
     let patch = body_json(&body)?;
-    if !patch.is_object() {
-        return Err(AdminError::Bad(
-            "invalid configuration: the body must be a JSON object".into(),
-        ));
-    }
-    let entry = state
-        .store
-        .get(&kind.key(&id))
-        .await?
-        .ok_or(AdminError::NotFound)?;
+    let entry = existing(&state, kind, &id).await?;
     let mut value = entry.value;
     merge(&mut value, patch);
     write_patched(&state, kind, id, value).await
@@ -383,11 +380,7 @@ async fn patch_path(
 ) -> Result<Response> {
     let kind = kind(&segment)?;
     let replacement = body_json(&body)?;
-    let entry = state
-        .store
-        .get(&kind.key(&id))
-        .await?
-        .ok_or(AdminError::NotFound)?;
+    let entry = existing(&state, kind, &id).await?;
     let mut value = entry.value;
     let mut slot = &mut value;
     for segment in path.split('/').filter(|s| !s.is_empty()) {
@@ -435,9 +428,6 @@ async fn delete(
 ) -> Result<Response> {
     let kind = kind(&segment)?;
     let key = kind.key(&id);
-    if state.store.get(&key).await?.is_none() {
-        return Err(AdminError::NotFound);
-    }
     for referrer in Kind::ALL {
         for entry in state
             .store
@@ -454,7 +444,10 @@ async fn delete(
             }
         }
     }
-    state.store.delete(&key).await?;
+    // Only existing resources can be referred to, so a missing one gets here and is a 404.
+    if !state.store.delete(&key).await? {
+        return Err(AdminError::NotFound);
+    }
     Ok(axum::Json(json!({"deleted": id, "key": key})).into_response())
 }
 

@@ -287,11 +287,7 @@ impl Route {
         {
             return Err(Invalid::new("status: must be 0 or 1"));
         }
-        if self.upstream.is_some() && self.upstream_id.is_some() {
-            return Err(Invalid::new(
-                "only one of upstream and upstream_id may be set",
-            ));
-        }
+        check_upstream_choice(self.upstream.as_ref(), self.upstream_id.as_ref())?;
         if self.plugins.is_none()
             && self.upstream.is_none()
             && self.upstream_id.is_none()
@@ -300,9 +296,6 @@ impl Route {
             return Err(Invalid::new(
                 "one of plugins, upstream, upstream_id or service_id is required",
             ));
-        }
-        if let Some(upstream) = &self.upstream {
-            upstream.check().map_err(|e| nested("upstream", e))?;
         }
         if let Some(t) = &self.timeout {
             t.check()?;
@@ -343,16 +336,9 @@ pub struct Service {
 
 impl Service {
     pub fn check(&self) -> Result<(), Invalid> {
-        if self.upstream.is_some() && self.upstream_id.is_some() {
-            return Err(Invalid::new(
-                "only one of upstream and upstream_id may be set",
-            ));
-        }
+        check_upstream_choice(self.upstream.as_ref(), self.upstream_id.as_ref())?;
         for host in self.hosts.iter().flatten() {
             check_host(host)?;
-        }
-        if let Some(upstream) = &self.upstream {
-            upstream.check().map_err(|e| nested("upstream", e))?;
         }
         plugins::check_all(self.plugins.as_ref())
     }
@@ -615,6 +601,17 @@ pub struct PluginSet {
 impl PluginSet {
     pub fn check(&self) -> Result<(), Invalid> {
         plugins::check_all(Some(&self.plugins))
+    }
+}
+
+/// Routes and services name their upstream inline or by id, not both.
+fn check_upstream_choice(upstream: Option<&Upstream>, id: Option<&Id>) -> Result<(), Invalid> {
+    match (upstream, id) {
+        (Some(_), Some(_)) => Err(Invalid::new(
+            "only one of upstream and upstream_id may be set",
+        )),
+        (Some(inline), None) => inline.check().map_err(|e| nested("upstream", e)),
+        _ => Ok(()),
     }
 }
 

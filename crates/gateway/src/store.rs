@@ -131,15 +131,17 @@ impl ConfigStore {
 
     /// Writes `value` at `key`; returns the entry and whether the key is new.
     pub async fn put(&self, key: &str, value: &Value) -> Result<(Entry, bool), StoreError> {
-        let changes = self
+        let applied = self
             .apply(&[(key.to_string(), Some(value.clone()))])
             .await?;
-        let created = changes.first().is_some_and(|(_, created)| *created);
-        let entry = self.get(key).await?.ok_or_else(|| {
-            StoreError::Db(sqlx::Error::Protocol(format!(
-                "{key} vanished after writing"
-            )))
-        })?;
+        let (revision, created_index) = applied[0]; // one change in, one result out
+        let entry = Entry {
+            key: key.to_string(),
+            value: value.clone(),
+            created_index,
+            modified_index: revision,
+        };
+        let created = created_index == revision;
         Ok((entry, created))
     }
 
@@ -152,11 +154,12 @@ impl ConfigStore {
         Ok(true)
     }
 
-    /// Applies several changes in one transaction, one revision each.
+    /// Applies several changes in one transaction, one revision each; returns each change's
+    /// revision and its key's created_index.
     async fn apply(
         &self,
         changes: &[(String, Option<Value>)],
-    ) -> Result<Vec<(i64, bool)>, StoreError> {
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
         let _writing = self.writer.lock().await;
         let mut tx = self.db.begin().await?;
         let mut revision: i64 =
@@ -178,39 +181,29 @@ impl ConfigStore {
             .bind(&now)
             .execute(&mut *tx)
             .await?;
-            let created = match text {
-                Some(text) => {
-                    let updated = sqlx::query(
-                        "UPDATE gateway_config SET value = $1, modified_index = $2 WHERE key = $3",
+            // The key's created_index: this revision when the key is new.
+            let created_index =
+                match text {
+                    Some(text) => sqlx::query_scalar(
+                        "INSERT INTO gateway_config (key, value, created_index, modified_index) \
+                         VALUES ($1, $2, $3, $3) ON CONFLICT (key) DO UPDATE \
+                         SET value = excluded.value, modified_index = excluded.modified_index \
+                         RETURNING created_index",
                     )
+                    .bind(key)
                     .bind(&text)
                     .bind(revision)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if updated == 0 {
-                        sqlx::query(
-                            "INSERT INTO gateway_config (key, value, created_index, modified_index) \
-                             VALUES ($1, $2, $3, $3)",
-                        )
-                        .bind(key)
-                        .bind(&text)
-                        .bind(revision)
-                        .execute(&mut *tx)
-                        .await?;
+                    .fetch_one(&mut *tx)
+                    .await?,
+                    None => {
+                        sqlx::query("DELETE FROM gateway_config WHERE key = $1")
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                        revision
                     }
-                    updated == 0
-                }
-                None => {
-                    sqlx::query("DELETE FROM gateway_config WHERE key = $1")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                    false
-                }
-            };
-            applied.push((revision, created));
+                };
+            applied.push((revision, created_index));
         }
         tx.commit().await?;
         self.revision.send_replace(revision);

@@ -63,11 +63,8 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
     let mut services: HashMap<&str, (resource::Service, Option<Arc<Upstream>>)> = HashMap::new();
     for (id, value) in of(Kind::Services) {
         let compiled = resource::parse::<resource::Service>(value).and_then(|s| {
-            let upstream = match (&s.upstream, &s.upstream_id) {
-                (Some(inline), _) => Some(Arc::new(Upstream::from_config(inline)?)),
-                (None, Some(uid)) => Some(find(&upstreams, Kind::Upstreams, &uid.0)?.clone()),
-                (None, None) => None,
-            };
+            let upstream =
+                resolve_upstream(s.upstream.as_ref(), s.upstream_id.as_ref(), &upstreams)?;
             Ok((s, upstream))
         });
         match compiled {
@@ -120,6 +117,19 @@ fn find<'a, T>(map: &'a HashMap<&str, T>, kind: Kind, id: &str) -> Result<&'a T,
         .ok_or_else(|| Invalid(format!("{} [{id}] does not exist", kind.noun())))
 }
 
+/// The upstream a route or service names, inline or by id; None when it names none.
+fn resolve_upstream(
+    inline: Option<&resource::Upstream>,
+    id: Option<&resource::Id>,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+) -> Result<Option<Arc<Upstream>>, Invalid> {
+    match (inline, id) {
+        (Some(inline), _) => Ok(Some(Arc::new(Upstream::from_config(inline)?))),
+        (None, Some(id)) => Ok(Some(find(upstreams, Kind::Upstreams, &id.0)?.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The route as it serves; None when it is disabled (`status: 0`).
 fn compile_route(
     id: &str,
@@ -136,10 +146,9 @@ fn compile_route(
         .as_ref()
         .map(|sid| find(services, Kind::Services, &sid.0))
         .transpose()?;
-    let upstream = match (&r.upstream, &r.upstream_id) {
-        (Some(inline), _) => Some(Arc::new(Upstream::from_config(inline)?)),
-        (None, Some(uid)) => Some(find(upstreams, Kind::Upstreams, &uid.0)?.clone()),
-        (None, None) => service.and_then(|(_, u)| u.clone()),
+    let upstream = match resolve_upstream(r.upstream.as_ref(), r.upstream_id.as_ref(), upstreams)? {
+        Some(own) => Some(own),
+        None => service.and_then(|(_, u)| u.clone()),
     };
     let empty = Plugins::new();
     let plugin_config = r
