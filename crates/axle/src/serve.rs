@@ -140,11 +140,13 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
                 .map(|s| (*s, listen_addr(&platform.config, s)))
                 .collect();
             let gateway = axle_gateway::build(&platform, &others).await?;
-            let addr = platform.config.services.gateway.listen;
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("gateway: cannot listen on {addr}"))?;
-            data_plane = Some((gateway.data_plane, listener));
+            if let Some(plane) = gateway.data_plane {
+                let addr = platform.config.services.gateway.listen;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("gateway: cannot listen on {addr}"))?;
+                data_plane = Some((plane, listener));
+            }
             gateway.admin
         } else {
             build(name, &platform).await?

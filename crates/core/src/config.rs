@@ -216,6 +216,60 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Route `/api/<service>/...` to each service running in this process.
     pub default_routes: bool,
+    /// What this node does (APISIX's `deployment.role`).
+    pub role: GatewayRole,
+    /// Where routes, upstreams and the rest live (APISIX's `config_provider`).
+    pub config_provider: ConfigProvider,
+    pub etcd: EtcdConfig,
+    /// The `apisix.yaml` file read with `config_provider = "yaml"`; unset:
+    /// `<data_dir>/gateway/apisix.yaml`.
+    pub yaml_file: Option<PathBuf>,
+}
+
+/// APISIX's deployment roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayRole {
+    /// Admin API and data plane in one process.
+    Traditional,
+    /// The data plane only: serves what the config store holds, no Admin API.
+    DataPlane,
+    /// The Admin API only: writes the config store, serves no traffic.
+    ControlPlane,
+}
+
+/// Where the gateway's configuration lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigProvider {
+    /// The gateway's database (SQLite by default, PostgreSQL when `database.url` is set).
+    Embedded,
+    /// etcd v3, in APISIX's key layout.
+    Etcd,
+    /// A standalone `apisix.yaml` file, re-read when it changes (data plane only).
+    Yaml,
+}
+
+/// `[services.gateway.etcd]` (APISIX's `deployment.etcd`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Member URLs, tried in turn (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// The key prefix every resource lives under.
+    pub prefix: String,
+    /// Seconds one request may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/apisix".into(),
+            timeout_secs: 30,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -228,6 +282,10 @@ impl Default for GatewayConfig {
             workers: None,
             max_body_bytes: 64 * 1024 * 1024,
             default_routes: true,
+            role: GatewayRole::Traditional,
+            config_provider: ConfigProvider::Embedded,
+            etcd: EtcdConfig::default(),
+            yaml_file: None,
         }
     }
 }
@@ -341,6 +399,7 @@ impl Config {
         if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             return invalid("database.schema_prefix: lowercase letters and '_' only");
         }
+        let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
         let gw = &self.services.gateway;
         for cidr in &gw.allow_admin {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
@@ -352,8 +411,26 @@ impl Config {
         if gw.workers == Some(0) {
             return invalid("services.gateway.workers: must be at least 1");
         }
+        if gw.config_provider == ConfigProvider::Yaml && gw.role != GatewayRole::DataPlane {
+            return invalid(
+                "services.gateway.config_provider: \"yaml\" needs role = \"data_plane\" \
+                 (the file is the configuration; there is no Admin API to write it)",
+            );
+        }
+        if gw.config_provider == ConfigProvider::Etcd {
+            if gw.etcd.endpoints.is_empty() || !gw.etcd.endpoints.iter().all(|u| http_url(u)) {
+                return invalid("services.gateway.etcd.endpoints: expected http(s) URLs");
+            }
+            if !gw.etcd.prefix.starts_with('/') || gw.etcd.prefix.ends_with('/') {
+                return invalid(
+                    "services.gateway.etcd.prefix: must start with '/' and not end with it",
+                );
+            }
+            if gw.etcd.timeout_secs == 0 {
+                return invalid("services.gateway.etcd.timeout_secs: must be at least 1");
+            }
+        }
         let md = &self.services.masterdata;
-        let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
         if !http_url(&md.vehicle_url) {
             return invalid("services.masterdata.vehicle_url: expected an http(s) URL");
         }
@@ -466,6 +543,18 @@ mod tests {
             (
                 "[telemetry]\nsample_ratio = 2.0\n",
                 "telemetry.sample_ratio",
+            ),
+            (
+                "[services.gateway]\nconfig_provider = \"yaml\"\n",
+                "services.gateway.config_provider",
+            ),
+            (
+                "[services.gateway]\nconfig_provider = \"etcd\"\n[services.gateway.etcd]\nprefix = \"apisix/\"\n",
+                "services.gateway.etcd.prefix",
+            ),
+            (
+                "[services.gateway]\nrole = \"edge\"\n",
+                "services.gateway.role",
             ),
         ] {
             let f = file(text);

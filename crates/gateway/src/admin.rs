@@ -42,7 +42,10 @@ pub enum AdminError {
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
-        AdminError::Store(e)
+        match e {
+            StoreError::ReadOnly(_) | StoreError::Compacted(_) => AdminError::Bad(e.to_string()),
+            e => AdminError::Store(e),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use axle_core::config::{ConfigProvider, GatewayRole};
 use axle_core::db::Migrations;
 use axle_core::platform::{Platform, Service, ServiceParts, StartError};
 use prometheus::Registry;
@@ -27,6 +28,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 pub use proxy::DataPlane;
+use store::ConfigStore;
 
 pub const NAME: &str = "gateway";
 
@@ -41,54 +43,83 @@ pub fn migrations() -> Migrations {
 }
 
 /// The gateway's two halves: the Admin API (as a [`Service`], on `admin_listen`) and the data
-/// plane (on `listen`), both on the same store and runtime.
+/// plane (on `listen`), both on the same store. A `data_plane` node's Service serves only the
+/// health and metrics endpoints; a `control_plane` node has no data plane.
 #[derive(Debug)]
 pub struct Gateway {
     pub admin: Service,
-    pub data_plane: DataPlane,
+    pub data_plane: Option<DataPlane>,
 }
 
-/// Builds the gateway: opens its store, compiles the first snapshot and follows the store.
-/// `services` are the other services of this process, routed under `/api/<name>/` when
-/// `default_routes` is on.
+/// Builds the gateway: opens its store and, unless it is a control plane, compiles the first
+/// snapshot and follows the store. `services` are the other services of this process, routed
+/// under `/api/<name>/` when `default_routes` is on.
 pub async fn build(
     platform: &Platform,
     services: &[(&str, SocketAddr)],
 ) -> Result<Gateway, StartError> {
     let config = &platform.config.services.gateway;
+    let dir = platform.config.data_dir.join(NAME);
     let fail = |message: String| StartError::Service {
         service: NAME,
         message,
     };
     let db = platform.open_db(NAME, &migrations()).await?;
-    let store = Arc::new(
-        store::ConfigStore::open(db.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?,
-    );
-    let runtime = Arc::new(runtime::Runtime::default());
-    let defaults = if config.default_routes {
-        default_routes(services)
-    } else {
-        BTreeMap::new()
-    };
-    let follower = runtime
-        .follow(store.clone(), defaults, platform.shutdown.clone())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let key = admin_key(config.admin_key.clone(), &platform.config.data_dir)
-        .map_err(|e| fail(format!("admin key: {e}")))?;
-    let allow = config
-        .allow_admin
-        .iter()
-        .map(|c| resource::parse_cidr(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("allow_admin: {e}")))?;
-    let api = admin::router(admin::AdminState {
-        store,
-        key: Arc::new(key),
-        allow: Arc::new(allow),
+    let store = Arc::new(match config.config_provider {
+        ConfigProvider::Embedded => ConfigStore::Embedded(
+            store::embedded::Embedded::open(db.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+        ),
+        ConfigProvider::Etcd => ConfigStore::Etcd(
+            store::etcd::Etcd::new(&config.etcd).map_err(|e| fail(e.to_string()))?,
+        ),
+        ConfigProvider::Yaml => ConfigStore::Yaml(store::yaml::YamlFile::new(
+            config
+                .yaml_file
+                .clone()
+                .unwrap_or_else(|| dir.join("apisix.yaml")),
+        )),
     });
+
+    let mut tasks = Vec::new();
+    let data_plane = if config.role == GatewayRole::ControlPlane {
+        None
+    } else {
+        let runtime = Arc::new(runtime::Runtime::default());
+        let defaults = if config.default_routes {
+            default_routes(services)
+        } else {
+            BTreeMap::new()
+        };
+        let last_good = dir.join("last_good.json");
+        tasks = runtime
+            .follow(&store, defaults, last_good, platform.shutdown.clone())
+            .await;
+        let limits = proxy::Limits {
+            max_body_bytes: config.max_body_bytes,
+            ..proxy::Limits::default()
+        };
+        Some(DataPlane::new(runtime, limits))
+    };
+
+    let api = if config.role == GatewayRole::DataPlane {
+        axum::Router::new()
+    } else {
+        let key = admin_key(config.admin_key.clone(), &platform.config.data_dir)
+            .map_err(|e| fail(format!("admin key: {e}")))?;
+        let allow = config
+            .allow_admin
+            .iter()
+            .map(|c| resource::parse_cidr(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("allow_admin: {e}")))?;
+        admin::router(admin::AdminState {
+            store,
+            key: Arc::new(key),
+            allow: Arc::new(allow),
+        })
+    };
     let mut admin = platform.assemble(ServiceParts {
         name: NAME,
         db,
@@ -97,15 +128,8 @@ pub async fn build(
         api,
         openapi: utoipa::openapi::OpenApiBuilder::new().build(),
     })?;
-    admin.tasks.push(follower);
-    let limits = proxy::Limits {
-        max_body_bytes: config.max_body_bytes,
-        ..proxy::Limits::default()
-    };
-    Ok(Gateway {
-        admin,
-        data_plane: DataPlane::new(runtime, limits),
-    })
+    admin.tasks.extend(tasks);
+    Ok(Gateway { admin, data_plane })
 }
 
 /// `/api/<name>/...` → the service's own listener, with the prefix stripped.

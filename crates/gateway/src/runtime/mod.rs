@@ -1,15 +1,17 @@
 //! The runtime: configuration compiled into an immutable [`Snapshot`] that the data plane reads
 //! without locks, swapped atomically when the store changes.
 //!
-//! A follower task tracks the store's revision: it reads the changes since the revision it has,
-//! applies them to its copy of the configuration and compiles a new snapshot. Requests in
-//! flight keep the snapshot they started with. A resource that does not compile (possible only
+//! A follower task takes the store's updates (see [`crate::store::Update`]), applies them to
+//! its copy of the configuration, compiles a new snapshot and keeps a copy of the
+//! configuration on disk for starting while the store is down. Requests in flight keep the
+//! snapshot they started with. A resource that does not compile (possible only
 //! when written to a store behind the Admin API's back) is logged and left out; the rest serve.
 
 pub mod router;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plugins::Chain;
 use crate::resource::{self, Invalid, Kind, Plugins};
-use crate::store::ConfigStore;
+use crate::store::{ConfigStore, Update};
 use router::{HostPattern, Route, Router, UriPattern};
 use upstream::Upstream;
-
-/// How often the follower looks for changes written by other processes.
-const POLL: Duration = Duration::from_secs(1);
-/// Changes read per round trip.
-const CHANGES_PER_READ: i64 = 10_000;
 
 /// One consistent view of the configuration.
 #[derive(Debug, Default)]
@@ -228,51 +225,143 @@ impl Runtime {
         self.current.store(Arc::new(snapshot));
     }
 
-    /// Loads the store, installs its snapshot, and follows it until `shutdown`.
-    /// `defaults` are resources present unless the store has the same key (the built-in
-    /// routes to Axle's own services).
+    /// Follows the store until `shutdown`, installing a new snapshot after each change.
+    ///
+    /// Waits up to [`FIRST_READ`] for the store's first answer; a store that does not answer
+    /// in time (etcd down at start) is caught up with later, and meanwhile the last-known-good
+    /// configuration persisted at `last_good` serves. `defaults` are resources present unless
+    /// the store has the same key (the built-in routes to Axle's own services).
     pub async fn follow(
         self: &Arc<Self>,
-        store: Arc<ConfigStore>,
+        store: &Arc<ConfigStore>,
         defaults: BTreeMap<String, Value>,
+        last_good: PathBuf,
         shutdown: CancellationToken,
-    ) -> Result<JoinHandle<()>, crate::store::StoreError> {
-        let (mut revision, entries) = store.snapshot().await?;
-        let mut stored: BTreeMap<String, Value> =
-            entries.into_iter().map(|e| (e.key, e.value)).collect();
-        let effective = move |stored: &BTreeMap<String, Value>| {
-            let mut all = defaults.clone();
-            all.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
-            all
+    ) -> Vec<JoinHandle<()>> {
+        let (mut updates, feeder) = store.follow(shutdown.clone());
+        let mut follower = Follower {
+            runtime: self.clone(),
+            defaults,
+            stored: BTreeMap::new(),
+            revision: 0,
+            last_good,
         };
-        self.install(compile(revision, &effective(&stored)));
-        let runtime = self.clone();
-        let mut written = store.subscribe();
-        Ok(tokio::spawn(async move {
+        match tokio::time::timeout(FIRST_READ, updates.recv()).await {
+            Ok(Some(update)) => follower.apply(vec![update]).await,
+            _ => follower.start_from_last_good().await,
+        }
+        let task = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = written.changed() => {}
-                    _ = tokio::time::sleep(POLL) => {}
+                let first = tokio::select! {
+                    update = updates.recv() => update,
                     _ = shutdown.cancelled() => return,
+                };
+                let Some(first) = first else { return };
+                // Everything already waiting goes into one snapshot.
+                let mut batch = vec![first];
+                while let Ok(update) = updates.try_recv() {
+                    batch.push(update);
                 }
-                match store.changes_since(revision, CHANGES_PER_READ).await {
-                    Ok(changes) if changes.is_empty() => {}
-                    Ok(changes) => {
-                        for change in changes {
-                            revision = change.revision;
-                            match change.value {
-                                Some(value) => stored.insert(change.key, value),
-                                None => stored.remove(&change.key),
-                            };
-                        }
-                        runtime.install(compile(revision, &effective(&stored)));
-                        tracing::debug!(revision, "gateway configuration applied");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gateway: reading config changes failed; serving the last snapshot");
+                follower.apply(batch).await;
+            }
+        });
+        vec![feeder, task]
+    }
+}
+
+/// How long start-up waits for the config store before serving the last-known-good copy.
+pub const FIRST_READ: Duration = Duration::from_secs(3);
+
+/// The follower's copy of the store's configuration.
+struct Follower {
+    runtime: Arc<Runtime>,
+    defaults: BTreeMap<String, Value>,
+    stored: BTreeMap<String, Value>,
+    revision: i64,
+    /// Where the last configuration read from the store is kept for a cold start.
+    last_good: PathBuf,
+}
+
+/// The file format of the last-known-good copy.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastGood {
+    revision: i64,
+    config: BTreeMap<String, Value>,
+}
+
+impl Follower {
+    async fn apply(&mut self, updates: Vec<Update>) {
+        for update in updates {
+            match update {
+                Update::Reset { revision, config } => {
+                    self.revision = revision;
+                    self.stored = config;
+                }
+                Update::Changes { revision, changes } => {
+                    self.revision = revision;
+                    for (key, value) in changes {
+                        match value {
+                            Some(value) => self.stored.insert(key, value),
+                            None => self.stored.remove(&key),
+                        };
                     }
                 }
             }
-        }))
+        }
+        self.install();
+        tracing::debug!(revision = self.revision, "gateway configuration applied");
+        self.persist().await;
+    }
+
+    fn install(&self) {
+        let mut all = self.defaults.clone();
+        all.extend(self.stored.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.runtime.install(compile(self.revision, &all));
+    }
+
+    /// Writes the configuration next to the data (whole file replaced atomically).
+    async fn persist(&self) {
+        let copy = LastGood {
+            revision: self.revision,
+            config: self.stored.clone(),
+        };
+        let path = self.last_good.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let partial = path.with_extension("json.partial");
+            std::fs::write(&partial, serde_json::to_vec(&copy)?)?;
+            std::fs::rename(&partial, &path)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(file = %self.last_good.display(), error = %e, "gateway: last-known-good configuration not saved");
+        }
+    }
+
+    /// The store did not answer in time: serve the persisted copy (or only the defaults).
+    async fn start_from_last_good(&mut self) {
+        let path = self.last_good.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<LastGood, String> {
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match read {
+            Ok(copy) => {
+                tracing::warn!(
+                    revision = copy.revision,
+                    "gateway: the config store does not answer; serving the last-known-good configuration until it does"
+                );
+                self.revision = copy.revision;
+                self.stored = copy.config;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: the config store does not answer and there is no last-known-good configuration; serving the defaults until it does");
+            }
+        }
+        self.install();
     }
 }

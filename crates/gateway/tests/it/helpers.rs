@@ -1,7 +1,12 @@
 //! `spawn_gateway`: the gateway on fresh storage; `spawn_upstream`: an echo server.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use axle_core::config::Config;
+use axle_core::platform::Platform;
 use axle_core::testing::{Backends, TestPlatform, TestServer, postgres_url};
 use axum::extract::Request;
 use axum::response::IntoResponse;
@@ -46,33 +51,51 @@ pub struct Gateway {
     pub admin: TestServer,
     pub proxy: SocketAddr,
     pub client: reqwest::Client,
-    stop: CancellationToken,
-    pub _platform: TestPlatform,
+    /// Stops the data plane and the platform's tasks (the store follower).
+    stop: Vec<CancellationToken>,
+    pub _platform: Option<TestPlatform>,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.stop.iter().for_each(CancellationToken::cancel);
     }
 }
 
+/// The gateway on fresh storage, the Admin API key set to [`KEY`].
 pub async fn spawn_gateway(backends: Backends) -> Gateway {
     let platform = TestPlatform::start(backends).await;
-    let key_file = platform.data_dir().join("gateway/admin_key");
+    let mut gateway = start_gateway(&platform.platform).await;
+    gateway._platform = Some(platform);
+    gateway
+}
+
+/// The gateway on `config` (its data directory is the caller's to keep or drop).
+pub async fn spawn_gateway_with(config: Config) -> Gateway {
+    let platform = Platform::start(config, CancellationToken::new())
+        .await
+        .unwrap();
+    start_gateway(&platform).await
+}
+
+async fn start_gateway(platform: &Platform) -> Gateway {
+    let key_file = platform.config.data_dir.join("gateway/admin_key");
     std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
     std::fs::write(&key_file, KEY).unwrap();
-    let gateway = axle_gateway::build(&platform.platform, &[]).await.unwrap();
+    let gateway = axle_gateway::build(platform, &[]).await.unwrap();
     let admin = TestServer::spawn(&gateway.admin).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(gateway.data_plane.serve(listener, stop.clone()));
+    if let Some(plane) = gateway.data_plane {
+        tokio::spawn(plane.serve(listener, stop.clone()));
+    }
     Gateway {
         admin,
         proxy,
         client: reqwest::Client::new(),
-        stop,
-        _platform: platform,
+        stop: vec![stop, platform.shutdown.clone()],
+        _platform: None,
     }
 }
 
@@ -187,4 +210,51 @@ pub async fn spawn_ws_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Requests looping through the data plane on one path while the configuration changes;
+/// every one must succeed.
+pub struct Load {
+    done: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<HashSet<String>>>,
+}
+
+impl Load {
+    /// Four clients GETting `path` as fast as they can.
+    pub fn start(gw: &Arc<Gateway>, path: &'static str) -> Load {
+        let done = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..4)
+            .map(|_| {
+                let (gw, done, served) = (gw.clone(), done.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut seen = HashSet::new();
+                    while !done.load(Ordering::SeqCst) {
+                        let r = gw.client.get(gw.url(path)).send().await.unwrap();
+                        assert_eq!(r.status(), 200, "no request fails while the config changes");
+                        let body: Value = r.json().await.unwrap();
+                        seen.insert(body["upstream"].as_str().unwrap().to_string());
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load {
+            done,
+            served,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns how many requests were served and which upstreams answered.
+    pub async fn finish(self) -> (usize, HashSet<String>) {
+        self.done.store(true, Ordering::SeqCst);
+        let mut seen = HashSet::new();
+        for task in self.tasks {
+            seen.extend(task.await.unwrap());
+        }
+        (self.served.load(Ordering::SeqCst), seen)
+    }
 }

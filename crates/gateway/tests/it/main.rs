@@ -6,3 +6,4 @@
 mod admin;
 mod helpers;
 mod proxy;
+mod stores;

@@ -1,13 +1,12 @@
 //! The data plane: forwarding, plugins, failures, retries, live changes, WebSocket, HTTP/2.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axle_core::testing::Backends;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{spawn_gateway, spawn_upstream, spawn_ws_echo};
+use crate::helpers::{Load, spawn_gateway, spawn_upstream, spawn_ws_echo};
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -119,23 +118,7 @@ async fn route_changes_apply_under_load_without_a_failed_request() {
     )
     .await;
     gw.wait_for("/live", 200).await;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (gw, done, served) = (gw.clone(), done.clone(), served.clone());
-        load.push(tokio::spawn(async move {
-            let mut seen = std::collections::HashSet::new();
-            while !done.load(Ordering::SeqCst) {
-                let r = gw.client.get(gw.url("/live")).send().await.unwrap();
-                assert_eq!(r.status(), 200, "no request fails while routes change");
-                let body: Value = r.json().await.unwrap();
-                seen.insert(body["upstream"].as_str().unwrap().to_string());
-                served.fetch_add(1, Ordering::SeqCst);
-            }
-            seen
-        }));
-    }
+    let load = Load::start(&gw, "/live");
     for i in 0..20 {
         let node = if i % 2 == 0 { b } else { a };
         gw.put(
@@ -145,12 +128,8 @@ async fn route_changes_apply_under_load_without_a_failed_request() {
         .await;
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     }
-    done.store(true, Ordering::SeqCst);
-    let mut seen = std::collections::HashSet::new();
-    for task in load {
-        seen.extend(task.await.unwrap());
-    }
-    assert!(served.load(Ordering::SeqCst) > 20);
+    let (served, seen) = load.finish().await;
+    assert!(served > 20);
     assert_eq!(
         seen.len(),
         2,

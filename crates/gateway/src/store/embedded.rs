@@ -1,61 +1,25 @@
-//! Config stores: where the gateway's resources live, with etcd's model: keys
-//! (`/apisix/routes/1`) holding JSON documents, a revision counter bumped by every change, and
-//! a way to follow changes from a revision on.
-//!
-//! The embedded store (the default) keeps them in the gateway's database (SQLite, or
+//! The embedded store (the default): resources in the gateway's database (SQLite, or
 //! PostgreSQL when configured), with the whole history: every change is a row, so any revision
 //! can be shown, compared with another and rolled back to.
 
 use std::collections::BTreeMap;
 
 use axle_core::db::Db;
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("config store: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("config store: key {key} holds invalid JSON: {error}")]
-    Corrupt {
-        key: String,
-        error: serde_json::Error,
-    },
-}
+use super::{Change, Entry, StoreError, Update};
 
-/// A key's current document and the revisions that created and last changed it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Entry {
-    pub key: String,
-    pub value: Value,
-    #[serde(rename = "createdIndex")]
-    pub created_index: i64,
-    #[serde(rename = "modifiedIndex")]
-    pub modified_index: i64,
-}
-
-/// One change: the key's document after `revision`, or `None` when it was deleted.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Change {
-    pub revision: i64,
-    pub key: String,
-    pub value: Option<Value>,
-    pub changed_at: String,
-}
-
-/// A key whose document differs between two revisions.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Difference {
-    pub key: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-}
+/// How often the follower looks for changes written by other processes sharing the database.
+const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Changes read per round trip.
+const CHANGES_PER_READ: i64 = 10_000;
 
 /// The embedded store.
 #[derive(Debug)]
-pub struct ConfigStore {
+pub struct Embedded {
     db: Db,
     /// Writes are serialised in the process, so revisions are handed out without conflicts.
     writer: Mutex<()>,
@@ -63,9 +27,9 @@ pub struct ConfigStore {
     revision: watch::Sender<i64>,
 }
 
-impl ConfigStore {
+impl Embedded {
     pub async fn open(db: Db) -> Result<Self, StoreError> {
-        let store = ConfigStore {
+        let store = Embedded {
             db,
             writer: Mutex::new(()),
             revision: watch::Sender::new(0),
@@ -75,10 +39,45 @@ impl ConfigStore {
         Ok(store)
     }
 
-    /// Follows the revisions written through this process (other processes sharing the
-    /// database are found by polling [`ConfigStore::changes_since`]).
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.revision.subscribe()
+    /// Reports the configuration, then its changes, until `shutdown`: woken by writes through
+    /// this process, and polling for writes by other processes sharing the database.
+    pub async fn follow(&self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
+        let mut written = self.revision.subscribe();
+        let mut revision = None;
+        loop {
+            let update = match revision {
+                None => self
+                    .snapshot()
+                    .await
+                    .map(|(revision, entries)| Update::Reset {
+                        revision,
+                        config: entries.into_iter().map(|e| (e.key, e.value)).collect(),
+                    }),
+                Some(since) => self
+                    .changes_since(since, CHANGES_PER_READ)
+                    .await
+                    .map(|changes| Update::Changes {
+                        revision: changes.last().map_or(since, |c| c.revision),
+                        changes: changes.into_iter().map(|c| (c.key, c.value)).collect(),
+                    }),
+            };
+            match update {
+                Ok(Update::Changes { changes, .. }) if changes.is_empty() => {}
+                Ok(update) => {
+                    revision = Some(update.revision());
+                    if updates.send(update).await.is_err() {
+                        return;
+                    }
+                    continue; // more may be waiting
+                }
+                Err(e) => tracing::warn!(error = %e, "gateway: reading the config store failed"),
+            }
+            tokio::select! {
+                _ = written.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The store's current revision.
@@ -156,7 +155,7 @@ impl ConfigStore {
 
     /// Applies several changes in one transaction, one revision each; returns each change's
     /// revision and its key's created_index.
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         changes: &[(String, Option<Value>)],
     ) -> Result<Vec<(i64, i64)>, StoreError> {
@@ -263,46 +262,6 @@ impl ConfigStore {
         }
         Ok(state)
     }
-
-    /// What changed between revisions `from` and `to`, by key.
-    pub async fn diff(&self, from: i64, to: i64) -> Result<Vec<Difference>, StoreError> {
-        let before = self.state_at(from).await?;
-        let after = self.state_at(to).await?;
-        Ok(differences(&before, &after))
-    }
-
-    /// Makes the configuration what it was at `revision`, as new revisions (so the rollback
-    /// itself can be rolled back). Returns what changed.
-    pub async fn rollback(&self, revision: i64) -> Result<Vec<Difference>, StoreError> {
-        let current = self.state_at(i64::MAX).await?;
-        let target = self.state_at(revision).await?;
-        let diff = differences(&current, &target);
-        let changes: Vec<(String, Option<Value>)> = diff
-            .iter()
-            .map(|d| (d.key.clone(), d.after.clone()))
-            .collect();
-        if !changes.is_empty() {
-            self.apply(&changes).await?;
-        }
-        Ok(diff)
-    }
-}
-
-fn differences(
-    before: &BTreeMap<String, Value>,
-    after: &BTreeMap<String, Value>,
-) -> Vec<Difference> {
-    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| Difference {
-            key: k.clone(),
-            before: before.get(k).cloned(),
-            after: after.get(k).cloned(),
-        })
-        .collect()
 }
 
 fn parse(key: &str, text: &str) -> Result<Value, StoreError> {
@@ -333,6 +292,6 @@ fn change(row: &sqlx::any::AnyRow) -> Result<Change, StoreError> {
         revision: row.get(0),
         key,
         value,
-        changed_at: row.get(3),
+        changed_at: Some(row.get(3)),
     })
 }

@@ -1,0 +1,654 @@
+//! etcd v3 as the config store, in APISIX's layout (`<prefix>/routes/<id>` holding JSON), so
+//! APISIX's tooling and `etcdctl` work unchanged.
+//!
+//! Spoken over etcd's JSON gateway (`/v3/kv/*`, `/v3/watch`), as APISIX itself does, so no
+//! protobuf tool chain is needed to build Axle. The follower reads the whole prefix, then
+//! watches from the next revision; when etcd has compacted past it, or etcd's revision went
+//! back (restored from a backup, a new cluster), it reads everything again. Outages are retried
+//! with backoff while the runtime keeps serving what it has.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axle_core::config::EtcdConfig;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Entry, StoreError, Update};
+
+/// The prefix every key is handed to the rest of the gateway with.
+const INNER_PREFIX: &str = "/apisix";
+/// Keys read per range request when reading everything.
+const PAGE: usize = 1_000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Etcd {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    /// The endpoint that answered last; the others are tried in turn when it does not.
+    preferred: AtomicUsize,
+    /// `/apisix` by default; no trailing slash.
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Etcd {
+    pub fn new(config: &EtcdConfig) -> Result<Self, StoreError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_keepalive(Duration::from_secs(10))
+            .build()
+            .map_err(|e| StoreError::Etcd(e.to_string()))?;
+        Ok(Etcd {
+            http,
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
+            preferred: AtomicUsize::new(0),
+            prefix: config.prefix.clone(),
+            timeout: Duration::from_secs(config.timeout_secs),
+        })
+    }
+
+    /// `/apisix/routes/1` → `<prefix>/routes/1`.
+    fn outer(&self, key: &str) -> String {
+        let rest = key.strip_prefix(INNER_PREFIX).unwrap_or(key);
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// `<prefix>/routes/1` → `/apisix/routes/1`.
+    fn inner(&self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        Some(format!("{INNER_PREFIX}{rest}"))
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers.
+    async fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, StoreError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let at = (first + i) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[at]);
+            let mut request = self.http.post(&url).json(body);
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let body: ErrorBody = response.json().await.unwrap_or_default();
+                    return Err(StoreError::Etcd(format!(
+                        "{url}: {status}: {}",
+                        body.message
+                    )));
+                }
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+        }
+        Err(StoreError::Etcd(failures.join("; ")))
+    }
+
+    /// A unary request: POST, then the whole JSON answer.
+    async fn unary<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, StoreError> {
+        let response = self.call(path, &body, Some(self.timeout)).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| StoreError::Etcd(format!("{path}: {e}")))
+    }
+
+    /// `[key, range_end)` at `revision` (0 = now), `limit` keys at most (0 = all).
+    async fn range(
+        &self,
+        key: &[u8],
+        range_end: Option<&[u8]>,
+        revision: i64,
+        limit: usize,
+    ) -> Result<RangeResponse, StoreError> {
+        let mut body = json!({"key": B64.encode(key), "revision": revision, "limit": limit});
+        if let Some(end) = range_end {
+            body["range_end"] = B64.encode(end).into();
+        }
+        self.unary("/v3/kv/range", body).await.map_err(|e| match e {
+            StoreError::Etcd(m) if m.contains("compacted") => StoreError::Compacted(revision),
+            e => e,
+        })
+    }
+
+    /// Every key under `<prefix>/`, read in pages at one revision; `revision` 0 = now.
+    async fn read_all(&self, revision: i64) -> Result<(i64, Vec<Kv>), StoreError> {
+        let start = format!("{}/", self.prefix).into_bytes();
+        let end = range_end(&start);
+        let mut kvs = Vec::new();
+        let mut from = start;
+        let mut at = revision;
+        loop {
+            let page = self.range(&from, Some(&end), at, PAGE).await?;
+            at = page.header.revision.max(at);
+            let full = page.kvs.len() == PAGE;
+            if let Some(last) = page.kvs.last() {
+                from = [last.key_bytes()?, vec![0]].concat();
+            }
+            kvs.extend(page.kvs);
+            if !full {
+                break;
+            }
+        }
+        Ok((if revision > 0 { revision } else { at }, kvs))
+    }
+
+    fn entry(&self, kv: &Kv) -> Result<Option<Entry>, StoreError> {
+        let Some(key) = self.inner(&kv.key_text()?) else {
+            return Ok(None);
+        };
+        let value = kv.json(&key)?;
+        Ok(Some(Entry {
+            key,
+            value,
+            created_index: kv.create_revision,
+            modified_index: kv.mod_revision,
+        }))
+    }
+
+    pub async fn revision(&self) -> Result<i64, StoreError> {
+        let key = self.prefix.as_bytes();
+        Ok(self.range(key, None, 0, 1).await?.header.revision)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let found = self.range(self.outer(key).as_bytes(), None, 0, 0).await?;
+        match found.kvs.first() {
+            Some(kv) => self.entry(kv),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let start = self.outer(prefix).into_bytes();
+        let found = self.range(&start, Some(&range_end(&start)), 0, 0).await?;
+        let entries = found.kvs.iter().map(|kv| self.entry(kv));
+        entries.filter_map(Result::transpose).collect()
+    }
+
+    pub async fn put(&self, key: &str, value: &Value) -> Result<(Entry, bool), StoreError> {
+        let body = json!({
+            "key": B64.encode(self.outer(key)),
+            "value": B64.encode(value.to_string()),
+            "prev_kv": true,
+        });
+        let put: PutResponse = self.unary("/v3/kv/put", body).await?;
+        let revision = put.header.revision;
+        let created_index = put
+            .prev_kv
+            .as_ref()
+            .map_or(revision, |kv| kv.create_revision);
+        let entry = Entry {
+            key: key.to_string(),
+            value: value.clone(),
+            created_index,
+            modified_index: revision,
+        };
+        Ok((entry, put.prev_kv.is_none()))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let body = json!({"key": B64.encode(self.outer(key))});
+        let deleted: DeleteResponse = self.unary("/v3/kv/deleterange", body).await?;
+        Ok(deleted.deleted > 0)
+    }
+
+    /// Applies several changes in one transaction (one etcd revision).
+    pub(super) async fn apply(
+        &self,
+        changes: &[(String, Option<Value>)],
+    ) -> Result<(), StoreError> {
+        let ops: Vec<Value> = changes
+            .iter()
+            .map(|(key, value)| {
+                let key = B64.encode(self.outer(key));
+                match value {
+                    Some(v) => {
+                        json!({"request_put": {"key": key, "value": B64.encode(v.to_string())}})
+                    }
+                    None => json!({"request_delete_range": {"key": key}}),
+                }
+            })
+            .collect();
+        let _: Value = self.unary("/v3/kv/txn", json!({"success": ops})).await?;
+        Ok(())
+    }
+
+    /// Every key's document as of `revision` (while etcd still keeps it).
+    pub async fn state_at(&self, revision: i64) -> Result<BTreeMap<String, Value>, StoreError> {
+        let revision = if revision <= 0 {
+            return Ok(BTreeMap::new());
+        } else {
+            revision.min(self.revision().await?)
+        };
+        let (_, kvs) = self.read_all(revision).await?;
+        let mut state = BTreeMap::new();
+        for kv in &kvs {
+            if let Some(entry) = self.entry(kv)? {
+                state.insert(entry.key, entry.value);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Changes before `before` (or the newest), newest first, as far back as etcd keeps them.
+    ///
+    /// etcd keeps no change log to page through, so this replays it: a watch on the whole
+    /// keyspace from the oldest kept revision (every revision changes at least one key, so the
+    /// replay is known to be complete when it reaches the last revision wanted), keeping the
+    /// newest `limit` changes under the prefix.
+    pub async fn history(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let last = match before {
+            Some(before) => (before - 1).min(self.revision().await?),
+            None => self.revision().await?,
+        };
+        let mut kept: VecDeque<Change> = VecDeque::new();
+        if last < 2 {
+            return Ok(Vec::new()); // revision 1 is the empty store
+        }
+        let mut start = 1;
+        'replay: while start <= last {
+            let mut stream = self.watch(&[0], &[0], start).await?;
+            while let Some(result) = stream.next().await? {
+                if result.compact_revision > 0 {
+                    start = result.compact_revision; // older revisions are gone
+                    continue 'replay;
+                }
+                for event in result.events {
+                    let revision = event.kv.mod_revision;
+                    if revision > last {
+                        break 'replay;
+                    }
+                    if let Some((key, value)) = self.change(&event) {
+                        kept.push_back(Change {
+                            revision,
+                            key,
+                            value,
+                            changed_at: None,
+                        });
+                        if kept.len() > limit.max(0) as usize {
+                            kept.pop_front();
+                        }
+                    }
+                    if revision == last {
+                        break 'replay;
+                    }
+                }
+            }
+            return Err(StoreError::Etcd(
+                "watch ended during the history replay".into(),
+            ));
+        }
+        Ok(kept.into_iter().rev().collect())
+    }
+
+    /// An event under the prefix as (key, document); an unreadable document counts as deleted.
+    fn change(&self, event: &Event) -> Option<(String, Option<Value>)> {
+        let key = self.inner(&event.kv.key_text().ok()?)?;
+        if event.kind == "DELETE" {
+            return Some((key, None));
+        }
+        match event.kv.json(&key) {
+            Ok(value) => Some((key, Some(value))),
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: etcd value left out");
+                Some((key, None))
+            }
+        }
+    }
+
+    /// A watch on `[key, range_end)` from revision `start`.
+    async fn watch(&self, key: &[u8], end: &[u8], start: i64) -> Result<WatchStream, StoreError> {
+        let body = json!({"create_request": {
+            "key": B64.encode(key),
+            "range_end": B64.encode(end),
+            "start_revision": start,
+        }});
+        let response = self.call("/v3/watch", &body, None).await?;
+        Ok(WatchStream {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Reports the configuration, then its changes, until `shutdown`; retries with backoff.
+    pub async fn follow(&self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
+        let mut revision = None;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.sync_and_watch(&mut revision, &mut backoff, &updates) => outcome,
+                _ = shutdown.cancelled() => return,
+            };
+            match outcome {
+                Ok(()) => return, // the runtime is gone
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "gateway: etcd unavailable; serving the last configuration")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Reads everything when `revision` is None, then watches from `revision + 1`, reporting
+    /// each change; returns Ok when the runtime stopped listening, Err when etcd failed.
+    async fn sync_and_watch(
+        &self,
+        revision: &mut Option<i64>,
+        backoff: &mut Duration,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<(), StoreError> {
+        let start = format!("{}/", self.prefix).into_bytes();
+        let end = range_end(&start);
+        loop {
+            let since = match *revision {
+                Some(since) => since,
+                None => {
+                    let (at, kvs) = self.read_all(0).await?;
+                    let config = kvs
+                        .iter()
+                        .filter_map(|kv| {
+                            let event = Event {
+                                kind: String::new(),
+                                kv: kv.clone(),
+                            };
+                            self.change(&event)
+                        })
+                        .filter_map(|(key, value)| Some((key, value?)))
+                        .collect();
+                    let reset = Update::Reset {
+                        revision: at,
+                        config,
+                    };
+                    if updates.send(reset).await.is_err() {
+                        return Ok(());
+                    }
+                    *revision = Some(at);
+                    at
+                }
+            };
+            let mut stream = self.watch(&start, &end, since + 1).await?;
+            loop {
+                let Some(result) = stream.next().await? else {
+                    return Err(StoreError::Etcd("the watch stream ended".into()));
+                };
+                if result.compact_revision > 0 {
+                    tracing::info!(
+                        revision = since,
+                        compacted = result.compact_revision,
+                        "gateway: etcd compacted past our revision; reading everything again"
+                    );
+                    *revision = None;
+                    break;
+                }
+                if result.canceled {
+                    return Err(StoreError::Etcd(format!(
+                        "watch canceled: {}",
+                        result.cancel_reason
+                    )));
+                }
+                if result.created {
+                    *backoff = BACKOFF_MIN;
+                    if result.header.revision < since {
+                        tracing::info!(
+                            ours = since,
+                            etcd = result.header.revision,
+                            "gateway: etcd's revision went back; reading everything again"
+                        );
+                        *revision = None;
+                        break;
+                    }
+                    continue;
+                }
+                let Some(last) = result.events.last().map(|e| e.kv.mod_revision) else {
+                    continue;
+                };
+                let changes = result
+                    .events
+                    .iter()
+                    .filter_map(|e| self.change(e))
+                    .collect();
+                let update = Update::Changes {
+                    revision: last,
+                    changes,
+                };
+                if updates.send(update).await.is_err() {
+                    return Ok(());
+                }
+                *revision = Some(last);
+            }
+        }
+    }
+}
+
+/// The end of the range holding every key that starts with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// ±20 % so that many gateways do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// The messages of one watch, read as they arrive.
+struct WatchStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl WatchStream {
+    /// The next message; None when etcd closed the stream.
+    async fn next(&mut self) -> Result<Option<WatchResult>, StoreError> {
+        loop {
+            let mut messages =
+                serde_json::Deserializer::from_slice(&self.buffer).into_iter::<WatchMessage>();
+            match messages.next() {
+                Some(Ok(message)) => {
+                    let used = messages.byte_offset();
+                    self.buffer.drain(..used);
+                    return match message {
+                        WatchMessage {
+                            result: Some(result),
+                            ..
+                        } => Ok(Some(result)),
+                        WatchMessage { error, .. } => Err(StoreError::Etcd(format!(
+                            "watch failed: {}",
+                            error.unwrap_or_default()
+                        ))),
+                    };
+                }
+                Some(Err(e)) if !e.is_eof() => {
+                    return Err(StoreError::Etcd(format!("unreadable watch message: {e}")));
+                }
+                _ => {} // a message not complete yet
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(StoreError::Etcd(format!("watch: {e}"))),
+            }
+        }
+    }
+}
+
+/// etcd's JSON gateway writes 64-bit integers as strings.
+fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        Text(String),
+        Number(i64),
+    }
+    match Int::deserialize(d)? {
+        Int::Number(n) => Ok(n),
+        Int::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default, deserialize_with = "int")]
+    revision: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Kv {
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int")]
+    create_revision: i64,
+    #[serde(default, deserialize_with = "int")]
+    mod_revision: i64,
+}
+
+impl Kv {
+    fn key_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        B64.decode(&self.key)
+            .map_err(|e| StoreError::Etcd(format!("undecodable key: {e}")))
+    }
+
+    fn key_text(&self) -> Result<String, StoreError> {
+        String::from_utf8(self.key_bytes()?)
+            .map_err(|_| StoreError::Etcd("a key is not UTF-8".into()))
+    }
+
+    fn json(&self, key: &str) -> Result<Value, StoreError> {
+        let bytes = B64
+            .decode(&self.value)
+            .map_err(|e| StoreError::Etcd(format!("{key}: undecodable value: {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
+            key: key.to_string(),
+            error,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<Kv>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PutResponse {
+    #[serde(default)]
+    header: Header,
+    prev_kv: Option<Kv>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteResponse {
+    #[serde(default, deserialize_with = "int")]
+    deleted: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchMessage {
+    result: Option<WatchResult>,
+    error: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WatchResult {
+    header: Header,
+    created: bool,
+    canceled: bool,
+    cancel_reason: String,
+    #[serde(deserialize_with = "int")]
+    compact_revision: i64,
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    /// `DELETE`, or absent for a put.
+    #[serde(default, rename = "type")]
+    kind: String,
+    kv: Kv,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(range_end(b"/apisix/"), b"/apisix0".to_vec());
+        assert_eq!(range_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(range_end(&[0xff]), vec![0]);
+    }
+
+    #[test]
+    fn watch_messages_read_as_etcd_writes_them() {
+        let text = r#"{"result":{"header":{"revision":"7"},"events":[{"type":"DELETE","kv":{"key":"L2FwaXNpeC9yb3V0ZXMvMQ==","mod_revision":"7"}}]}}"#;
+        let message: WatchMessage = serde_json::from_str(text).unwrap();
+        let result = message.result.unwrap();
+        assert_eq!(result.header.revision, 7);
+        assert_eq!(result.events[0].kind, "DELETE");
+        assert_eq!(result.events[0].kv.key_text().unwrap(), "/apisix/routes/1");
+    }
+
+    #[test]
+    fn keys_translate_between_prefixes() {
+        let etcd = Etcd::new(&EtcdConfig {
+            prefix: "/prod/gw".into(),
+            ..EtcdConfig::default()
+        })
+        .unwrap();
+        assert_eq!(etcd.outer("/apisix/routes/1"), "/prod/gw/routes/1");
+        assert_eq!(
+            etcd.inner("/prod/gw/routes/1").as_deref(),
+            Some("/apisix/routes/1")
+        );
+        assert_eq!(etcd.inner("/other/routes/1"), None);
+    }
+}
