@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plugins::{Ctx, Reply, ResponseHead};
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
+use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
 
@@ -252,7 +253,18 @@ impl DataPlane {
             let body = body.take().unwrap_or_else(empty);
             let request = upstream_request(ctx, upstream, node, body, upgrade)?;
             let budget = timeouts.connect + timeouts.send + timeouts.read;
-            match tokio::time::timeout(budget, self.client.request(request)).await {
+            let outcome = tokio::time::timeout(budget, self.client.request(request)).await;
+            if let Some(health) = &upstream.health {
+                health.report(
+                    node,
+                    match &outcome {
+                        Ok(Ok(response)) => Outcome::Status(response.status().as_u16()),
+                        Ok(Err(_)) => Outcome::TcpFailure,
+                        Err(_) => Outcome::Timeout,
+                    },
+                );
+            }
+            match outcome {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(e)) => {
                     let again = e.is_connect()

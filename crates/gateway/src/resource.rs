@@ -514,6 +514,7 @@ pub struct Upstream {
     #[serde(default)]
     pub scheme: Scheme,
     pub keepalive_pool: Option<KeepalivePool>,
+    pub checks: Option<Checks>,
     pub create_time: Option<i64>,
     pub update_time: Option<i64>,
 }
@@ -552,7 +553,186 @@ impl Upstream {
         if let Some(t) = &self.timeout {
             t.check()?;
         }
+        if let Some(checks) = &self.checks {
+            checks.check()?;
+        }
         Ok(())
+    }
+}
+
+/// An upstream's health checks (APISIX's `checks`, lua-resty-healthcheck's fields and
+/// defaults). Counters are consecutive; a threshold of 0 never trips.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    pub active: Option<ActiveCheck>,
+    pub passive: Option<PassiveCheck>,
+}
+
+impl Checks {
+    fn check(&self) -> Result<(), Invalid> {
+        let Some(active) = &self.active else {
+            return Err(Invalid::new(
+                "checks: passive checks need active ones too (only active checks bring an \
+                 ejected node back)",
+            ));
+        };
+        if active.kind == CheckType::Https {
+            return Err(Invalid::new(
+                "checks.active.type: https checks are not supported yet (http and tcp are)",
+            ));
+        }
+        if !(active.timeout > 0.0 && active.timeout.is_finite()) {
+            return Err(Invalid::new(
+                "checks.active.timeout: must be a positive number",
+            ));
+        }
+        if !active.http_path.starts_with('/') {
+            return Err(Invalid::new("checks.active.http_path: must start with '/'"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    #[default]
+    Http,
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// Seconds a probe may take.
+    pub timeout: f64,
+    /// Nodes probed at once.
+    pub concurrency: usize,
+    pub host: Option<String>,
+    /// Probe this port instead of the node's.
+    pub port: Option<u16>,
+    pub http_path: String,
+    pub https_verify_certificate: bool,
+    pub req_headers: Vec<String>,
+    pub healthy: ActiveHealthy,
+    pub unhealthy: ActiveUnhealthy,
+}
+
+impl Default for ActiveCheck {
+    fn default() -> Self {
+        ActiveCheck {
+            kind: CheckType::Http,
+            timeout: 1.0,
+            concurrency: 10,
+            host: None,
+            port: None,
+            http_path: "/".into(),
+            https_verify_certificate: true,
+            req_headers: Vec::new(),
+            healthy: ActiveHealthy::default(),
+            unhealthy: ActiveUnhealthy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealthy {
+    /// Seconds between probes of a healthy node; 0 = none.
+    pub interval: u64,
+    pub http_statuses: Vec<u16>,
+    pub successes: u32,
+}
+
+impl Default for ActiveHealthy {
+    fn default() -> Self {
+        ActiveHealthy {
+            interval: 1,
+            http_statuses: vec![200, 302],
+            successes: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveUnhealthy {
+    /// Seconds between probes of an unhealthy node; 0 = none.
+    pub interval: u64,
+    pub http_statuses: Vec<u16>,
+    pub http_failures: u32,
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+}
+
+impl Default for ActiveUnhealthy {
+    fn default() -> Self {
+        ActiveUnhealthy {
+            interval: 1,
+            http_statuses: vec![429, 404, 500, 501, 502, 503, 504, 505],
+            http_failures: 5,
+            tcp_failures: 2,
+            timeouts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    pub healthy: PassiveHealthy,
+    pub unhealthy: PassiveUnhealthy,
+}
+
+impl Default for PassiveCheck {
+    fn default() -> Self {
+        PassiveCheck {
+            kind: CheckType::Http,
+            healthy: PassiveHealthy::default(),
+            unhealthy: PassiveUnhealthy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthy {
+    pub http_statuses: Vec<u16>,
+    pub successes: u32,
+}
+
+impl Default for PassiveHealthy {
+    fn default() -> Self {
+        PassiveHealthy {
+            http_statuses: (200..=206).chain(300..=308).collect(),
+            successes: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveUnhealthy {
+    pub http_statuses: Vec<u16>,
+    pub http_failures: u32,
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+}
+
+impl Default for PassiveUnhealthy {
+    fn default() -> Self {
+        PassiveUnhealthy {
+            http_statuses: vec![429, 500, 503],
+            http_failures: 5,
+            tcp_failures: 2,
+            timeouts: 7,
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! snapshot they started with. A resource that does not compile (possible only
 //! when written to a store behind the Admin API's back) is logged and left out; the rest serve.
 
+pub mod health;
 pub mod router;
 pub mod upstream;
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plugins::Chain;
 use crate::resource::{self, Invalid, Kind, Plugins};
 use crate::store::{ConfigStore, Update};
+use health::HealthChecks;
 use router::{HostPattern, Route, Router, UriPattern};
 use upstream::Upstream;
 
@@ -35,8 +37,9 @@ pub struct Snapshot {
     pub global: Chain,
 }
 
-/// Compiles the configuration (key → document) into a snapshot.
-pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
+/// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
+/// `checks` across compiles.
+pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthChecks) -> Snapshot {
     let mut by_kind: HashMap<Kind, Vec<(&str, &Value)>> = HashMap::new();
     for (key, value) in config {
         if let Some((kind, id)) = resource::parse_key(key) {
@@ -50,7 +53,8 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
 
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (id, value) in of(Kind::Upstreams) {
-        match resource::parse(value).and_then(|u| Upstream::from_config(&u)) {
+        let owner = Kind::Upstreams.key(id);
+        match resource::parse(value).and_then(|u| Upstream::build(&u, &owner, checks)) {
             Ok(u) => {
                 upstreams.insert(id, Arc::new(u));
             }
@@ -60,8 +64,9 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
     let mut services: HashMap<&str, (resource::Service, Option<Arc<Upstream>>)> = HashMap::new();
     for (id, value) in of(Kind::Services) {
         let compiled = resource::parse::<resource::Service>(value).and_then(|s| {
+            let owner = Kind::Services.key(id);
             let upstream =
-                resolve_upstream(s.upstream.as_ref(), s.upstream_id.as_ref(), &upstreams)?;
+                resolve_upstream(&s.upstream, &s.upstream_id, &owner, &upstreams, checks)?;
             Ok((s, upstream))
         });
         match compiled {
@@ -95,7 +100,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>) -> Snapshot {
     let mut routes = Vec::new();
     for (id, value) in of(Kind::Routes) {
         let route = resource::parse::<resource::Route>(value)
-            .and_then(|r| compile_route(id, &r, &upstreams, &services, &plugin_configs));
+            .and_then(|r| compile_route(id, &r, &upstreams, &services, &plugin_configs, checks));
         match route {
             Ok(Some(route)) => routes.push(route),
             Ok(None) => {}
@@ -116,12 +121,14 @@ fn find<'a, T>(map: &'a HashMap<&str, T>, kind: Kind, id: &str) -> Result<&'a T,
 
 /// The upstream a route or service names, inline or by id; None when it names none.
 fn resolve_upstream(
-    inline: Option<&resource::Upstream>,
-    id: Option<&resource::Id>,
+    inline: &Option<resource::Upstream>,
+    id: &Option<resource::Id>,
+    owner: &str,
     upstreams: &HashMap<&str, Arc<Upstream>>,
+    checks: &HealthChecks,
 ) -> Result<Option<Arc<Upstream>>, Invalid> {
     match (inline, id) {
-        (Some(inline), _) => Ok(Some(Arc::new(Upstream::from_config(inline)?))),
+        (Some(inline), _) => Ok(Some(Arc::new(Upstream::build(inline, owner, checks)?))),
         (None, Some(id)) => Ok(Some(find(upstreams, Kind::Upstreams, &id.0)?.clone())),
         (None, None) => Ok(None),
     }
@@ -134,6 +141,7 @@ fn compile_route(
     upstreams: &HashMap<&str, Arc<Upstream>>,
     services: &HashMap<&str, (resource::Service, Option<Arc<Upstream>>)>,
     plugin_configs: &HashMap<&str, Plugins>,
+    checks: &HealthChecks,
 ) -> Result<Option<Route>, Invalid> {
     if r.status == Some(0) {
         return Ok(None);
@@ -143,7 +151,8 @@ fn compile_route(
         .as_ref()
         .map(|sid| find(services, Kind::Services, &sid.0))
         .transpose()?;
-    let upstream = match resolve_upstream(r.upstream.as_ref(), r.upstream_id.as_ref(), upstreams)? {
+    let owner = Kind::Routes.key(id);
+    let upstream = match resolve_upstream(&r.upstream, &r.upstream_id, &owner, upstreams, checks)? {
         Some(own) => Some(own),
         None => service.and_then(|(_, u)| u.clone()),
     };
@@ -245,6 +254,7 @@ impl Runtime {
             stored: BTreeMap::new(),
             revision: 0,
             last_good,
+            checks: HealthChecks::default(),
         };
         match tokio::time::timeout(FIRST_READ, updates.recv()).await {
             Ok(Some(update)) => follower.apply(vec![update]).await,
@@ -280,6 +290,7 @@ struct Follower {
     revision: i64,
     /// Where the last configuration read from the store is kept for a cold start.
     last_good: PathBuf,
+    checks: HealthChecks,
 }
 
 /// The file format of the last-known-good copy.
@@ -316,7 +327,8 @@ impl Follower {
     fn install(&self) {
         let mut all = self.defaults.clone();
         all.extend(self.stored.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.runtime.install(compile(self.revision, &all));
+        let snapshot = compile(self.revision, &all, &self.checks);
+        self.runtime.install(snapshot);
     }
 
     /// Writes the configuration next to the data (whole file replaced atomically).

@@ -9,10 +9,12 @@ use axle_core::config::Config;
 use axle_core::platform::Platform;
 use axle_core::testing::{Backends, TestPlatform, TestServer, postgres_url};
 use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tower::Service;
 
 pub const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
 
@@ -146,7 +148,44 @@ impl Gateway {
 pub async fn spawn_upstream(name: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(move |request: Request| async move {
+    let app = echo(name, StatusCode::OK);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// The echo upstream answering `status`, on `addr` (or a free port), whose connections all
+/// close when the returned task is aborted: a node that can go down and come back.
+pub async fn spawn_node(
+    name: &'static str,
+    addr: Option<SocketAddr>,
+    status: StatusCode,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = echo(name, status);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new(); // aborted with this task
+        while let Ok((stream, _)) = listener.accept().await {
+            let app = app.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |r| app.clone().call(r));
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Answers `status` with a JSON echo of the request and the upstream's name.
+fn echo(name: &'static str, status: StatusCode) -> axum::Router {
+    axum::Router::new().fallback(move |request: Request| async move {
         let (parts, body) = request.into_parts();
         let headers: serde_json::Map<String, Value> = parts
             .headers
@@ -156,20 +195,16 @@ pub async fn spawn_upstream(name: &'static str) -> SocketAddr {
         let body = axum::body::to_bytes(body, usize::MAX)
             .await
             .unwrap_or_default();
-        axum::Json(json!({
+        let echoed = json!({
             "upstream": name,
             "method": parts.method.as_str(),
             "path": parts.uri.path(),
             "query": parts.uri.query(),
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
-        }))
-        .into_response()
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
+        });
+        (status, axum::Json(echoed)).into_response()
+    })
 }
 
 /// An upstream that accepts WebSocket upgrades and then echoes every byte back.

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod admin;
+mod health;
 mod helpers;
 mod proxy;
 mod stores;
