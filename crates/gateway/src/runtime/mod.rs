@@ -250,11 +250,11 @@ impl Runtime {
         let (mut updates, feeder) = store.follow(shutdown.clone());
         let mut follower = Follower {
             runtime: self.clone(),
-            defaults,
-            stored: BTreeMap::new(),
+            defaults: Arc::new(defaults),
+            stored: Arc::default(),
             revision: 0,
             last_good,
-            checks: HealthChecks::default(),
+            checks: Arc::default(),
         };
         match tokio::time::timeout(FIRST_READ, updates.recv()).await {
             Ok(Some(update)) => follower.apply(vec![update]).await,
@@ -285,16 +285,16 @@ pub const FIRST_READ: Duration = Duration::from_secs(3);
 /// The follower's copy of the store's configuration.
 struct Follower {
     runtime: Arc<Runtime>,
-    defaults: BTreeMap<String, Value>,
-    stored: BTreeMap<String, Value>,
+    defaults: Arc<BTreeMap<String, Value>>,
+    stored: Arc<BTreeMap<String, Value>>,
     revision: i64,
     /// Where the last configuration read from the store is kept for a cold start.
     last_good: PathBuf,
-    checks: HealthChecks,
+    checks: Arc<HealthChecks>,
 }
 
-/// The file format of the last-known-good copy.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The file format of the last-known-good copy (written by [`Follower::persist`]).
+#[derive(serde::Deserialize)]
 struct LastGood {
     revision: i64,
     config: BTreeMap<String, Value>,
@@ -306,43 +306,52 @@ impl Follower {
             match update {
                 Update::Reset { revision, config } => {
                     self.revision = revision;
-                    self.stored = config;
+                    self.stored = Arc::new(config);
                 }
                 Update::Changes { revision, changes } => {
                     self.revision = revision;
+                    let stored = Arc::make_mut(&mut self.stored);
                     for (key, value) in changes {
                         match value {
-                            Some(value) => self.stored.insert(key, value),
-                            None => self.stored.remove(&key),
+                            Some(value) => stored.insert(key, value),
+                            None => stored.remove(&key),
                         };
                     }
                 }
             }
         }
-        self.install();
+        self.install().await;
         tracing::debug!(revision = self.revision, "gateway configuration applied");
         self.persist().await;
     }
 
-    fn install(&self) {
-        let mut all = self.defaults.clone();
-        all.extend(self.stored.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let snapshot = compile(self.revision, &all, &self.checks);
-        self.runtime.install(snapshot);
+    /// Compiles and installs a snapshot. Compiling 100k routes takes a few hundred
+    /// milliseconds, so it runs off the async workers, which keep serving the old snapshot.
+    async fn install(&self) {
+        let (defaults, stored) = (self.defaults.clone(), self.stored.clone());
+        let (revision, checks, runtime) =
+            (self.revision, self.checks.clone(), self.runtime.clone());
+        let compiled = tokio::task::spawn_blocking(move || {
+            let mut all = (*defaults).clone();
+            all.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
+            runtime.install(compile(revision, &all, &checks));
+        })
+        .await;
+        if let Err(e) = compiled {
+            tracing::error!(error = %e, revision, "gateway: compiling the configuration failed; serving the previous one");
+        }
     }
 
     /// Writes the configuration next to the data (whole file replaced atomically).
     async fn persist(&self) {
-        let copy = LastGood {
-            revision: self.revision,
-            config: self.stored.clone(),
-        };
+        let (revision, stored) = (self.revision, self.stored.clone());
         let path = self.last_good.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let partial = path.with_extension("json.partial");
+            let copy = serde_json::json!({"revision": revision, "config": &*stored});
             std::fs::write(&partial, serde_json::to_vec(&copy)?)?;
             std::fs::rename(&partial, &path)
         })
@@ -368,12 +377,12 @@ impl Follower {
                     "gateway: the config store does not answer; serving the last-known-good configuration until it does"
                 );
                 self.revision = copy.revision;
-                self.stored = copy.config;
+                self.stored = Arc::new(copy.config);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "gateway: the config store does not answer and there is no last-known-good configuration; serving the defaults until it does");
             }
         }
-        self.install();
+        self.install().await;
     }
 }

@@ -150,7 +150,8 @@ impl Route {
 pub struct Router {
     routes: Vec<Route>,
     exact: HashMap<String, Vec<usize>>,
-    params: Vec<(Vec<Segment>, usize)>,
+    /// Path-parameter patterns by their literal lead: `api/v1` for `/api/v1/users/:id`.
+    params: HashMap<String, Vec<(Vec<Segment>, usize)>>,
     /// Prefix length → prefix → routes; longest first.
     prefixes: Vec<(usize, HashMap<String, Vec<usize>>)>,
 }
@@ -159,7 +160,7 @@ impl Router {
     /// Indexes `routes`; their order breaks ties between equal priorities.
     pub fn new(routes: Vec<Route>) -> Router {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut params = Vec::new();
+        let mut params: HashMap<String, Vec<(Vec<Segment>, usize)>> = HashMap::new();
         let mut by_len: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
         for (i, route) in routes.iter().enumerate() {
             for uri in &route.uris {
@@ -171,7 +172,19 @@ impl Router {
                         .entry(p.clone())
                         .or_default()
                         .push(i),
-                    UriPattern::Params(s) => params.push((s.clone(), i)),
+                    UriPattern::Params(s) => {
+                        let lead: Vec<&str> = s
+                            .iter()
+                            .map_while(|seg| match seg {
+                                Segment::Literal(text) => Some(text.as_str()),
+                                _ => None,
+                            })
+                            .collect();
+                        params
+                            .entry(lead.join("/"))
+                            .or_default()
+                            .push((s.clone(), i));
+                    }
                 }
             }
         }
@@ -183,7 +196,9 @@ impl Router {
         for map in by_len.values_mut() {
             map.values_mut().for_each(order);
         }
-        params.sort_by_key(|(_, i)| (std::cmp::Reverse(routes[*i].priority), *i));
+        for list in params.values_mut() {
+            list.sort_by_key(|(_, i)| (std::cmp::Reverse(routes[*i].priority), *i));
+        }
         let mut prefixes: Vec<_> = by_len.into_iter().collect();
         prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         Router {
@@ -212,11 +227,8 @@ impl Router {
         if let Some(route) = self.exact.get(path).and_then(|l| pick(l)) {
             return Some(route);
         }
-        for (segments, i) in &self.params {
-            let route = &self.routes[*i];
-            if params_match(segments, path) && route.filters_match(r) {
-                return Some(route);
-            }
+        if let Some(route) = self.find_params(r) {
+            return Some(route);
         }
         for (len, map) in &self.prefixes {
             if *len > path.len() || !path.is_char_boundary(*len) {
@@ -230,13 +242,41 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The path-parameter routes whose literal lead is a prefix of the path's segments, tried
+    /// in (priority, key order), as if all of them were one ordered list.
+    fn find_params(&self, r: &Request<'_>) -> Option<&Route> {
+        if self.params.is_empty() {
+            return None;
+        }
+        let rest = r.path.strip_prefix('/')?;
+        let leads = std::iter::once("")
+            .chain(rest.match_indices('/').map(|(at, _)| &rest[..at]))
+            .chain(std::iter::once(rest));
+        let mut candidates: Vec<&(Vec<Segment>, usize)> = leads
+            .filter_map(|lead| self.params.get(lead))
+            .flatten()
+            .collect();
+        if candidates.len() > 1 {
+            let key = |i: usize| (std::cmp::Reverse(self.routes[i].priority), i);
+            candidates.sort_by_key(|(_, i)| key(*i));
+        }
+        candidates
+            .into_iter()
+            .map(|(segments, i)| (segments, &self.routes[*i]))
+            .find(|(segments, route)| params_match(segments, r.path) && route.filters_match(r))
+            .map(|(_, route)| route)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const URIS: [&str; 10] = [
-        "/", "/a", "/a/b", "/a/*", "/a*", "/*", "/a/:id", "/a/:id/c", "/b/*", "/a/b/*",
+    const URIS: [&str; 13] = [
+        "/", "/a", "/a/b", "/a/*", "/a*", "/*", "/a/:id", "/a/:id/c", "/b/*", "/a/b/*", "/:x",
+        "/a/b/:id", "/:x/c",
     ];
     const PATHS: [&str; 10] = [
         "/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/a/x/c", "/b/q", "/c", "/a/x",
