@@ -219,3 +219,32 @@ async fn http2_clients_are_served() {
     assert_eq!(seen["upstream"], "h2");
     assert_eq!(seen["headers"]["host"], gw.proxy.to_string());
 }
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_oversized_bodies_413() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/big", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/big", 200).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let huge = "x".repeat(64 * 1024);
+    let request = format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Huge: {huge}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await; // the gateway may stop reading early
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    let status_line = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(status_line.starts_with("HTTP/1.1 431"), "{status_line}");
+
+    // The 413 comes from the declared length, before any of the body is read.
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let request = "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 70000000\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let n = stream.read(&mut answer).await.unwrap();
+    let status_line = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+}
