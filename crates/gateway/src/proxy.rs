@@ -199,7 +199,7 @@ impl DataPlane {
                         {
                             tunnel(client, hyper::upgrade::on(&mut response));
                         }
-                        response.map(|b| b.map_err(BoxError::from).boxed())
+                        response
                     }
                     Err(status) => error_page(status),
                 }
@@ -232,11 +232,11 @@ impl DataPlane {
     async fn forward(
         &self,
         route: &Route,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         ctx: &Ctx,
         body: Incoming,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, StatusCode> {
+    ) -> Result<Response<Body>, StatusCode> {
         let replayable = hyper::body::Body::is_end_stream(&body);
         let timeouts = route
             .timeout
@@ -246,9 +246,10 @@ impl DataPlane {
         let mut body = Some(self.limited(body));
         let mut tried = Vec::new();
         loop {
-            let Some(node) = upstream.pick(&tried) else {
+            let Some(node) = upstream.pick(&tried, &ctx.vars()) else {
                 return Err(StatusCode::BAD_GATEWAY);
             };
+            let in_flight = upstream.start(node);
             tried.push(node);
             let body = body.take().unwrap_or_else(empty);
             let request = upstream_request(ctx, upstream, node, body, upgrade)?;
@@ -265,7 +266,20 @@ impl DataPlane {
                 );
             }
             match outcome {
-                Ok(Ok(response)) => return Ok(response),
+                Ok(Ok(response)) => {
+                    let body = response.map(|b| b.map_err(BoxError::from));
+                    return Ok(match in_flight {
+                        // In flight until the body has been read (or dropped).
+                        Some(guard) => body.map(|b| {
+                            b.map_frame(move |f| {
+                                let _ = &guard;
+                                f
+                            })
+                            .boxed()
+                        }),
+                        None => body.map(BodyExt::boxed),
+                    });
+                }
                 Ok(Err(e)) => {
                     let again = e.is_connect()
                         && replayable

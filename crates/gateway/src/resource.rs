@@ -94,7 +94,7 @@ pub fn parse_key(key: &str) -> Option<(Kind, &str)> {
 pub struct Invalid(pub String);
 
 impl Invalid {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Invalid(message.into())
     }
 }
@@ -525,14 +525,8 @@ impl Upstream {
             return Err(Invalid::new("nodes is required"));
         };
         nodes.list(self.scheme)?;
-        if self.balancer == Balancer::Chash && self.key.is_none() {
-            return Err(Invalid::new("key is required when type is chash"));
-        }
-        if self.balancer != Balancer::Roundrobin {
-            return Err(Invalid::new(format!(
-                "type: {:?} balancing is not supported yet (roundrobin is)",
-                self.balancer
-            )));
+        if self.balancer == Balancer::Chash {
+            crate::runtime::upstream::HashKey::parse(self.hash_on, self.key.as_deref())?;
         }
         if matches!(self.scheme, Scheme::Https | Scheme::Grpc | Scheme::Grpcs) {
             return Err(Invalid::new(format!(

@@ -254,7 +254,7 @@ impl HeaderEdits {
 
 /// Text with nginx-style `$var` references (and `$1`… for regex captures).
 #[derive(Debug, Clone)]
-struct Template(Vec<Piece>);
+pub struct Template(Vec<Piece>);
 
 #[derive(Debug, Clone)]
 enum Piece {
@@ -264,7 +264,7 @@ enum Piece {
 }
 
 impl Template {
-    fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, String> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(at) = rest.find('$') {
@@ -302,7 +302,7 @@ impl Template {
         Ok(Template(pieces))
     }
 
-    fn render(&self, vars: &vars::Request<'_>, captures: &[Option<&str>]) -> String {
+    pub fn render(&self, vars: &vars::Request<'_>, captures: &[Option<&str>]) -> String {
         let mut out = String::new();
         for piece in &self.0 {
             match piece {

@@ -1,19 +1,32 @@
-//! Upstreams ready to serve: their nodes, their health, and the smooth weighted round robin
-//! that picks one.
+//! Upstreams ready to serve: their nodes, their health, and the balancer that picks one.
 //!
-//! Smooth weighted round robin (nginx's): every pick adds each node's weight to its running
-//! score, takes the highest score and subtracts the total from it. Over any window of
-//! `sum(weights)` picks each node is chosen exactly `weight` times, spread out rather than in
-//! bursts. Nodes already tried by this request (retries) are skipped; weight 0 is never picked.
+//! - `roundrobin`: smooth weighted round robin (nginx's): every pick adds each node's weight
+//!   to its running score, takes the highest score and subtracts the total from it. Over any
+//!   window of `sum(weights)` picks each node is chosen exactly `weight` times, spread out.
+//! - `chash`: weighted rendezvous hashing of the request's key (`hash_on`/`key`): a key stays
+//!   on its node, and a node leaving moves only its own keys. No key in the request: the
+//!   client address is hashed.
+//! - `least_conn`: the fewest requests in flight per unit of weight.
+//! - `ewma`: of two nodes drawn at random, the one with the lower decaying average latency
+//!   times requests in flight, per unit of weight ("power of two choices").
+//!
+//! Nodes already tried by this request (retries) are skipped; weight 0 is never picked.
 //! Unhealthy nodes are skipped too, unless none is healthy (then all are candidates).
 
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
 use super::health::{Health, HealthChecks};
-use crate::resource::{self, Invalid, PassHost};
+use crate::plugins::Template;
+use crate::resource::{self, Balancer, HashOn, Invalid, PassHost};
+use crate::vars::{Request, Var};
+
+/// How fast `ewma` forgets: a sample this old weighs 1/e.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 /// APISIX's default for each of connect, send and read.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,10 +64,80 @@ impl Timeouts {
     }
 }
 
+/// What `chash` hashes.
+#[derive(Debug)]
+pub enum HashKey {
+    Var(Var),
+    Header(http::HeaderName),
+    Cookie(String),
+    /// `hash_on: consumer`: the authenticated consumer (until authentication plugins exist,
+    /// no request has one, so the client address is used).
+    Consumer,
+    Combination(Template),
+}
+
+impl HashKey {
+    pub fn parse(on: HashOn, key: Option<&str>) -> Result<HashKey, Invalid> {
+        let key = || {
+            key.filter(|k| !k.is_empty())
+                .ok_or_else(|| Invalid::new("key is required when type is chash"))
+        };
+        Ok(match on {
+            HashOn::Vars => {
+                HashKey::Var(Var::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?)
+            }
+            HashOn::Header => HashKey::Header(
+                http::HeaderName::from_bytes(key()?.as_bytes())
+                    .map_err(|_| Invalid::new("key: not a header name"))?,
+            ),
+            HashOn::Cookie => HashKey::Cookie(key()?.to_string()),
+            HashOn::Consumer => HashKey::Consumer,
+            HashOn::VarsCombinations => HashKey::Combination(
+                Template::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?,
+            ),
+        })
+    }
+
+    /// The request's value of the key; None when it has none.
+    fn value(&self, r: &Request<'_>) -> Option<String> {
+        let value = match self {
+            HashKey::Var(var) => var.read(r).map(|v| v.into_owned()),
+            HashKey::Header(name) => {
+                let value = r.headers.get(name)?.to_str().ok()?;
+                Some(value.to_string())
+            }
+            HashKey::Cookie(name) => Var::Cookie(name.clone()).read(r).map(|v| v.into_owned()),
+            HashKey::Consumer => None,
+            HashKey::Combination(template) => Some(template.render(r, &[])),
+        };
+        value.filter(|v| !v.is_empty())
+    }
+}
+
+/// The balancing algorithm with its state.
+#[derive(Debug)]
+enum Balance {
+    RoundRobin {
+        scores: Mutex<Vec<i64>>,
+    },
+    Chash {
+        key: HashKey,
+    },
+    LeastConn,
+    /// Each node's decaying average latency (µs, as f64 bits) and when it was last updated.
+    Ewma {
+        latency: Vec<AtomicU64>,
+        updated: Vec<AtomicU64>,
+        epoch: Instant,
+    },
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub targets: Vec<Target>,
-    scores: Mutex<Vec<i64>>,
+    balance: Balance,
+    /// Requests in flight per node (kept for `least_conn` and `ewma`).
+    in_flight: Vec<AtomicUsize>,
     pub pass_host: PassHost,
     pub upstream_host: Option<String>,
     /// How many other nodes to try after a failed connection.
@@ -114,8 +197,24 @@ impl Upstream {
             Some(n) => n as usize,
             None => targets.len().saturating_sub(1),
         };
+        let n = targets.len();
+        let balance = match config.balancer {
+            Balancer::Roundrobin => Balance::RoundRobin {
+                scores: Mutex::new(vec![0; n]),
+            },
+            Balancer::Chash => Balance::Chash {
+                key: HashKey::parse(config.hash_on, config.key.as_deref())?,
+            },
+            Balancer::LeastConn => Balance::LeastConn,
+            Balancer::Ewma => Balance::Ewma {
+                latency: (0..n).map(|_| AtomicU64::new(0f64.to_bits())).collect(),
+                updated: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                epoch: Instant::now(),
+            },
+        };
         Ok(Upstream {
-            scores: Mutex::new(vec![0; targets.len()]),
+            balance,
+            in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             targets,
             pass_host: config.pass_host,
             upstream_host: config.upstream_host.clone(),
@@ -129,31 +228,115 @@ impl Upstream {
         })
     }
 
-    /// The next node, skipping `tried` and unhealthy ones; None when no node is left.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// The next node for request `r`, skipping `tried` and unhealthy ones; None when no node
+    /// is left.
+    pub fn pick(&self, tried: &[usize], r: &Request<'_>) -> Option<usize> {
         let healthy = |i: usize| self.health.as_ref().is_none_or(|h| h.is_healthy(i));
-        self.pick_among(tried, healthy)
-            .or_else(|| self.pick_among(tried, |_| true)) // fail-open
-    }
-
-    fn pick_among(&self, tried: &[usize], eligible: impl Fn(usize) -> bool) -> Option<usize> {
-        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, target) in self.targets.iter().enumerate() {
-            if target.weight == 0 || tried.contains(&i) || !eligible(i) {
-                continue;
+        let open = |i: usize| self.targets[i].weight > 0 && !tried.contains(&i);
+        let all = 0..self.targets.len();
+        // Fail-open: with no healthy node left, every node is a candidate.
+        let healthy_only = all.clone().any(|i| open(i) && healthy(i));
+        let mut nodes = all.filter(|&i| open(i) && (!healthy_only || healthy(i)));
+        let first = nodes.clone().next()?;
+        let weight = |i: usize| f64::from(self.targets[i].weight);
+        let busy = |i: usize| self.in_flight[i].load(Ordering::Relaxed) as f64;
+        match &self.balance {
+            Balance::RoundRobin { scores } => {
+                let mut scores = scores.lock().unwrap_or_else(|e| e.into_inner());
+                let mut total = 0i64;
+                let mut best = first;
+                for i in nodes {
+                    let w = i64::from(self.targets[i].weight);
+                    scores[i] += w;
+                    total += w;
+                    if scores[i] > scores[best] {
+                        best = i;
+                    }
+                }
+                scores[best] -= total;
+                Some(best)
             }
-            let weight = i64::from(target.weight);
-            scores[i] += weight;
-            total += weight;
-            if best.is_none_or(|b| scores[i] > scores[b]) {
-                best = Some(i);
+            Balance::Chash { key } => {
+                let value = key.value(r).unwrap_or_else(|| r.remote_addr.to_string());
+                let score = |i: usize| {
+                    let mut hasher = std::hash::DefaultHasher::new();
+                    (value.as_str(), self.targets[i].authority.as_str()).hash(&mut hasher);
+                    // A uniform draw in (0, 1]; the weighted rendezvous score is -w / ln(u).
+                    let u = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+                    -weight(i) / (u.max(f64::MIN_POSITIVE)).ln()
+                };
+                nodes.max_by(|&a, &b| score(a).total_cmp(&score(b)))
+            }
+            Balance::LeastConn => {
+                let load = |i: usize| (busy(i) + 1.0) / weight(i);
+                nodes.min_by(|&a, &b| load(a).total_cmp(&load(b)))
+            }
+            Balance::Ewma { latency, .. } => {
+                let cost = |i: usize| {
+                    f64::from_bits(latency[i].load(Ordering::Relaxed)) * (busy(i) + 1.0) / weight(i)
+                };
+                let count = nodes.clone().count();
+                let a = nodes
+                    .clone()
+                    .nth(rand::random_range(0..count))
+                    .unwrap_or(first);
+                let b = nodes.nth(rand::random_range(0..count)).unwrap_or(first);
+                Some(if cost(b) < cost(a) { b } else { a })
             }
         }
-        let chosen = best?;
-        scores[chosen] -= total;
-        Some(chosen)
+    }
+
+    /// Counts a request to `node` as in flight until the returned guard is dropped (when its
+    /// response has been read); None when the balancer does not need it.
+    pub fn start(self: &Arc<Self>, node: usize) -> Option<InFlight> {
+        if matches!(
+            self.balance,
+            Balance::RoundRobin { .. } | Balance::Chash { .. }
+        ) {
+            return None;
+        }
+        self.in_flight[node].fetch_add(1, Ordering::Relaxed);
+        Some(InFlight {
+            upstream: self.clone(),
+            node,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A request in flight to a node (see [`Upstream::start`]).
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    node: usize,
+    started: Instant,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let u = &self.upstream;
+        u.in_flight[self.node].fetch_sub(1, Ordering::Relaxed);
+        if let Balance::Ewma {
+            latency,
+            updated,
+            epoch,
+        } = &u.balance
+        {
+            let now = epoch.elapsed();
+            let sample = self.started.elapsed().as_secs_f64() * 1e6;
+            let last = Duration::from_nanos(
+                updated[self.node].swap(now.as_nanos() as u64, Ordering::Relaxed),
+            );
+            let old = f64::from_bits(latency[self.node].load(Ordering::Relaxed));
+            // Exponential decay by the time since the last sample; the first sample is taken whole.
+            let keep = if old == 0.0 {
+                0.0
+            } else {
+                (-(now.saturating_sub(last)).as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp()
+            };
+            let average = old * keep + sample * (1.0 - keep);
+            latency[self.node].store(average.to_bits(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -161,12 +344,35 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::runtime::health::Outcome;
+    use http::HeaderMap;
     use serde_json::json;
 
     fn upstream(nodes: serde_json::Value) -> Upstream {
-        let config: resource::Upstream =
-            resource::parse(&json!({"type": "roundrobin", "nodes": nodes})).unwrap();
+        balanced(json!({"type": "roundrobin", "nodes": nodes}))
+    }
+
+    fn balanced(config: serde_json::Value) -> Upstream {
+        let config: resource::Upstream = resource::parse(&config).unwrap();
         Upstream::from_config(&config).unwrap()
+    }
+
+    /// A request from `remote` with `headers`.
+    fn request(remote: [u8; 4], headers: &HeaderMap) -> Request<'_> {
+        Request {
+            method: "GET",
+            path: "/p",
+            query: None,
+            host: "h",
+            headers,
+            remote_addr: std::net::IpAddr::from(remote),
+            scheme: "http",
+            server_port: 80,
+        }
+    }
+
+    fn any() -> Request<'static> {
+        static NONE: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+        request([127, 0, 0, 1], &NONE)
     }
 
     #[test]
@@ -174,7 +380,7 @@ mod tests {
         let u = upstream(json!({"a:1": 5, "b:1": 1, "c:1": 1, "z:1": 0}));
         let mut counts = [0; 4];
         for _ in 0..7 * 100 {
-            counts[u.pick(&[]).unwrap()] += 1;
+            counts[u.pick(&[], &any()).unwrap()] += 1;
         }
         assert_eq!(counts, [500, 100, 100, 0]);
     }
@@ -182,7 +388,7 @@ mod tests {
     #[test]
     fn picks_are_spread_not_bursty() {
         let u = upstream(json!({"a:1": 5, "b:1": 1, "c:1": 1}));
-        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[], &any()).unwrap()).collect();
         // nginx's classic example: a a b a c a a
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
@@ -197,21 +403,121 @@ mod tests {
         let u = Upstream::build(&config, "/apisix/upstreams/1", &HealthChecks::default()).unwrap();
         let health = u.health.clone().unwrap();
         health.report_active(1, Outcome::TcpFailure);
-        assert!((0..10).all(|_| u.pick(&[]) == Some(0)), "b is ejected");
+        assert!(
+            (0..10).all(|_| u.pick(&[], &any()) == Some(0)),
+            "b is ejected"
+        );
         health.report_active(0, Outcome::TcpFailure);
-        let picks: std::collections::HashSet<_> = (0..10).map(|_| u.pick(&[]).unwrap()).collect();
+        let picks: std::collections::HashSet<_> =
+            (0..10).map(|_| u.pick(&[], &any()).unwrap()).collect();
         assert_eq!(picks.len(), 2, "none healthy: all are candidates again");
+    }
+
+    #[test]
+    fn chash_keeps_a_key_on_its_node_and_spreads_keys_by_weight() {
+        let u = balanced(json!({
+            "type": "chash", "hash_on": "header", "key": "x-user",
+            "nodes": {"a:1": 1, "b:1": 1, "c:1": 2}
+        }));
+        let mut counts = [0usize; 3];
+        let mut homes = Vec::new();
+        for user in 0..4000 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user", user.to_string().parse().unwrap());
+            let node = u.pick(&[], &request([10, 0, 0, 1], &headers)).unwrap();
+            assert_eq!(
+                u.pick(&[], &request([10, 0, 0, 2], &headers)),
+                Some(node),
+                "sticky"
+            );
+            counts[node] += 1;
+            homes.push(node);
+        }
+        // Expected 1000 / 1000 / 2000; binomial sd ≈ 27-32.
+        for (count, expected) in counts.iter().zip([1000, 1000, 2000]) {
+            assert!(count.abs_diff(expected) < 150, "{counts:?}");
+        }
+        // Without c, only c's keys move.
+        let smaller = balanced(json!({
+            "type": "chash", "hash_on": "header", "key": "x-user",
+            "nodes": {"a:1": 1, "b:1": 1}
+        }));
+        for (user, home) in homes.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user", user.to_string().parse().unwrap());
+            let now = smaller
+                .pick(&[], &request([10, 0, 0, 1], &headers))
+                .unwrap();
+            if *home != 2 {
+                assert_eq!(now, *home, "user {user} moved though its node stayed");
+            }
+        }
+        // No header: the client address decides.
+        let none = HeaderMap::new();
+        let by_addr = u.pick(&[], &request([10, 0, 0, 9], &none));
+        assert_eq!(u.pick(&[], &request([10, 0, 0, 9], &none)), by_addr);
+    }
+
+    #[test]
+    fn least_conn_picks_the_least_busy_per_weight() {
+        let u = Arc::new(balanced(
+            json!({"type": "least_conn", "nodes": {"a:1": 1, "b:1": 2}}),
+        ));
+        let first = u.start(u.pick(&[], &any()).unwrap()).unwrap();
+        assert_eq!(first.node, 1, "b has twice the capacity");
+        let second = u.start(u.pick(&[], &any()).unwrap()).unwrap(); // a: 1/1, b: 2/2
+        assert_eq!(second.node, 0);
+        let third = u.start(u.pick(&[], &any()).unwrap()).unwrap(); // a: 2/1, b: 2/2
+        assert_eq!(third.node, 1);
+        drop((first, third));
+        assert_eq!(
+            u.pick(&[], &any()),
+            Some(1),
+            "finished requests no longer count"
+        );
+    }
+
+    #[test]
+    fn ewma_prefers_the_faster_node() {
+        let u = Arc::new(balanced(
+            json!({"type": "ewma", "nodes": {"slow:1": 1, "fast:1": 1}}),
+        ));
+        let slow = u.start(0).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(slow);
+        drop(u.start(1).unwrap());
+        let fast = (0..1000).filter(|_| u.pick(&[], &any()) == Some(1)).count();
+        // Two draws per pick: the slow node wins only when both draws are it (about 1/4).
+        assert!(fast > 650, "{fast} of 1000 went to the fast node");
+    }
+
+    #[test]
+    fn chash_needs_a_usable_key() {
+        for (config, error) in [
+            (
+                json!({"type": "chash", "nodes": {"a:1": 1}}),
+                "key is required",
+            ),
+            (
+                json!({"type": "chash", "key": "nope", "nodes": {"a:1": 1}}),
+                "unknown variable",
+            ),
+        ] {
+            let config: resource::Upstream = resource::parse(&config).unwrap();
+            let e = Upstream::from_config(&config).unwrap_err();
+            assert!(e.0.contains(error), "{e:?}");
+        }
     }
 
     #[test]
     fn retries_skip_tried_nodes_and_default_to_the_others() {
         let u = upstream(json!({"a:1": 1, "b:1": 1, "c:1": 1}));
         assert_eq!(u.retries, 2);
-        let first = u.pick(&[]).unwrap();
-        let second = u.pick(&[first]).unwrap();
+        let first = u.pick(&[], &any()).unwrap();
+        let second = u.pick(&[first], &any()).unwrap();
         assert_ne!(first, second);
-        let third = u.pick(&[first, second]).unwrap();
+        let third = u.pick(&[first, second], &any()).unwrap();
         assert!(third != first && third != second);
-        assert_eq!(u.pick(&[0, 1, 2]), None);
+        assert_eq!(u.pick(&[0, 1, 2], &any()), None);
     }
 }

@@ -248,3 +248,41 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     let status_line = String::from_utf8_lossy(&answer[..n]).to_string();
     assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
 }
+
+#[tokio::test]
+async fn chash_sends_each_key_to_one_node_and_least_conn_serves() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let (a, b) = (spawn_upstream("a").await, spawn_upstream("b").await);
+    let nodes = json!({a.to_string(): 1, b.to_string(): 1});
+    gw.put(
+        "/apisix/admin/routes/sticky",
+        json!({"uri": "/sticky", "upstream": {
+            "type": "chash", "hash_on": "header", "key": "x-user", "nodes": nodes.clone()
+        }}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/lc",
+        json!({"uri": "/lc", "upstream": {"type": "least_conn", "nodes": nodes}}),
+    )
+    .await;
+    gw.wait_for("/sticky", 200).await;
+    let mut used = std::collections::HashSet::new();
+    for user in 0..20 {
+        let mut homes = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let r = gw
+                .client
+                .get(gw.url("/sticky"))
+                .header("x-user", user.to_string());
+            let body: Value = r.send().await.unwrap().json().await.unwrap();
+            homes.insert(body["upstream"].as_str().unwrap().to_string());
+        }
+        assert_eq!(homes.len(), 1, "user {user} stays on one node");
+        used.extend(homes);
+    }
+    assert_eq!(used.len(), 2, "users spread over both nodes");
+    for _ in 0..5 {
+        gw.wait_for("/lc", 200).await;
+    }
+}
