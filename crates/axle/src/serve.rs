@@ -93,8 +93,10 @@ fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     }
 }
 
-/// Runs the data plane until `shutdown`: on its own runtime with `workers` threads when set,
-/// so its share of the machine is fixed, else on the main runtime.
+/// Runs the data plane until `shutdown`: on `workers` threads of its own when set, so its share
+/// of the machine is fixed, else on the main runtime. Each worker is a single-threaded runtime
+/// accepting from the shared listener (nginx's worker model): a request is served start to end
+/// on one thread, without the work-stealing scheduler's hand-offs.
 async fn run_data_plane(
     plane: axle_gateway::DataPlane,
     listener: TcpListener,
@@ -106,23 +108,34 @@ async fn run_data_plane(
         return Ok(());
     };
     let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("gateway-worker")
-        .enable_all()
-        .build()?;
-    let (done, finished) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("gateway".into())
-        .spawn(move || {
-            let result = runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                plane.serve(listener, shutdown).await;
-                Ok(())
-            });
-            let _ = done.send(result);
-        })?;
-    finished.await.unwrap_or(Ok(()))
+    let mut threads = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let (listener, plane, shutdown) = (listener.try_clone()?, plane.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-{worker}"))
+            .spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    plane
+                        .serve(TcpListener::from_std(listener)?, shutdown)
+                        .await;
+                    Ok(())
+                })
+            })?;
+        threads.push(thread);
+    }
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| std::io::Error::other("a gateway worker panicked"))??;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()> {
