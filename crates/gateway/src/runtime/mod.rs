@@ -293,11 +293,12 @@ struct Follower {
     checks: Arc<HealthChecks>,
 }
 
-/// The file format of the last-known-good copy (written by [`Follower::persist`]).
-#[derive(serde::Deserialize)]
-struct LastGood {
+/// The file format of the last-known-good copy: written from a borrowed configuration, read
+/// into an owned one.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastGood<C> {
     revision: i64,
-    config: BTreeMap<String, Value>,
+    config: C,
 }
 
 impl Follower {
@@ -351,7 +352,10 @@ impl Follower {
                 std::fs::create_dir_all(dir)?;
             }
             let partial = path.with_extension("json.partial");
-            let copy = serde_json::json!({"revision": revision, "config": &*stored});
+            let copy = LastGood {
+                revision,
+                config: &*stored,
+            };
             std::fs::write(&partial, serde_json::to_vec(&copy)?)?;
             std::fs::rename(&partial, &path)
         })
@@ -364,10 +368,12 @@ impl Follower {
     /// The store did not answer in time: serve the persisted copy (or only the defaults).
     async fn start_from_last_good(&mut self) {
         let path = self.last_good.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<LastGood, String> {
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-        })
+        let read = tokio::task::spawn_blocking(
+            move || -> Result<LastGood<BTreeMap<String, Value>>, String> {
+                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+            },
+        )
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         match read {

@@ -239,12 +239,10 @@ impl Etcd {
 
     /// Every key's document as of `revision` (while etcd still keeps it).
     pub async fn state_at(&self, revision: i64) -> Result<BTreeMap<String, Value>, StoreError> {
-        let revision = if revision <= 0 {
+        if revision <= 0 {
             return Ok(BTreeMap::new());
-        } else {
-            revision.min(self.revision().await?)
-        };
-        let (_, kvs) = self.read_all(revision).await?;
+        }
+        let (_, kvs) = self.read_all(revision.min(self.revision().await?)).await?;
         let mut state = BTreeMap::new();
         for kv in &kvs {
             if let Some(entry) = self.entry(kv)? {
@@ -265,10 +263,8 @@ impl Etcd {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
-        let last = match before {
-            Some(before) => (before - 1).min(self.revision().await?),
-            None => self.revision().await?,
-        };
+        let current = self.revision().await?;
+        let last = before.map_or(current, |before| (before - 1).min(current));
         let mut kept: VecDeque<Change> = VecDeque::new();
         if last < 2 {
             return Ok(Vec::new()); // revision 1 is the empty store
@@ -309,13 +305,18 @@ impl Etcd {
         Ok(kept.into_iter().rev().collect())
     }
 
-    /// An event under the prefix as (key, document); an unreadable document counts as deleted.
+    /// An event under the prefix as (key, document); None for a delete.
     fn change(&self, event: &Event) -> Option<(String, Option<Value>)> {
-        let key = self.inner(&event.kv.key_text().ok()?)?;
         if event.kind == "DELETE" {
-            return Some((key, None));
+            return Some((self.inner(&event.kv.key_text().ok()?)?, None));
         }
-        match event.kv.json(&key) {
+        self.document(&event.kv)
+    }
+
+    /// A key under the prefix with its document; an unreadable document counts as absent.
+    fn document(&self, kv: &Kv) -> Option<(String, Option<Value>)> {
+        let key = self.inner(&kv.key_text().ok()?)?;
+        match kv.json(&key) {
             Ok(value) => Some((key, Some(value))),
             Err(e) => {
                 tracing::warn!(error = %e, "gateway: etcd value left out");
@@ -378,13 +379,7 @@ impl Etcd {
                     let (at, kvs) = self.read_all(0).await?;
                     let config = kvs
                         .iter()
-                        .filter_map(|kv| {
-                            let event = Event {
-                                kind: String::new(),
-                                kv: kv.clone(),
-                            };
-                            self.change(&event)
-                        })
+                        .filter_map(|kv| self.document(kv))
                         .filter_map(|(key, value)| Some((key, value?)))
                         .collect();
                     let reset = Update::Reset {

@@ -18,14 +18,19 @@ fn etcd() -> Option<String> {
     axle_core::testing::etcd_endpoints()
 }
 
-/// Runs `etcdctl` (v3 API) against `endpoint`; returns its stdout.
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
+/// Runs `etcdctl` (v3 API) against `endpoint`.
+fn etcdctl_output(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
         .output()
-        .expect("etcdctl runs");
+        .expect("etcdctl runs")
+}
+
+/// Runs `etcdctl`, which must succeed; returns its stdout.
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl_output(endpoint, args);
     assert!(
         out.status.success(),
         "etcdctl {args:?}: {}",
