@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axle_core::config::Config;
 use axle_core::platform::{Platform, Service, StartError};
+use axle_gateway::Listener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -99,18 +100,25 @@ fn listen_addr(config: &Config, name: &str) -> SocketAddr {
 /// on one thread, without the work-stealing scheduler's hand-offs.
 async fn run_data_plane(
     plane: axle_gateway::DataPlane,
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     workers: Option<usize>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let Some(workers) = workers else {
-        plane.serve(listener, shutdown).await;
+        plane.serve(listeners, shutdown).await;
         return Ok(());
     };
-    let listener = listener.into_std()?;
+    let listeners = listeners
+        .into_iter()
+        .map(|l| Ok((l.tcp.into_std()?, l.tls)))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let mut threads = Vec::with_capacity(workers);
     for worker in 0..workers {
-        let (listener, plane, shutdown) = (listener.try_clone()?, plane.clone(), shutdown.clone());
+        let own = listeners
+            .iter()
+            .map(|(tcp, tls)| Ok((tcp.try_clone()?, *tls)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let (plane, shutdown) = (plane.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("gateway-{worker}"))
             .spawn(move || -> std::io::Result<()> {
@@ -118,9 +126,16 @@ async fn run_data_plane(
                     .enable_all()
                     .build()?;
                 runtime.block_on(async move {
-                    plane
-                        .serve(TcpListener::from_std(listener)?, shutdown)
-                        .await;
+                    let listeners = own
+                        .into_iter()
+                        .map(|(tcp, tls)| {
+                            Ok(Listener {
+                                tcp: TcpListener::from_std(tcp)?,
+                                tls,
+                            })
+                        })
+                        .collect::<std::io::Result<Vec<_>>>()?;
+                    plane.serve(listeners, shutdown).await;
                     Ok(())
                 })
             })?;
@@ -154,11 +169,16 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
                 .collect();
             let gateway = axle_gateway::build(&platform, &others).await?;
             if let Some(plane) = gateway.data_plane {
-                let addr = platform.config.services.gateway.listen;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("gateway: cannot listen on {addr}"))?;
-                data_plane = Some((plane, listener));
+                let config = &platform.config.services.gateway;
+                let mut listeners = Vec::new();
+                for (addr, tls) in [(Some(config.listen), false), (config.tls_listen, true)] {
+                    let Some(addr) = addr else { continue };
+                    let tcp = TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("gateway: cannot listen on {addr}"))?;
+                    listeners.push(Listener { tcp, tls });
+                }
+                data_plane = Some((plane, listeners));
             }
             gateway.admin
         } else {
@@ -170,7 +190,11 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
             .with_context(|| format!("{name}: cannot listen on {addr}"))?;
         running.push((service, listener));
     }
-    print_banner(&platform, &running, data_plane.as_ref().map(|(_, l)| l));
+    print_banner(
+        &platform,
+        &running,
+        data_plane.as_ref().map(|(_, l)| l.as_slice()),
+    );
 
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let mut servers = tokio::task::JoinSet::new();
@@ -180,9 +204,9 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
         servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
         services.push(service);
     }
-    if let Some((plane, listener)) = data_plane {
+    if let Some((plane, listeners)) = data_plane {
         let workers = platform.config.services.gateway.workers;
-        servers.spawn(run_data_plane(plane, listener, workers, shutdown.clone()));
+        servers.spawn(run_data_plane(plane, listeners, workers, shutdown.clone()));
     }
 
     // Serve until a signal (or a listener failing), then give in-flight requests their grace.
@@ -237,7 +261,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 fn print_banner(
     platform: &Platform,
     running: &[(Service, TcpListener)],
-    data_plane: Option<&TcpListener>,
+    data_plane: Option<&[Listener]>,
 ) {
     let c = &platform.config;
     let storage = if c.database.url.is_some() {
@@ -260,8 +284,13 @@ fn print_banner(
         "  data:    {} (storage: {storage}, events: {events}, kv: {kv})",
         c.data_dir.display()
     );
-    if let Some(addr) = data_plane.and_then(|l| l.local_addr().ok()) {
-        println!("  gateway  http://{addr}  (routes /api/<service>/ to the services below)");
+    for listener in data_plane.unwrap_or_default() {
+        if let Ok(addr) = listener.tcp.local_addr() {
+            let scheme = if listener.tls { "https" } else { "http" };
+            println!(
+                "  gateway  {scheme}://{addr}  (routes /api/<service>/ to the services below)"
+            );
+        }
     }
     for (service, listener) in running {
         if let Ok(addr) = listener.local_addr() {

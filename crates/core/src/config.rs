@@ -203,6 +203,12 @@ impl Default for ServicesConfig {
 pub struct GatewayConfig {
     /// The data plane (APISIX's `node_listen`).
     pub listen: SocketAddr,
+    /// The data plane over TLS, with certificates from the `ssls` resources chosen by SNI
+    /// (APISIX's `ssl.listen`); unset = no TLS listener.
+    pub tls_listen: Option<SocketAddr>,
+    /// The server name whose certificate TLS clients that send no SNI get (APISIX's
+    /// `ssl.fallback_sni`); unset = such handshakes fail.
+    pub fallback_sni: Option<String>,
     /// The Admin API (APISIX's `admin_listen`).
     pub admin_listen: SocketAddr,
     /// The Admin API key (`X-API-KEY`). Unset: the `AXLE_ADMIN_KEY` environment variable, else
@@ -276,6 +282,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9080)),
+            tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9443))),
+            fallback_sni: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             admin_key: None,
             allow_admin: vec!["127.0.0.0/24".into(), "::1/128".into()],

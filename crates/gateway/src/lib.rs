@@ -5,7 +5,7 @@
 //! - [`runtime`]: the store's content compiled into an immutable snapshot (router, upstreams,
 //!   plugin chains), swapped atomically as the store changes;
 //! - [`proxy`]: the hyper data plane serving requests from the current snapshot, running the
-//!   [`plugins`] phases, with [`vars`] expressions for matching.
+//!   [`plugins`] phases, with [`vars`] expressions for matching and [`tls`] both ways.
 
 pub mod admin;
 pub mod plugins;
@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod resource;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 pub mod vars;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use prometheus::Registry;
 use secrecy::SecretString;
 use serde_json::json;
 
-pub use proxy::DataPlane;
+pub use proxy::{DataPlane, Listener};
 use store::ConfigStore;
 
 pub const NAME: &str = "gateway";
@@ -100,7 +101,7 @@ pub async fn build(
             max_body_bytes: config.max_body_bytes,
             ..proxy::Limits::default()
         };
-        Some(DataPlane::new(runtime, limits))
+        Some(DataPlane::new(runtime, limits, config.fallback_sni.clone()))
     };
 
     let api = if config.role == GatewayRole::DataPlane {

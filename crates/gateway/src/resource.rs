@@ -24,10 +24,11 @@ pub enum Kind {
     ConsumerGroups,
     PluginConfigs,
     GlobalRules,
+    Ssls,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
@@ -35,6 +36,7 @@ impl Kind {
         Kind::ConsumerGroups,
         Kind::PluginConfigs,
         Kind::GlobalRules,
+        Kind::Ssls,
     ];
 
     /// The path segment: `/apisix/admin/<segment>` and `/apisix/<segment>/<id>`.
@@ -47,6 +49,7 @@ impl Kind {
             Kind::ConsumerGroups => "consumer_groups",
             Kind::PluginConfigs => "plugin_configs",
             Kind::GlobalRules => "global_rules",
+            Kind::Ssls => "ssls",
         }
     }
 
@@ -64,6 +67,7 @@ impl Kind {
             Kind::ConsumerGroups => "consumer group",
             Kind::PluginConfigs => "plugin config",
             Kind::GlobalRules => "global rule",
+            Kind::Ssls => "ssl",
         }
     }
 
@@ -112,6 +116,7 @@ pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
         Kind::ConsumerGroups | Kind::PluginConfigs | Kind::GlobalRules => {
             parse::<PluginSet>(value)?.check()
         }
+        Kind::Ssls => parse::<Ssl>(value)?.check(),
     }
 }
 
@@ -470,6 +475,16 @@ pub struct KeepalivePool {
     pub requests: u64,
 }
 
+impl Default for KeepalivePool {
+    fn default() -> Self {
+        KeepalivePool {
+            size: Self::default_size(),
+            idle_timeout: Self::default_idle_timeout(),
+            requests: Self::default_requests(),
+        }
+    }
+}
+
 impl KeepalivePool {
     fn default_size() -> usize {
         320
@@ -479,16 +494,6 @@ impl KeepalivePool {
     }
     fn default_requests() -> u64 {
         1000
-    }
-}
-
-impl Default for KeepalivePool {
-    fn default() -> Self {
-        KeepalivePool {
-            size: Self::default_size(),
-            idle_timeout: Self::default_idle_timeout(),
-            requests: Self::default_requests(),
-        }
     }
 }
 
@@ -515,6 +520,7 @@ pub struct Upstream {
     pub scheme: Scheme,
     pub keepalive_pool: Option<KeepalivePool>,
     pub checks: Option<Checks>,
+    pub tls: Option<UpstreamTls>,
     pub create_time: Option<i64>,
     pub update_time: Option<i64>,
 }
@@ -528,11 +534,14 @@ impl Upstream {
         if self.balancer == Balancer::Chash {
             crate::runtime::upstream::HashKey::parse(self.hash_on, self.key.as_deref())?;
         }
-        if matches!(self.scheme, Scheme::Https | Scheme::Grpc | Scheme::Grpcs) {
+        if matches!(self.scheme, Scheme::Grpc | Scheme::Grpcs) {
             return Err(Invalid::new(format!(
-                "scheme: {:?} upstreams are not supported yet (http is)",
+                "scheme: {:?} upstreams are not supported yet (http and https are)",
                 self.scheme
             )));
+        }
+        if let Some(tls) = &self.tls {
+            tls.check()?;
         }
         if self.pass_host == PassHost::Rewrite && self.upstream_host.is_none() {
             return Err(Invalid::new(
@@ -554,6 +563,145 @@ impl Upstream {
     }
 }
 
+/// `tls` of an `https` upstream: whether to verify the node's certificate (off by default, as
+/// in APISIX) and the client certificate to present.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub verify: bool,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub client_cert_id: Option<Id>,
+}
+
+impl UpstreamTls {
+    /// The client certificate and key, checked to match.
+    pub fn client(&self) -> Result<Option<rustls::sign::CertifiedKey>, Invalid> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => crate::tls::certified_key(cert, key)
+                .map(Some)
+                .map_err(|e| Invalid::new(format!("tls.client_{e}"))),
+            (None, None) => Ok(None),
+            _ => Err(Invalid::new("tls: client_cert and client_key go together")),
+        }
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        if self.client_cert_id.is_some() {
+            return Err(Invalid::new(
+                "tls.client_cert_id: not supported yet (set client_cert and client_key)",
+            ));
+        }
+        self.client().map(|_| ())
+    }
+}
+
+/// An SSL certificate the data plane serves to clients asking for one of its `snis` (APISIX's
+/// `ssls`). `certs`/`keys` add pairs of other key types (say ECDSA beside RSA); the client's
+/// supported signature schemes choose among them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssl {
+    pub id: Option<Id>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub certs: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub snis: Vec<String>,
+    #[serde(rename = "type", default)]
+    pub kind: SslType,
+    pub client: Option<Value>,
+    pub ssl_protocols: Option<Vec<String>>,
+    pub labels: Option<Labels>,
+    pub status: Option<u8>,
+    pub validity_start: Option<i64>,
+    pub validity_end: Option<i64>,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SslType {
+    #[default]
+    Server,
+    Client,
+}
+
+impl Ssl {
+    pub fn check(&self) -> Result<(), Invalid> {
+        self.certified_keys()?;
+        if self.kind == SslType::Server && self.snis.is_empty() {
+            return Err(Invalid::new("snis: at least one name is required"));
+        }
+        for sni in &self.snis {
+            let name = sni.strip_prefix("*.").unwrap_or(sni);
+            if name.is_empty() || name.contains('*') || crate::tls::server_name(name).is_none() {
+                return Err(Invalid::new(format!(
+                    "snis: {sni:?} is not a host name or *.wildcard"
+                )));
+            }
+        }
+        if self.client.is_some() {
+            return Err(Invalid::new(
+                "client: verifying client certificates (mTLS) is not supported yet",
+            ));
+        }
+        if let Some(status) = self.status
+            && status > 1
+        {
+            return Err(Invalid::new("status: must be 0 or 1"));
+        }
+        self.protocol_versions().map(|_| ())
+    }
+
+    /// `cert`/`key`, then each of `certs`/`keys`, checked to match.
+    pub fn certified_keys(&self) -> Result<Vec<rustls::sign::CertifiedKey>, Invalid> {
+        if self.certs.len() != self.keys.len() {
+            return Err(Invalid::new("certs and keys must have the same length"));
+        }
+        let mut pairs =
+            vec![crate::tls::certified_key(&self.cert, &self.key).map_err(Invalid::new)?];
+        for (i, (cert, key)) in self.certs.iter().zip(&self.keys).enumerate() {
+            let pair = crate::tls::certified_key(cert, key)
+                .map_err(|e| Invalid::new(format!("certs/keys[{i}]: {e}")))?;
+            pairs.push(pair);
+        }
+        Ok(pairs)
+    }
+
+    /// `ssl_protocols`: TLSv1.2 and TLSv1.3 (the older ones are not offered); unset, both.
+    pub fn protocol_versions(
+        &self,
+    ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, Invalid> {
+        let Some(names) = &self.ssl_protocols else {
+            return Ok(rustls::DEFAULT_VERSIONS.to_vec());
+        };
+        let mut versions = Vec::new();
+        for name in names {
+            versions.push(match name.as_str() {
+                "TLSv1.2" => &rustls::version::TLS12,
+                "TLSv1.3" => &rustls::version::TLS13,
+                other => {
+                    return Err(Invalid::new(format!(
+                        "ssl_protocols: {other:?} is not supported (TLSv1.2 and TLSv1.3 are)"
+                    )));
+                }
+            });
+        }
+        if versions.is_empty() {
+            return Err(Invalid::new(
+                "ssl_protocols: at least one version is required",
+            ));
+        }
+        Ok(versions)
+    }
+}
+
 /// An upstream's health checks (APISIX's `checks`, lua-resty-healthcheck's fields and
 /// defaults). Counters are consecutive; a threshold of 0 never trips.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -571,11 +719,6 @@ impl Checks {
                  ejected node back)",
             ));
         };
-        if active.kind == CheckType::Https {
-            return Err(Invalid::new(
-                "checks.active.type: https checks are not supported yet (http and tcp are)",
-            ));
-        }
         if !(active.timeout > 0.0 && active.timeout.is_finite()) {
             return Err(Invalid::new(
                 "checks.active.timeout: must be a positive number",
@@ -883,6 +1026,6 @@ mod tests {
         for kind in Kind::ALL {
             assert_eq!(parse_key(&kind.key("7")), Some((kind, "7")));
         }
-        assert_eq!(parse_key("/apisix/ssls/1"), None);
+        assert_eq!(parse_key("/apisix/protos/1"), None);
     }
 }

@@ -243,51 +243,70 @@ async fn probe_forever(health: Weak<Health>, targets: Vec<(String, u16)>) {
     }
 }
 
-/// One probe: a TCP connect, or an HTTP/1.0 `GET http_path` read up to its status line.
+/// One probe: a TCP connect, or an HTTP/1.0 `GET http_path` (over TLS for `https`) read up to
+/// its status line.
 async fn probe(active: &ActiveCheck, host: &str, port: u16) -> Outcome {
     let port = active.port.unwrap_or(port);
+    let host_header = active.host.as_deref().unwrap_or(host);
     let exchange = async {
-        let Ok(mut stream) = TcpStream::connect((host, port)).await else {
+        let Ok(stream) = TcpStream::connect((host, port)).await else {
             return Outcome::TcpFailure;
         };
-        if active.kind == CheckType::Tcp {
-            return Outcome::Connected;
-        }
-        let mut request = format!(
-            "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: axle-healthcheck\r\n",
-            active.http_path,
-            active.host.as_deref().unwrap_or(host)
-        );
-        for header in &active.req_headers {
-            request.push_str(header);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            return Outcome::TcpFailure;
-        }
-        let mut head = Vec::with_capacity(64);
-        let mut buf = [0u8; 64];
-        while !head.contains(&b'\n') && head.len() < 1024 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Outcome::TcpFailure,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+        match active.kind {
+            CheckType::Tcp => Outcome::Connected,
+            CheckType::Http => http_status(active, host_header, stream).await,
+            CheckType::Https => {
+                let tls = crate::tls::client_config(active.https_verify_certificate, None);
+                let (Ok(config), Some(name)) = (tls, crate::tls::server_name(host_header)) else {
+                    return Outcome::TcpFailure;
+                };
+                let connector = tokio_rustls::TlsConnector::from(config);
+                match connector.connect(name, stream).await {
+                    Ok(stream) => http_status(active, host_header, stream).await,
+                    Err(_) => Outcome::TcpFailure,
+                }
             }
-        }
-        // "HTTP/1.1 200 OK": the second word.
-        let status = std::str::from_utf8(&head)
-            .ok()
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok());
-        match status {
-            Some(status) => Outcome::Status(status),
-            None => Outcome::Status(0), // not HTTP: in neither list
         }
     };
     let limit = Duration::try_from_secs_f64(active.timeout).unwrap_or(Duration::from_secs(1));
     tokio::time::timeout(limit, exchange)
         .await
         .unwrap_or(Outcome::Timeout)
+}
+
+async fn http_status<S>(active: &ActiveCheck, host: &str, mut stream: S) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut request = format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: axle-healthcheck\r\n",
+        active.http_path
+    );
+    for header in &active.req_headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return Outcome::TcpFailure;
+    }
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 64];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Outcome::TcpFailure,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    // "HTTP/1.1 200 OK": the second word.
+    let status = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok());
+    match status {
+        Some(status) => Outcome::Status(status),
+        None => Outcome::Status(0), // not HTTP: in neither list
+    }
 }
 
 #[cfg(test)]

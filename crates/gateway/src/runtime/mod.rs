@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plugins::Chain;
 use crate::resource::{self, Invalid, Kind, Plugins};
 use crate::store::{ConfigStore, Update};
+use crate::tls::Certificates;
 use health::HealthChecks;
 use router::{HostPattern, Route, Router, UriPattern};
 use upstream::Upstream;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub router: Router,
     /// The plugins of every global rule, run before the route's.
     pub global: Chain,
+    /// The certificates served on the TLS listener, by SNI.
+    pub certificates: Certificates,
 }
 
 /// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
@@ -107,10 +110,26 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
             Err(e) => skip(Kind::Routes, id, e),
         }
     }
+    let mut certificates = Certificates::default();
+    for (id, value) in of(Kind::Ssls) {
+        let added = resource::parse::<resource::Ssl>(value).and_then(|ssl| {
+            if ssl.kind != resource::SslType::Server || ssl.status == Some(0) {
+                return Ok(());
+            }
+            let versions = ssl.protocol_versions()?;
+            certificates
+                .insert(&ssl.snis, ssl.certified_keys()?, &versions)
+                .map_err(Invalid)
+        });
+        if let Err(e) = added {
+            skip(Kind::Ssls, id, e);
+        }
+    }
     Snapshot {
         revision,
         router: Router::new(routes),
         global,
+        certificates,
     }
 }
 

@@ -145,6 +145,9 @@ pub struct Upstream {
     /// A bound on the whole request, retries included (`retry_timeout`); none when 0.
     pub retry_timeout: Option<Duration>,
     pub timeouts: Timeouts,
+    pub keepalive: resource::KeepalivePool,
+    /// The client side of TLS, for `https` upstreams.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Present when the upstream has health checks.
     pub health: Option<Arc<Health>>,
 }
@@ -212,6 +215,15 @@ impl Upstream {
                 epoch: Instant::now(),
             },
         };
+        let tls = match config.scheme {
+            resource::Scheme::Https => {
+                let settings = config.tls.as_ref();
+                let client = settings.map(|t| t.client()).transpose()?.flatten();
+                let verify = settings.is_some_and(|t| t.verify);
+                Some(crate::tls::client_config(verify, client).map_err(Invalid)?)
+            }
+            _ => None,
+        };
         Ok(Upstream {
             balance,
             in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
@@ -224,6 +236,8 @@ impl Upstream {
                 .filter(|t| *t > 0.0)
                 .and_then(|t| Duration::try_from_secs_f64(t).ok()),
             timeouts: Timeouts::from_config(config.timeout.as_ref()),
+            keepalive: config.keepalive_pool.unwrap_or_default(),
+            tls,
             health: None,
         })
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use axle_core::config::Config;
 use axle_core::platform::Platform;
 use axle_core::testing::{Backends, TestPlatform, TestServer, postgres_url};
+use axle_gateway::Listener;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -52,6 +53,8 @@ macro_rules! on_every_backend {
 pub struct Gateway {
     pub admin: TestServer,
     pub proxy: SocketAddr,
+    /// The data plane's TLS listener.
+    pub tls_proxy: SocketAddr,
     pub client: reqwest::Client,
     /// Stops the data plane and the platform's tasks (the store follower).
     stop: Vec<CancellationToken>,
@@ -86,15 +89,27 @@ async fn start_gateway(platform: &Platform) -> Gateway {
     std::fs::write(&key_file, KEY).unwrap();
     let gateway = axle_gateway::build(platform, &[]).await.unwrap();
     let admin = TestServer::spawn(&gateway.admin).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (plain, tls) = (bind().await.unwrap(), bind().await.unwrap());
+    let (proxy, tls_proxy) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
     let stop = CancellationToken::new();
     if let Some(plane) = gateway.data_plane {
-        tokio::spawn(plane.serve(listener, stop.clone()));
+        let listeners = vec![
+            Listener {
+                tcp: plain,
+                tls: false,
+            },
+            Listener {
+                tcp: tls,
+                tls: true,
+            },
+        ];
+        tokio::spawn(plane.serve(listeners, stop.clone()));
     }
     Gateway {
         admin,
         proxy,
+        tls_proxy,
         client: reqwest::Client::new(),
         stop: vec![stop, platform.shutdown.clone()],
         _platform: None,

@@ -3,9 +3,13 @@
 //!
 //! One request, top to bottom in [`DataPlane::handle`]: context → route match (404 when none)
 //! → `rewrite` and `access` phases (global rules first; a plugin may answer) → pick a node
-//! (smooth weighted round robin) → forward with `X-Forwarded-*` and `X-Real-IP`, retrying
-//! other nodes when a connection fails and the request has no body → response phases →
-//! stream the body back. WebSocket upgrades are proxied when the route enables them.
+//! (the upstream's balancer) → forward over the worker's [`pool`] with `X-Forwarded-*` and
+//! `X-Real-IP`, retrying other nodes when a connection fails and the request has no body →
+//! response phases → stream the body back. WebSocket upgrades are proxied when the route
+//! enables them. On the TLS listener the certificate is chosen by SNI from the snapshot's
+//! `ssls`, and ALPN offers HTTP/2.
+
+pub mod pool;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,10 +22,8 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::plugins::{Ctx, Reply, ResponseHead};
@@ -30,6 +32,7 @@ use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
+use pool::{Failure, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -63,34 +66,77 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// A listener of the data plane: plain HTTP (HTTP/1.1 and h2c) or TLS.
+#[derive(Debug)]
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct DataPlane {
     runtime: Arc<Runtime>,
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     limits: Limits,
+    /// The certificate's name for TLS clients that send no SNI (APISIX's `fallback_sni`).
+    fallback_sni: Option<Arc<str>>,
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    remote: SocketAddr,
+    local_port: u16,
+    scheme: &'static str,
 }
 
 impl DataPlane {
-    pub fn new(runtime: Arc<Runtime>, limits: Limits) -> DataPlane {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(320)
-            .build(connector);
+    pub fn new(runtime: Arc<Runtime>, limits: Limits, fallback_sni: Option<String>) -> DataPlane {
         DataPlane {
             runtime,
-            client,
+            pool: Arc::default(),
             limits,
+            fallback_sni: fallback_sni.map(Arc::from),
         }
     }
 
-    /// Accepts connections until `shutdown`, then lets open requests finish.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    /// Accepts connections on every listener until `shutdown`, then lets open requests finish.
+    /// Each call is one worker, with its own upstream connection pool.
+    pub async fn serve(self, listeners: Vec<Listener>, shutdown: CancellationToken) {
+        let plane = DataPlane {
+            pool: Arc::default(),
+            ..self
+        };
+        let pool = Arc::downgrade(&plane.pool);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                match pool.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let accepting = listeners.into_iter().map(|listener| {
+            let (plane, graceful, shutdown) = (plane.clone(), graceful.clone(), shutdown.clone());
+            async move { plane.accept(listener, &graceful, shutdown).await }
+        });
+        futures::future::join_all(accepting).await;
+        drop(plane);
+        if let Some(graceful) = Arc::into_inner(graceful) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+        }
+    }
+
+    async fn accept(
+        &self,
+        listener: Listener,
+        graceful: &hyper_util::server::graceful::GracefulShutdown,
+        shutdown: CancellationToken,
+    ) {
+        let local_port = listener.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -99,10 +145,9 @@ impl DataPlane {
             .header_read_timeout(Duration::from_secs(60));
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = listener.tcp.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::warn!(error = %e, "gateway: accept failed");
@@ -113,28 +158,74 @@ impl DataPlane {
                 _ = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let plane = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let plane = plane.clone();
-                async move { Ok::<_, Infallible>(plane.handle(req, remote, local_port).await) }
-            });
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let peer = Peer {
+                remote,
+                local_port,
+                scheme: if listener.tls { "https" } else { "http" },
+            };
+            let (plane, builder) = (self.clone(), builder.clone());
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                let _ = connection.await;
+                if peer.scheme == "https" {
+                    if let Some(tls) = plane.handshake(stream, remote).await {
+                        plane.serve_connection(&builder, watcher, tls, peer).await;
+                    }
+                } else {
+                    plane
+                        .serve_connection(&builder, watcher, stream, peer)
+                        .await;
+                }
             });
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     }
 
-    pub async fn handle(
+    /// The TLS handshake with the certificate for the client's SNI (else `fallback_sni`);
+    /// none when no certificate matches or the handshake fails.
+    async fn handshake(
         &self,
-        mut req: Request<Incoming>,
+        stream: TcpStream,
         remote: SocketAddr,
-        local_port: u16,
-    ) -> Response<Body> {
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(Default::default(), stream);
+        let start = tokio::time::timeout(Duration::from_secs(60), acceptor)
+            .await
+            .ok()?
+            .ok()?;
+        let hello = start.client_hello();
+        let sni = hello.server_name().or(self.fallback_sni.as_deref());
+        let Some(config) = sni.and_then(|n| self.runtime.snapshot().certificates.find(n)) else {
+            tracing::debug!(%remote, sni, "tls: no certificate for this server name");
+            return None;
+        };
+        match tokio::time::timeout(Duration::from_secs(60), start.into_stream(config)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "tls: handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn serve_connection<I>(
+        &self,
+        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        io: I,
+        peer: Peer,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let plane = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let plane = plane.clone();
+            async move { Ok::<_, Infallible>(plane.handle(req, peer).await) }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let _ = watcher.watch(connection).await;
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // HTTP/2 clients send `:authority` instead of `Host`; upstreams get it as `Host`.
@@ -166,9 +257,9 @@ impl DataPlane {
             headers: parts.headers,
             host,
             upstream_host: None,
-            remote_addr: remote.ip(),
-            server_port: local_port,
-            scheme: "http",
+            remote_addr: peer.remote.ip(),
+            server_port: peer.local_port,
+            scheme: peer.scheme,
         };
 
         let snapshot = self.runtime.snapshot();
@@ -252,21 +343,26 @@ impl DataPlane {
             let in_flight = upstream.start(node);
             tried.push(node);
             let body = body.take().unwrap_or_else(empty);
-            let request = upstream_request(ctx, upstream, node, body, upgrade)?;
+            let (key, request) = upstream_request(ctx, upstream, node, body, upgrade)?;
             let budget = timeouts.connect + timeouts.send + timeouts.read;
-            let outcome = tokio::time::timeout(budget, self.client.request(request)).await;
+            let sent = self
+                .pool
+                .send(&key, &upstream.keepalive, timeouts.connect, request);
+            let outcome = tokio::time::timeout(budget, sent)
+                .await
+                .unwrap_or(Err(Failure::ConnectTimeout));
             if let Some(health) = &upstream.health {
                 health.report(
                     node,
                     match &outcome {
-                        Ok(Ok(response)) => Outcome::Status(response.status().as_u16()),
-                        Ok(Err(_)) => Outcome::TcpFailure,
-                        Err(_) => Outcome::Timeout,
+                        Ok(response) => Outcome::Status(response.status().as_u16()),
+                        Err(Failure::ConnectTimeout) => Outcome::Timeout,
+                        Err(_) => Outcome::TcpFailure,
                     },
                 );
             }
-            match outcome {
-                Ok(Ok(response)) => {
+            let failure = match outcome {
+                Ok(response) => {
                     let body = response.map(|b| b.map_err(BoxError::from));
                     return Ok(match in_flight {
                         // In flight until the body has been read (or dropped).
@@ -280,22 +376,19 @@ impl DataPlane {
                         None => body.map(BodyExt::boxed),
                     });
                 }
-                Ok(Err(e)) => {
-                    let again = e.is_connect()
-                        && replayable
-                        && tried.len() <= upstream.retries
-                        && deadline.is_none_or(|d| Instant::now() < d);
-                    tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
-                        error = %e, retrying = again, "upstream request failed");
-                    if !again {
-                        return Err(StatusCode::BAD_GATEWAY);
-                    }
-                }
-                Err(_) => {
-                    tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
-                        "upstream timed out");
-                    return Err(StatusCode::GATEWAY_TIMEOUT);
-                }
+                Err(failure) => failure,
+            };
+            let again = matches!(failure, Failure::Connect(_) | Failure::ConnectTimeout)
+                && replayable
+                && tried.len() <= upstream.retries
+                && deadline.is_none_or(|d| Instant::now() < d);
+            tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
+                error = %failure, retrying = again, "upstream request failed");
+            if !again {
+                return Err(match failure {
+                    Failure::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                });
             }
         }
     }
@@ -308,40 +401,65 @@ impl DataPlane {
     }
 }
 
-/// The request as the upstream node sees it.
+/// The request as the upstream node sees it (origin-form, with its `Host`), and the pool key
+/// of the connection it goes on.
 fn upstream_request(
     ctx: &Ctx,
     upstream: &Upstream,
     node: usize,
     body: Body,
     upgrade: bool,
-) -> Result<Request<Body>, StatusCode> {
+) -> Result<(pool::Key, Request<Body>), StatusCode> {
     let target = &upstream.targets[node];
     let path_and_query = match &ctx.query {
         Some(q) => format!("{}?{q}", ctx.path),
         None => ctx.path.clone(),
     };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let uri = Uri::try_from(path_and_query).map_err(|_| StatusCode::BAD_REQUEST)?;
     let mut headers = ctx.headers.clone();
     strip_hop_by_hop(&mut headers);
-    let host = match (&ctx.upstream_host, upstream.pass_host) {
-        (Some(host), _) => Some(host.clone()),
-        (None, PassHost::Pass) => None,
-        (None, PassHost::Node) => Some(if target.port == 80 {
+    let node_host = || {
+        let default_port = if upstream.tls.is_some() { 443 } else { 80 };
+        if target.port == default_port {
             target.host.clone()
         } else {
             target.authority.to_string()
-        }),
+        }
+    };
+    let host = match (&ctx.upstream_host, upstream.pass_host) {
+        (Some(host), _) => Some(host.clone()),
+        (None, PassHost::Pass) => None,
+        (None, PassHost::Node) => Some(node_host()),
         (None, PassHost::Rewrite) => upstream.upstream_host.clone(),
     };
     if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         headers.insert(header::HOST, host);
     }
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&node_host())
+    {
+        headers.insert(header::HOST, host);
+    }
+    // TLS names the host the request is for, as APISIX's `proxy_ssl_name $upstream_host`.
+    let tls = match &upstream.tls {
+        Some(config) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let name = host
+                .and_then(|h| crate::tls::server_name(strip_port(h)))
+                .or_else(|| crate::tls::server_name(&target.host))
+                .ok_or(StatusCode::BAD_REQUEST)?;
+            Some(pool::Tls {
+                config: config.clone(),
+                name,
+            })
+        }
+        None => None,
+    };
+    let key = pool::Key {
+        host: target.host.clone(),
+        port: target.port,
+        tls,
+    };
     let remote = ctx.remote_addr.to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {remote}"),
@@ -367,7 +485,7 @@ fn upstream_request(
         .body(body)
         .map_err(|_| StatusCode::BAD_REQUEST)?;
     *request.headers_mut() = headers;
-    Ok(request)
+    Ok((key, request))
 }
 
 /// Joins the client's and the upstream's upgraded connections once both are ready.
