@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNECTIONS="${2:-50}"
-UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 ADMIN_PORT=18183
+UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183
 
 for tool in nginx wrk; do
   if ! command -v "$tool" >/dev/null; then
@@ -65,6 +65,7 @@ $PROXY_CPU nginx -c "$WORK/proxy/nginx.conf" & PIDS+=($!)
 AXLE_ADMIN_KEY=bench-key \
 AXLE__LOG__LEVEL=warn \
 AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT" \
+AXLE__SERVICES__GATEWAY__TLS_LISTEN="127.0.0.1:$AXLE_TLS_PORT" \
 AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
   $PROXY_CPU "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
 

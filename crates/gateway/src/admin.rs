@@ -10,10 +10,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,10 +92,7 @@ pub fn router(state: AdminState) -> Router {
             "/apisix/admin/{kind}/{id}",
             get(get_one).put(put).patch(patch).delete(delete),
         )
-        .route(
-            "/apisix/admin/{kind}/{id}/{*path}",
-            axum::routing::patch(patch_path),
-        )
+        .route("/apisix/admin/{kind}/{id}/{*path}", any(nested))
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
         .route("/axle/admin/rollback", post(rollback))
@@ -133,15 +130,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn kind(segment: &str) -> Result<Kind> {
-    Kind::from_segment(segment).ok_or(AdminError::NotFound)
+/// What a request addresses: the resources of a kind (`/apisix/admin/<kind>`), or the
+/// credentials of one consumer (`/apisix/admin/consumers/<username>/credentials`).
+#[derive(Debug, Clone)]
+struct Scope {
+    kind: Kind,
+    consumer: Option<String>,
 }
 
-/// The stored document of `kind`/`id`, or 404.
-async fn existing(state: &AdminState, kind: Kind, id: &str) -> Result<Entry> {
+impl Scope {
+    fn top(segment: &str) -> Result<Scope> {
+        let kind = Kind::from_segment(segment).ok_or(AdminError::NotFound)?;
+        Ok(Scope {
+            kind,
+            consumer: None,
+        })
+    }
+
+    fn credentials(username: String) -> Scope {
+        Scope {
+            kind: Kind::Credentials,
+            consumer: Some(username),
+        }
+    }
+
+    /// The store key of the resource `id` in this scope.
+    fn key(&self, id: &str) -> String {
+        match &self.consumer {
+            Some(username) => self.kind.key(&format!("{username}/credentials/{id}")),
+            None => self.kind.key(id),
+        }
+    }
+}
+
+/// The stored document `id` of `scope`, or 404.
+async fn existing(state: &AdminState, scope: &Scope, id: &str) -> Result<Entry> {
     state
         .store
-        .get(&kind.key(id))
+        .get(&scope.key(id))
         .await?
         .ok_or(AdminError::NotFound)
 }
@@ -177,10 +203,16 @@ async fn list(
     Path(segment): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    let entries = state.store.list(&format!("/apisix/{segment}/")).await?;
+    list_in(&state, &Scope::top(&segment)?, q).await
+}
+
+async fn list_in(state: &AdminState, scope: &Scope, q: ListQuery) -> Result<Response> {
+    let kind = scope.kind;
+    let entries = state.store.list(&scope.key("")).await?;
     let matching: Vec<&Entry> = entries
         .iter()
+        // A consumer's credentials live under its key, but are not consumers.
+        .filter(|e| resource::parse_key(&e.key).is_some_and(|(k, _)| k == kind))
         .filter(|e| {
             let v = &e.value;
             let name_ok = q.name.as_ref().is_none_or(|n| {
@@ -239,8 +271,7 @@ async fn get_one(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    let entry = existing(&state, kind, &id).await?;
+    let entry = existing(&state, &Scope::top(&segment)?, &id).await?;
     Ok(axum::Json(item(&entry)).into_response())
 }
 
@@ -249,8 +280,7 @@ async fn put(
     Path((segment, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    write(&state, kind, Some(id), body_json(&body)?).await
+    write(&state, &Scope::top(&segment)?, Some(id), body_json(&body)?).await
 }
 
 /// `PUT /apisix/admin/<kind>` with the id (or a consumer's username) in the body.
@@ -259,8 +289,11 @@ async fn put_without_id(
     Path(segment): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    let value = body_json(&body)?;
+    put_without_id_in(&state, &Scope::top(&segment)?, body_json(&body)?).await
+}
+
+async fn put_without_id_in(state: &AdminState, scope: &Scope, value: Value) -> Result<Response> {
+    let kind = scope.kind;
     let id = value.get(kind.id_field()).and_then(resource::id_text);
     if id.is_none() {
         return Err(AdminError::Bad(format!(
@@ -269,7 +302,7 @@ async fn put_without_id(
             kind.id_field()
         )));
     }
-    write(&state, kind, id, value).await
+    write(state, scope, id, value).await
 }
 
 /// `POST`: a new resource with a generated id.
@@ -278,13 +311,24 @@ async fn create(
     Path(segment): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    if kind == Kind::Consumers {
-        return Err(AdminError::Bad(
-            "consumers are created with PUT and their username".into(),
-        ));
+    create_in(&state, &Scope::top(&segment)?, body_json(&body)?).await
+}
+
+async fn create_in(state: &AdminState, scope: &Scope, mut value: Value) -> Result<Response> {
+    let kind = scope.kind;
+    match kind {
+        Kind::Consumers => {
+            return Err(AdminError::Bad(
+                "consumers are created with PUT and their username".into(),
+            ));
+        }
+        Kind::PluginMetadata => {
+            return Err(AdminError::Bad(
+                "plugin metadata is written with PUT and the plugin's name".into(),
+            ));
+        }
+        _ => {}
     }
-    let mut value = body_json(&body)?;
     if value.get("id").is_some() {
         return Err(AdminError::Bad(format!(
             "wrong {} id, do not need it",
@@ -295,16 +339,17 @@ async fn create(
     if let Some(map) = value.as_object_mut() {
         map.insert("id".into(), Value::String(id.clone()));
     }
-    write(&state, kind, Some(id), value).await
+    write(state, scope, Some(id), value).await
 }
 
 /// Validates, checks references, stamps ids and times, and stores one resource.
 async fn write(
     state: &AdminState,
-    kind: Kind,
+    scope: &Scope,
     id: Option<String>,
     mut value: Value,
 ) -> Result<Response> {
+    let kind = scope.kind;
     let id_field = kind.id_field();
     let Some(map) = value.as_object_mut() else {
         return Err(AdminError::Bad(
@@ -329,7 +374,7 @@ async fn write(
         )));
     }
     map.insert(id_field.into(), Value::String(id.clone()));
-    let key = kind.key(&id);
+    let key = scope.key(&id);
     let existing = state.store.get(&key).await?;
     let now = now_secs();
     let created = existing
@@ -339,7 +384,11 @@ async fn write(
     map.insert("create_time".into(), created);
     map.insert("update_time".into(), Value::from(now));
     resource::validate(kind, &value)?;
-    for (target, target_id) in resource::references(kind, &value) {
+    let owner = scope
+        .consumer
+        .as_ref()
+        .map(|username| (Kind::Consumers, username.clone()));
+    for (target, target_id) in owner.into_iter().chain(resource::references(kind, &value)) {
         if state.store.get(&target.key(&target_id)).await?.is_none() {
             return Err(AdminError::Bad(format!(
                 "failed to fetch {} info by {} id [{target_id}], response code: 404",
@@ -366,25 +415,63 @@ async fn patch(
     Path((segment, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
+    patch_in(&state, &Scope::top(&segment)?, id, &body).await
+}
+
+async fn patch_in(state: &AdminState, scope: &Scope, id: String, body: &Bytes) -> Result<Response> {
     // A patch that is not an object replaces the whole document, which `write` then refuses.
-    let patch = body_json(&body)?;
-    let entry = existing(&state, kind, &id).await?;
-    let mut value = entry.value;
+    let patch = body_json(body)?;
+    let mut value = existing(state, scope, &id).await?.value;
     merge(&mut value, patch);
-    write_patched(&state, kind, id, value).await
+    write_patched(state, scope, id, value).await
+}
+
+/// Below `/apisix/admin/<kind>/<id>/`: a consumer's credentials
+/// (`consumers/<username>/credentials[/<id>]`, every method), else `PATCH` of a sub-path.
+async fn nested(
+    State(state): State<AdminState>,
+    method: Method,
+    Path((segment, id, path)): Path<(String, String, String)>,
+    Query(q): Query<ListQuery>,
+    body: Bytes,
+) -> Result<Response> {
+    let credential = (segment == "consumers")
+        .then(|| path.strip_prefix("credentials"))
+        .flatten()
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        .map(|rest| rest.trim_start_matches('/').to_string());
+    let Some(credential) = credential else {
+        if method != Method::PATCH {
+            return Err(AdminError::NotFound);
+        }
+        return patch_path(&state, &Scope::top(&segment)?, id, &path, &body).await;
+    };
+    let scope = Scope::credentials(id);
+    match (method, credential.is_empty()) {
+        (Method::GET, true) => list_in(&state, &scope, q).await,
+        (Method::PUT, true) => put_without_id_in(&state, &scope, body_json(&body)?).await,
+        (Method::POST, true) => create_in(&state, &scope, body_json(&body)?).await,
+        (Method::GET, false) => {
+            let entry = existing(&state, &scope, &credential).await?;
+            Ok(axum::Json(item(&entry)).into_response())
+        }
+        (Method::PUT, false) => write(&state, &scope, Some(credential), body_json(&body)?).await,
+        (Method::PATCH, false) => patch_in(&state, &scope, credential, &body).await,
+        (Method::DELETE, false) => delete_in(&state, &scope, credential).await,
+        _ => Err(AdminError::NotFound),
+    }
 }
 
 /// `PATCH /apisix/admin/<kind>/<id>/<sub/path>`: the body replaces the value at the path.
 async fn patch_path(
-    State(state): State<AdminState>,
-    Path((segment, id, path)): Path<(String, String, String)>,
-    body: Bytes,
+    state: &AdminState,
+    scope: &Scope,
+    id: String,
+    path: &str,
+    body: &Bytes,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    let replacement = body_json(&body)?;
-    let entry = existing(&state, kind, &id).await?;
-    let mut value = entry.value;
+    let replacement = body_json(body)?;
+    let mut value = existing(state, scope, &id).await?.value;
     let mut slot = &mut value;
     for segment in path.split('/').filter(|s| !s.is_empty()) {
         let Some(map) = slot.as_object_mut() else {
@@ -393,16 +480,16 @@ async fn patch_path(
         slot = map.entry(segment.to_string()).or_insert(Value::Null);
     }
     *slot = replacement;
-    write_patched(&state, kind, id, value).await
+    write_patched(state, scope, id, value).await
 }
 
 async fn write_patched(
     state: &AdminState,
-    kind: Kind,
+    scope: &Scope,
     id: String,
     value: Value,
 ) -> Result<Response> {
-    let response = write(state, kind, Some(id), value).await?;
+    let response = write(state, scope, Some(id), value).await?;
     // A patch never creates; APISIX answers 200.
     let (mut parts, body) = response.into_parts();
     parts.status = StatusCode::OK;
@@ -429,16 +516,21 @@ async fn delete(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    let kind = kind(&segment)?;
-    let key = kind.key(&id);
+    delete_in(&state, &Scope::top(&segment)?, id).await
+}
+
+/// Deletes a resource nothing refers to; a consumer's credentials go with it.
+async fn delete_in(state: &AdminState, scope: &Scope, id: String) -> Result<Response> {
+    let kind = scope.kind;
+    let key = scope.key(&id);
     for referrer in Kind::ALL {
-        for entry in state
-            .store
-            .list(&format!("/apisix/{}/", referrer.segment()))
-            .await?
-        {
-            if resource::references(referrer, &entry.value).contains(&(kind, id.clone())) {
-                let rid = resource::parse_key(&entry.key).map_or("", |(_, rid)| rid);
+        for entry in state.store.list(&referrer.key("")).await? {
+            let Some((entry_kind, rid)) = resource::parse_key(&entry.key) else {
+                continue;
+            };
+            if entry_kind == referrer
+                && resource::references(referrer, &entry.value).contains(&(kind, id.clone()))
+            {
                 return Err(AdminError::Bad(format!(
                     "can not delete this {}, {} [{rid}] is still using it now",
                     kind.noun(),
@@ -450,6 +542,12 @@ async fn delete(
     // Only existing resources can be referred to, so a missing one gets here and is a 404.
     if !state.store.delete(&key).await? {
         return Err(AdminError::NotFound);
+    }
+    if kind == Kind::Consumers {
+        let credentials = Scope::credentials(id.clone());
+        for entry in state.store.list(&credentials.key("")).await? {
+            state.store.delete(&entry.key).await?;
+        }
     }
     Ok(axum::Json(json!({"deleted": id, "key": key})).into_response())
 }

@@ -25,10 +25,13 @@ pub enum Kind {
     PluginConfigs,
     GlobalRules,
     Ssls,
+    PluginMetadata,
+    /// A consumer's credentials, stored under it: `/apisix/consumers/<username>/credentials/<id>`.
+    Credentials,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
@@ -37,6 +40,8 @@ impl Kind {
         Kind::PluginConfigs,
         Kind::GlobalRules,
         Kind::Ssls,
+        Kind::PluginMetadata,
+        Kind::Credentials,
     ];
 
     /// The path segment: `/apisix/admin/<segment>` and `/apisix/<segment>/<id>`.
@@ -50,11 +55,16 @@ impl Kind {
             Kind::PluginConfigs => "plugin_configs",
             Kind::GlobalRules => "global_rules",
             Kind::Ssls => "ssls",
+            Kind::PluginMetadata => "plugin_metadata",
+            Kind::Credentials => "credentials",
         }
     }
 
+    /// The kind at `/apisix/admin/<segment>` (credentials sit under their consumer).
     pub fn from_segment(segment: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.segment() == segment)
+        Kind::ALL
+            .into_iter()
+            .find(|k| *k != Kind::Credentials && k.segment() == segment)
     }
 
     /// The singular noun APISIX uses in messages ("upstream", "plugin config").
@@ -68,12 +78,18 @@ impl Kind {
             Kind::PluginConfigs => "plugin config",
             Kind::GlobalRules => "global rule",
             Kind::Ssls => "ssl",
+            Kind::PluginMetadata => "plugin metadata",
+            Kind::Credentials => "credential",
         }
     }
 
-    /// The key APISIX uses in etcd and in Admin API responses, e.g. `/apisix/routes/1`.
+    /// The key APISIX uses in etcd and in Admin API responses, e.g. `/apisix/routes/1`. A
+    /// credential's id is its path under the consumers: `<username>/credentials/<id>`.
     pub fn key(self, id: &str) -> String {
-        format!("/apisix/{}/{id}", self.segment())
+        match self {
+            Kind::Credentials => format!("/apisix/consumers/{id}"),
+            _ => format!("/apisix/{}/{id}", self.segment()),
+        }
     }
 
     /// Consumers are named by `username`; every other kind by `id`.
@@ -89,7 +105,14 @@ impl Kind {
 pub fn parse_key(key: &str) -> Option<(Kind, &str)> {
     let rest = key.strip_prefix("/apisix/")?;
     let (segment, id) = rest.split_once('/')?;
-    Some((Kind::from_segment(segment)?, id))
+    let kind = Kind::from_segment(segment)?;
+    if !id.contains('/') {
+        return Some((kind, id));
+    }
+    let (username, credential) = id.split_once("/credentials/")?;
+    let single = |s: &str| !s.is_empty() && !s.contains('/');
+    (kind == Kind::Consumers && single(username) && single(credential))
+        .then_some((Kind::Credentials, id))
 }
 
 /// Why a resource was refused; the message names the field, as APISIX's `error_msg` does.
@@ -117,6 +140,20 @@ pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
             parse::<PluginSet>(value)?.check()
         }
         Kind::Ssls => parse::<Ssl>(value)?.check(),
+        Kind::PluginMetadata => {
+            let mut metadata = value.clone();
+            let name = metadata
+                .as_object_mut()
+                .and_then(|m| {
+                    m.remove("create_time");
+                    m.remove("update_time");
+                    m.remove("id")
+                })
+                .and_then(|id| id_text(&id))
+                .unwrap_or_default();
+            plugins::check_metadata(&name, &metadata)
+        }
+        Kind::Credentials => parse::<Credential>(value)?.check(),
     }
 }
 
@@ -560,6 +597,27 @@ impl Upstream {
             checks.check()?;
         }
         Ok(())
+    }
+}
+
+/// A consumer's credential (APISIX 3.x): the configuration of one authentication plugin, so
+/// a consumer can hold several keys and rotate them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    pub desc: Option<String>,
+    pub labels: Option<Labels>,
+    #[serde(default)]
+    pub plugins: Plugins,
+    pub create_time: Option<i64>,
+    pub update_time: Option<i64>,
+}
+
+impl Credential {
+    pub fn check(&self) -> Result<(), Invalid> {
+        plugins::check_credential(&self.plugins)
     }
 }
 
@@ -1024,8 +1082,15 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         for kind in Kind::ALL {
-            assert_eq!(parse_key(&kind.key("7")), Some((kind, "7")));
+            let id = match kind {
+                Kind::Credentials => "jack/credentials/7",
+                _ => "7",
+            };
+            assert_eq!(parse_key(&kind.key(id)), Some((kind, id)));
         }
         assert_eq!(parse_key("/apisix/protos/1"), None);
+        assert_eq!(parse_key("/apisix/consumers/jack/other/1"), None);
+        assert_eq!(parse_key("/apisix/consumers/jack/credentials/"), None);
+        assert_eq!(parse_key("/apisix/routes/a/credentials/1"), None);
     }
 }

@@ -11,6 +11,7 @@ pub fn axle(dir: &Path) -> Command {
     for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
         "AXLE__SERVICES__GATEWAY__LISTEN",
+        "AXLE__SERVICES__GATEWAY__TLS_LISTEN",
         "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
     ] {
         cmd.env(key, format!("127.0.0.1:{}", free_port()));

@@ -91,26 +91,51 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 }
 
 type Factory = fn(&Value) -> Result<Arc<dyn Plugin>, String>;
+type Check = fn(&Value) -> Result<(), String>;
+
+/// A plugin this gateway knows: how to build it, and what else it takes part in.
+struct Registered {
+    name: &'static str,
+    build: Factory,
+    /// Authenticates consumers, so it may be configured on a consumer's credential.
+    authentication: bool,
+    /// Checks the plugin's `plugin_metadata` (settings shared by every instance of it); none
+    /// when it has no metadata.
+    metadata: Option<Check>,
+}
 
 /// Every plugin this gateway knows, by APISIX name.
-fn registry() -> &'static [(&'static str, Factory)] {
-    &[
-        ("proxy-rewrite", proxy_rewrite::build),
-        ("response-rewrite", response_rewrite::build),
-    ]
+const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "proxy-rewrite",
+        build: proxy_rewrite::build,
+        authentication: false,
+        metadata: None,
+    },
+    Registered {
+        name: "response-rewrite",
+        build: response_rewrite::build,
+        authentication: false,
+        metadata: None,
+    },
+];
+
+fn registered(name: &str) -> Result<&'static Registered, Invalid> {
+    REGISTRY
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| Invalid(format!("unknown plugin [{name}]")))
 }
 
 /// Builds the plugin `name` from its configuration.
 pub fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, Invalid> {
-    let Some((_, factory)) = registry().iter().find(|(n, _)| *n == name) else {
-        return Err(Invalid(format!("unknown plugin [{name}]")));
-    };
+    let plugin = registered(name)?;
     if !config.is_object() {
         return Err(Invalid(format!(
             "failed to check the configuration of plugin {name}: must be an object"
         )));
     }
-    factory(config).map_err(|e| {
+    (plugin.build)(config).map_err(|e| {
         Invalid(format!(
             "failed to check the configuration of plugin {name} err: {e}"
         ))
@@ -123,6 +148,28 @@ pub fn check_all(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invali
         build(name, config)?;
     }
     Ok(())
+}
+
+/// Checks a credential's plugins: authentication plugins only.
+pub fn check_credential(plugins: &BTreeMap<String, Value>) -> Result<(), Invalid> {
+    for (name, config) in plugins {
+        if !registered(name)?.authentication {
+            return Err(Invalid(format!(
+                "plugins: {name} is not an authentication plugin; only those go on a credential"
+            )));
+        }
+        build(name, config)?;
+    }
+    Ok(())
+}
+
+/// Checks `plugin_metadata` for the plugin `name`.
+pub fn check_metadata(name: &str, metadata: &Value) -> Result<(), Invalid> {
+    let plugin = registered(name).map_err(|_| Invalid(format!("invalid plugin name [{name}]")))?;
+    let Some(check) = plugin.metadata else {
+        return Err(Invalid(format!("no metadata schema for plugin {name}")));
+    };
+    check(metadata).map_err(|e| Invalid(format!("plugin metadata of {name}: {e}")))
 }
 
 /// A built chain, highest priority first. Plugins with `"_meta": {"disable": true}` are left out.

@@ -335,3 +335,116 @@ async fn every_change_is_versioned_and_can_be_rolled_back(backends: Backends) {
         .await;
     assert_eq!(status, 400);
 }
+
+on_every_backend!(
+    credentials,
+    credentials_and_plugin_metadata_have_their_own_paths
+);
+/// APISIX 3.x credentials live under their consumer and go with it; plugin metadata is keyed by
+/// plugin name and checked against the plugin's metadata schema.
+async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends) {
+    let gw = spawn_gateway(backends).await;
+    let path = "/apisix/admin/consumers/jack/credentials/c1";
+    let (status, body) = gw.admin(Method::PUT, path, Some(json!({}))).await;
+    assert_eq!(status, 400, "no consumer jack yet: {body}");
+    assert!(body["error_msg"].as_str().unwrap().contains("consumer"));
+
+    gw.put("/apisix/admin/consumers", json!({"username": "jack"}))
+        .await;
+    let (status, body) = gw
+        .admin(Method::PUT, path, Some(json!({"desc": "jack's first"})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["key"], "/apisix/consumers/jack/credentials/c1");
+    assert_eq!(body["value"]["id"], "c1");
+    let (status, body) = gw
+        .admin(
+            Method::POST,
+            "/apisix/admin/consumers/jack/credentials",
+            Some(json!({"name": "generated"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = gw
+        .admin(Method::PATCH, path, Some(json!({"desc": "renamed"})))
+        .await;
+    assert_eq!((status, &body["value"]["desc"]), (200, &json!("renamed")));
+
+    // Only authentication plugins go on a credential.
+    let (status, body) = gw
+        .admin(
+            Method::PUT,
+            path,
+            Some(json!({"plugins": {"proxy-rewrite": {"uri": "/x"}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("not an authentication plugin"),
+        "{body}"
+    );
+
+    // Listing consumers shows consumers; listing credentials shows the consumer's.
+    let (_, consumers) = gw.admin(Method::GET, "/apisix/admin/consumers", None).await;
+    assert_eq!(consumers["total"], 1, "{consumers}");
+    let (_, credentials) = gw
+        .admin(
+            Method::GET,
+            "/apisix/admin/consumers/jack/credentials",
+            None,
+        )
+        .await;
+    assert_eq!(credentials["total"], 2, "{credentials}");
+    let (status, one) = gw.admin(Method::GET, path, None).await;
+    assert_eq!((status, &one["value"]["desc"]), (200, &json!("renamed")));
+
+    // The consumer's credentials go with it.
+    let (status, _) = gw
+        .admin(Method::DELETE, "/apisix/admin/consumers/jack", None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gw.admin(Method::GET, path, None).await;
+    assert_eq!(status, 404);
+
+    // Plugin metadata: by plugin name, for plugins that have metadata.
+    let (status, body) = gw
+        .admin(
+            Method::PUT,
+            "/apisix/admin/plugin_metadata/no-such-plugin",
+            Some(json!({"log_format": {}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("invalid plugin name")
+    );
+    let (status, body) = gw
+        .admin(
+            Method::PUT,
+            "/apisix/admin/plugin_metadata/proxy-rewrite",
+            Some(json!({"anything": 1})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("no metadata schema for plugin proxy-rewrite"),
+        "{body}"
+    );
+    let (status, _) = gw
+        .admin(
+            Method::POST,
+            "/apisix/admin/plugin_metadata",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
