@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Gateway benchmark: the same upstream reached directly, through nginx (proxy_pass, 1 worker)
 # and through Axle's gateway (1 data-plane thread), driven by the same wrk on loopback.
-# Usage: bench/gateway.sh [SECONDS] [CONNECTIONS]   (defaults 10 and 50)
+# Usage: bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
+# nginx and Axle are measured in alternating rounds and each reported by its median round, so
+# a slow spell of a shared machine does not land on one of them only.
 # Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNECTIONS="${2:-50}"
+ROUNDS="${3:-3}"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183
 
 for tool in nginx wrk; do
@@ -86,11 +89,20 @@ measure() {
     END { printf "%.0f %.2f\n", rps, p99 }'
 }
 
-read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
-read -r nginx_rps nginx_p99 < <(measure "http://127.0.0.1:$NGINX_PORT/")
-read -r axle_rps axle_p99 < <(measure "http://127.0.0.1:$AXLE_PORT/")
+# The median of a list of "requests/s p99_ms" lines, by requests/s.
+median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
-echo "gateway benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, $(nproc) cores, proxy pinned: ${PROXY_CPU:-no}"
+read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
+nginx_runs="" axle_runs=""
+for _ in $(seq 1 "$ROUNDS"); do
+  nginx_runs+="$(measure "http://127.0.0.1:$NGINX_PORT/")"$'\n'
+  axle_runs+="$(measure "http://127.0.0.1:$AXLE_PORT/")"$'\n'
+done
+read -r nginx_rps nginx_p99 < <(printf '%s' "$nginx_runs" | median)
+read -r axle_rps axle_p99 < <(printf '%s' "$axle_runs" | median)
+echo "rounds (req/s p99): nginx [$(printf '%s' "$nginx_runs" | tr '\n' ';')] axle [$(printf '%s' "$axle_runs" | tr '\n' ';')]"
+
+echo "gateway benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds, $(nproc) cores, proxy pinned: ${PROXY_CPU:-no}"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "direct to the upstream" "$direct_rps" "$direct_p99"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "nginx proxy_pass (1 worker)" "$nginx_rps" "$nginx_p99"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "axle gateway (1 worker thread)" "$axle_rps" "$axle_p99"
