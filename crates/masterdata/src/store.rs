@@ -88,7 +88,22 @@ impl GoldenStore {
             version: event.aggregateversion,
         };
         let current = golden_in(&mut tx, change.vehicle.id).await?;
-        if let Some(next) = GoldenVehicle::fold(current.as_ref(), &seen) {
+        let next = match &current {
+            // A late event may tell when a current value was really set: fold the vehicle's
+            // whole timeline again, in version order, for exact provenance.
+            Some(c) if c.version > seen.version => {
+                let rows = sqlx::query(
+                    "SELECT event_id, time, source, data FROM timeline WHERE vehicle_id = $1 \
+                     ORDER BY version, time",
+                )
+                .bind(change.vehicle.id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+                fold_timeline(&rows)?.pop()
+            }
+            _ => GoldenVehicle::fold(current.as_ref(), &seen),
+        };
+        if let Some(next) = next {
             upsert(&mut tx, &next).await?;
         }
         tx.commit().await?;
@@ -175,38 +190,43 @@ impl GoldenStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut current: Option<GoldenVehicle> = None;
         let mut built = 0;
-        for row in rows {
-            let event_id: String = row.get(0);
-            let corrupt = |what: String| StoreError::Corrupt(event_id.clone(), what);
-            let change: VehicleChanged = serde_json::from_str(&row.get::<String, _>(3))
-                .map_err(|e| corrupt(e.to_string()))?;
-            let time = from_text(&row.get::<String, _>(1)).ok_or_else(|| corrupt("time".into()))?;
-            let source: String = row.get(2);
-            if current.as_ref().is_some_and(|c| c.id != change.vehicle.id)
-                && let Some(done) = current.take()
-            {
-                upsert(&mut tx, &done).await?;
-                built += 1;
-            }
-            let seen = Observation {
-                vehicle: &change.vehicle,
-                source: &source,
-                time,
-                version: change.vehicle.version,
-            };
-            if let Some(next) = GoldenVehicle::fold(current.as_ref(), &seen) {
-                current = Some(next);
-            }
-        }
-        if let Some(done) = current {
-            upsert(&mut tx, &done).await?;
+        for golden in fold_timeline(&rows)? {
+            upsert(&mut tx, &golden).await?;
             built += 1;
         }
         tx.commit().await?;
         Ok(built)
     }
+}
+
+/// Golden records from timeline rows (`event_id, time, source, data`) ordered by vehicle, then
+/// version: one record per vehicle.
+fn fold_timeline(rows: &[AnyRow]) -> Result<Vec<GoldenVehicle>, StoreError> {
+    let mut built = Vec::new();
+    let mut current: Option<GoldenVehicle> = None;
+    for row in rows {
+        let event_id: String = row.get(0);
+        let corrupt = |what: String| StoreError::Corrupt(event_id.clone(), what);
+        let change: VehicleChanged =
+            serde_json::from_str(&row.get::<String, _>(3)).map_err(|e| corrupt(e.to_string()))?;
+        let time = from_text(&row.get::<String, _>(1)).ok_or_else(|| corrupt("time".into()))?;
+        let source: String = row.get(2);
+        if current.as_ref().is_some_and(|c| c.id != change.vehicle.id) {
+            built.extend(current.take());
+        }
+        let seen = Observation {
+            vehicle: &change.vehicle,
+            source: &source,
+            time,
+            version: change.vehicle.version,
+        };
+        if let Some(next) = GoldenVehicle::fold(current.as_ref(), &seen) {
+            current = Some(next);
+        }
+    }
+    built.extend(current);
+    Ok(built)
 }
 
 async fn golden_in(
@@ -220,7 +240,8 @@ async fn golden_in(
     row.as_ref().map(read).transpose()
 }
 
-/// Writes `golden` unless a newer version is already stored (replicas may race).
+/// Writes `golden` unless a newer version is already stored (replicas may race); a record of
+/// the same version replaces the stored one (a refold with better provenance).
 async fn upsert(conn: &mut AnyConnection, golden: &GoldenVehicle) -> Result<(), StoreError> {
     let text = |name: &str| {
         golden
@@ -233,7 +254,7 @@ async fn upsert(conn: &mut AnyConnection, golden: &GoldenVehicle) -> Result<(), 
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (id) DO UPDATE SET vin = excluded.vin, state = excluded.state, make = excluded.make, \
          seller_org = excluded.seller_org, version = excluded.version, doc = excluded.doc, \
-         updated_at = excluded.updated_at WHERE golden_vehicles.version < excluded.version",
+         updated_at = excluded.updated_at WHERE golden_vehicles.version <= excluded.version",
     )
     .bind(golden.id.to_string())
     .bind(&golden.vin)

@@ -317,3 +317,56 @@ async fn drift_is_reported(backends: Backends) {
         .collect();
     assert_eq!(fields, ["version", "state"]);
 }
+
+on_every_backend!(late_events_correct_provenance);
+/// Versions 1 and 3 arrive, then the late version 2: the record stays at version 3, and the
+/// attribute version 2 changed names version 2 as its origin (not 3, which only repeated it).
+async fn late_events_correct_provenance(backends: Backends) {
+    let s = spawn_stack(backends).await;
+    let template = s
+        .call(
+            &s.vehicle,
+            Method::POST,
+            "/vehicles",
+            Some(json!({"vin": vin(3), "make": "NIO", "model": "ET5", "year": 2023})),
+            201,
+        )
+        .await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let event = |version: i64, state: &str, location: &str| {
+        let mut view = template.clone();
+        view["id"] = json!(id);
+        view["version"] = json!(version);
+        view["state"] = json!(state);
+        view["location"] = json!(location);
+        let change = VehicleChanged {
+            vehicle: serde_json::from_value(view).unwrap(),
+            actor: "test".into(),
+        };
+        CloudEvent::new("vehicle", types::UPDATED, &id, version, &change).unwrap()
+    };
+    let bus: &EventBus = &s.platform.platform.bus;
+    bus.publish(&[event(1, "received", "Hangzhou")])
+        .await
+        .unwrap();
+    s.golden_at(&id, 1).await;
+    bus.publish(&[event(3, "inspecting", "Shanghai")])
+        .await
+        .unwrap();
+    let early = s.golden_at(&id, 3).await;
+    assert_eq!(early["attributes"]["location"]["version"], 3, "{early}");
+
+    bus.publish(&[event(2, "received", "Shanghai")])
+        .await
+        .unwrap();
+    let golden = eventually(30, "the late event to refine provenance", || async {
+        let g = s.golden(&id).await?;
+        (g["attributes"]["location"]["version"] == 2).then_some(g)
+    })
+    .await;
+    assert_eq!(golden["version"], 3, "older events never win");
+    assert_eq!(golden["state"], "inspecting");
+    assert_eq!(golden["attributes"]["location"]["value"], "Shanghai");
+    assert_eq!(golden["attributes"]["state"]["version"], 3);
+    assert_eq!(golden["attributes"]["make"]["version"], 1);
+}
