@@ -271,7 +271,11 @@ async fn get_one(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    let entry = existing(&state, &Scope::top(&segment)?, &id).await?;
+    get_in(&state, &Scope::top(&segment)?, &id).await
+}
+
+async fn get_in(state: &AdminState, scope: &Scope, id: &str) -> Result<Response> {
+    let entry = existing(state, scope, id).await?;
     Ok(axum::Json(item(&entry)).into_response())
 }
 
@@ -451,10 +455,7 @@ async fn nested(
         (Method::GET, true) => list_in(&state, &scope, q).await,
         (Method::PUT, true) => put_without_id_in(&state, &scope, body_json(&body)?).await,
         (Method::POST, true) => create_in(&state, &scope, body_json(&body)?).await,
-        (Method::GET, false) => {
-            let entry = existing(&state, &scope, &credential).await?;
-            Ok(axum::Json(item(&entry)).into_response())
-        }
+        (Method::GET, false) => get_in(&state, &scope, &credential).await,
         (Method::PUT, false) => write(&state, &scope, Some(credential), body_json(&body)?).await,
         (Method::PATCH, false) => patch_in(&state, &scope, credential, &body).await,
         (Method::DELETE, false) => delete_in(&state, &scope, credential).await,

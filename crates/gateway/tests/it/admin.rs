@@ -345,9 +345,8 @@ on_every_backend!(
 async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends) {
     let gw = spawn_gateway(backends).await;
     let path = "/apisix/admin/consumers/jack/credentials/c1";
-    let (status, body) = gw.admin(Method::PUT, path, Some(json!({}))).await;
-    assert_eq!(status, 400, "no consumer jack yet: {body}");
-    assert!(body["error_msg"].as_str().unwrap().contains("consumer"));
+    let error = gw.refused(Method::PUT, path, json!({})).await;
+    assert!(error.contains("consumer"), "no consumer jack yet: {error}");
 
     gw.put("/apisix/admin/consumers", json!({"username": "jack"}))
         .await;
@@ -371,21 +370,9 @@ async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends
     assert_eq!((status, &body["value"]["desc"]), (200, &json!("renamed")));
 
     // Only authentication plugins go on a credential.
-    let (status, body) = gw
-        .admin(
-            Method::PUT,
-            path,
-            Some(json!({"plugins": {"proxy-rewrite": {"uri": "/x"}}})),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error_msg"]
-            .as_str()
-            .unwrap()
-            .contains("not an authentication plugin"),
-        "{body}"
-    );
+    let plugins = json!({"plugins": {"proxy-rewrite": {"uri": "/x"}}});
+    let error = gw.refused(Method::PUT, path, plugins).await;
+    assert!(error.contains("not an authentication plugin"), "{error}");
 
     // Listing consumers shows consumers; listing credentials shows the consumer's.
     let (_, consumers) = gw.admin(Method::GET, "/apisix/admin/consumers", None).await;
@@ -410,41 +397,25 @@ async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends
     assert_eq!(status, 404);
 
     // Plugin metadata: by plugin name, for plugins that have metadata.
-    let (status, body) = gw
-        .admin(
+    let metadata = "/apisix/admin/plugin_metadata";
+    let error = gw
+        .refused(
             Method::PUT,
-            "/apisix/admin/plugin_metadata/no-such-plugin",
-            Some(json!({"log_format": {}})),
+            &format!("{metadata}/no-such-plugin"),
+            json!({"log_format": {}}),
         )
         .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error_msg"]
-            .as_str()
-            .unwrap()
-            .contains("invalid plugin name")
-    );
-    let (status, body) = gw
-        .admin(
+    assert!(error.contains("invalid plugin name"), "{error}");
+    let error = gw
+        .refused(
             Method::PUT,
-            "/apisix/admin/plugin_metadata/proxy-rewrite",
-            Some(json!({"anything": 1})),
+            &format!("{metadata}/proxy-rewrite"),
+            json!({"anything": 1}),
         )
         .await;
-    assert_eq!(status, 400);
     assert!(
-        body["error_msg"]
-            .as_str()
-            .unwrap()
-            .contains("no metadata schema for plugin proxy-rewrite"),
-        "{body}"
+        error.contains("no metadata schema for plugin proxy-rewrite"),
+        "{error}"
     );
-    let (status, _) = gw
-        .admin(
-            Method::POST,
-            "/apisix/admin/plugin_metadata",
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 400);
+    gw.refused(Method::POST, metadata, json!({})).await;
 }

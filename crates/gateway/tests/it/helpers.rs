@@ -135,6 +135,13 @@ impl Gateway {
         )
     }
 
+    /// An Admin API call that must be refused with a 400; returns its `error_msg`.
+    pub async fn refused(&self, method: Method, path: &str, body: Value) -> String {
+        let (status, body) = self.admin(method, path, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        body["error_msg"].as_str().unwrap_or_default().to_string()
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> Value {
         let (status, body) = self.admin(Method::PUT, path, Some(body)).await;
         assert!(

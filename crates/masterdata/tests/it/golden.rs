@@ -218,17 +218,10 @@ async fn duplicates_and_reordering_converge(backends: Backends) {
         )
         .await;
     assert_eq!(timeline["items"].as_array().unwrap().len(), 3);
-    let mut stale: Vec<CloudEvent> = Vec::new();
-    for (version, state) in [(2, "inspecting"), (1, "received")] {
-        let mut view: Value = created.clone();
-        view["version"] = json!(version);
-        view["state"] = json!(state);
-        let change = VehicleChanged {
-            vehicle: serde_json::from_value(view).unwrap(),
-            actor: "replayer".into(),
-        };
-        stale.push(CloudEvent::new("vehicle", types::UPDATED, &id, version, &change).unwrap());
-    }
+    let stale: Vec<CloudEvent> = [(2, "inspecting"), (1, "received")]
+        .into_iter()
+        .map(|(version, state)| vehicle_event(&created, version, json!({"state": state})))
+        .collect();
     let bus: &EventBus = &s.platform.platform.bus;
     bus.publish(&stale).await.unwrap();
     bus.publish(&stale).await.unwrap();
@@ -334,16 +327,8 @@ async fn late_events_correct_provenance(backends: Backends) {
         .await;
     let id = uuid::Uuid::now_v7().to_string();
     let event = |version: i64, state: &str, location: &str| {
-        let mut view = template.clone();
-        view["id"] = json!(id);
-        view["version"] = json!(version);
-        view["state"] = json!(state);
-        view["location"] = json!(location);
-        let change = VehicleChanged {
-            vehicle: serde_json::from_value(view).unwrap(),
-            actor: "test".into(),
-        };
-        CloudEvent::new("vehicle", types::UPDATED, &id, version, &change).unwrap()
+        let changes = json!({"id": id, "state": state, "location": location});
+        vehicle_event(&template, version, changes)
     };
     let bus: &EventBus = &s.platform.platform.bus;
     bus.publish(&[event(1, "received", "Hangzhou")])
@@ -369,4 +354,19 @@ async fn late_events_correct_provenance(backends: Backends) {
     assert_eq!(golden["attributes"]["location"]["value"], "Shanghai");
     assert_eq!(golden["attributes"]["state"]["version"], 3);
     assert_eq!(golden["attributes"]["make"]["version"], 1);
+}
+
+/// An `updated` event for `vehicle` (a vehicle's JSON view) at `version`, with `changes` set.
+fn vehicle_event(vehicle: &Value, version: i64, changes: Value) -> CloudEvent {
+    let mut view = vehicle.clone();
+    view["version"] = json!(version);
+    for (field, value) in changes.as_object().unwrap() {
+        view[field] = value.clone();
+    }
+    let change = VehicleChanged {
+        vehicle: serde_json::from_value(view).unwrap(),
+        actor: "replayer".into(),
+    };
+    let id = change.vehicle.id.to_string();
+    CloudEvent::new("vehicle", types::UPDATED, &id, version, &change).unwrap()
 }
