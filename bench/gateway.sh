@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gateway benchmark: the same upstream reached directly, through nginx (proxy_pass, 1 worker)
 # and through Axle's gateway (1 data-plane thread), driven by the same wrk on loopback.
-# Usage: bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
+# Usage: [AXLE_BIN=...] bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
 # nginx and Axle are measured in alternating rounds and each reported by its median round, so
 # a slow spell of a shared machine does not land on one of them only.
 # Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
@@ -17,8 +17,9 @@ for tool in nginx wrk; do
     apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
   fi
 done
-cargo build --quiet --release -p axle
-AXLE="${CARGO_TARGET_DIR:-target}/release/axle"
+# AXLE_BIN=path/to/axle measures that build instead (to compare two builds).
+if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --release -p axle; fi
+AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/release/axle}"
 
 WORK="$(mktemp -d)"
 PIDS=()
