@@ -43,6 +43,7 @@ fn lookup(snapshot: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
         remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         scheme: "http",
         server_port: 9080,
+        consumer_name: None,
     };
     snapshot.router.find(&request).is_some()
 }

@@ -956,7 +956,7 @@ impl Consumer {
                 "username: 1-100 characters of [a-zA-Z0-9_] expected",
             ));
         }
-        plugins::check_all(self.plugins.as_ref())
+        plugins::check_consumer(self.plugins.as_ref())
     }
 }
 

@@ -3,7 +3,7 @@
 //! A rule is `[var, op, value]`, or `[var, "!", op, value]` to negate it. A list of rules
 //! holds when all hold; a list may start with `"AND"`, `"OR"`, `"!AND"` or `"!OR"` and then
 //! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
-//! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `arg_<name>`,
+//! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `consumer_name`, `arg_<name>`,
 //! `http_<header>` (lower case, `-` as `_`) and `cookie_<name>`. Operators: `==`, `~=`, `>`,
 //! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
 
@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub remote_addr: IpAddr,
     pub scheme: &'a str,
     pub server_port: u16,
+    /// The authenticated consumer's username, once an authentication plugin has run.
+    pub consumer_name: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -91,6 +93,7 @@ pub enum Var {
     Scheme,
     ServerPort,
     QueryString,
+    ConsumerName,
     Arg(String),
     Header(String),
     Cookie(String),
@@ -107,6 +110,7 @@ impl Var {
             "scheme" => Var::Scheme,
             "server_port" => Var::ServerPort,
             "query_string" | "args" => Var::QueryString,
+            "consumer_name" => Var::ConsumerName,
             _ => {
                 if let Some(arg) = name.strip_prefix("arg_") {
                     Var::Arg(arg.to_string())
@@ -134,6 +138,7 @@ impl Var {
             Var::Scheme => Some(Cow::Borrowed(r.scheme)),
             Var::ServerPort => Some(Cow::Owned(r.server_port.to_string())),
             Var::QueryString => r.query.map(Cow::Borrowed),
+            Var::ConsumerName => r.consumer_name.map(Cow::Borrowed),
             Var::Arg(name) => r.arg(name),
             Var::Header(name) => r
                 .headers
@@ -363,6 +368,7 @@ mod tests {
             remote_addr: "10.1.2.3".parse().unwrap(),
             scheme: "http",
             server_port: 9080,
+            consumer_name: None,
         };
         Vars::compile(&vars).unwrap().matches(&request)
     }

@@ -2,24 +2,34 @@
 //!
 //! A request runs the phases in APISIX's order: `rewrite` → `access` → (upstream) →
 //! `header_filter`/`body_filter` → `log`; within a phase, plugins run from the highest
-//! priority down. Configuration is checked when written ([`check_all`], so the Admin API refuses
-//! bad plugin configs with a 400) and built into trait objects when the snapshot is compiled, so
-//! nothing is parsed per request.
-//!
-//! Plugins here: `proxy-rewrite` (1008) and `response-rewrite` (899); [G2] adds the rest.
+//! priority down. Authentication plugins run in `rewrite` and name the consumer; the consumer's
+//! own plugins (over its group's) then join the route's, replacing those of the same name, so
+//! precedence is consumer > consumer group > route > plugin config > service. Configuration is
+//! checked when written ([`check_all`], so the Admin API refuses bad plugin configs with a 400)
+//! and built into trait objects when the snapshot is compiled, so nothing is parsed per request.
 
+mod basic_auth;
+mod consumer_restriction;
+mod cors;
+mod fault_injection;
+mod ip_restriction;
+mod key_auth;
 mod proxy_rewrite;
+mod request_id;
 mod response_rewrite;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use crate::resource::Invalid;
+use crate::runtime::consumer::{Consumer, Consumers, Credential};
 use crate::vars;
 
 /// One request's state as it moves through the phases.
@@ -40,6 +50,12 @@ pub struct Ctx {
     pub scheme: &'static str,
     /// The path the client asked for (before any rewrite).
     pub original_path: String,
+    pub route_id: Arc<str>,
+    pub service_id: Option<Arc<str>>,
+    /// The consumers of the snapshot this request runs on, for authentication plugins.
+    pub consumers: Arc<Consumers>,
+    /// Who an authentication plugin found the client to be, and by which credential.
+    pub consumer: Option<(Arc<Consumer>, Option<Arc<str>>)>,
 }
 
 impl Ctx {
@@ -53,6 +69,30 @@ impl Ctx {
             remote_addr: self.remote_addr,
             scheme: self.scheme,
             server_port: self.server_port,
+            consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
+        }
+    }
+
+    /// Names the consumer `credential` belongs to as the client.
+    pub fn authenticate(&mut self, credential: &Credential) {
+        self.consumer = Some((credential.consumer.clone(), credential.id.clone()));
+    }
+
+    /// The consumer `name` as the client, for `anonymous_consumer`; a 401 when it does not
+    /// exist.
+    pub fn authenticate_anonymous(&mut self, name: &str) -> Flow {
+        match self.consumers.get(name) {
+            Some(consumer) => {
+                self.consumer = Some((consumer, None));
+                Flow::Next
+            }
+            None => {
+                tracing::warn!(consumer = name, "anonymous_consumer does not exist");
+                Flow::Reply(Reply::message(
+                    StatusCode::UNAUTHORIZED,
+                    "Invalid user authorization",
+                ))
+            }
         }
     }
 }
@@ -63,6 +103,32 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Reply {
+    /// APISIX plugins' error body: `{"message": "..."}`.
+    pub fn message(status: StatusCode, message: &str) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Reply {
+            status,
+            headers,
+            body: Bytes::from(serde_json::json!({ "message": message }).to_string()),
+        }
+    }
+}
+
+/// What a plugin's request hook decides.
+pub enum Flow {
+    /// Go on with the next plugin.
+    Next,
+    /// Answer with this reply; later plugins and the upstream do not run.
+    Reply(Reply),
+    /// Wait for this (a delay, a shared counter), then go on, or answer when it gives a reply.
+    Wait(Pin<Box<dyn Future<Output = Option<Reply>> + Send>>),
 }
 
 /// The upstream's response head, which response plugins may change; `body` replaces the
@@ -78,13 +144,13 @@ pub struct ResponseHead {
 pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     fn priority(&self) -> i32;
-    /// Changes the request before routing to the upstream, or answers it.
-    fn rewrite(&self, _ctx: &mut Ctx) -> Option<Reply> {
-        None
+    /// Changes the request before routing to the upstream, authenticates, or answers.
+    fn rewrite(&self, _ctx: &mut Ctx) -> Flow {
+        Flow::Next
     }
-    /// Authentication and traffic control: answers the request to stop it.
-    fn access(&self, _ctx: &mut Ctx) -> Option<Reply> {
-        None
+    /// Authorisation and traffic control: answers the request to stop it.
+    fn access(&self, _ctx: &mut Ctx) -> Flow {
+        Flow::Next
     }
     /// Changes the response head and, through `head.body`, the body.
     fn response(&self, _ctx: &Ctx, _head: &mut ResponseHead) {}
@@ -97,25 +163,80 @@ type Check = fn(&Value) -> Result<(), String>;
 struct Registered {
     name: &'static str,
     build: Factory,
-    /// Authenticates consumers, so it may be configured on a consumer's credential.
-    authentication: bool,
+    /// For authentication plugins, the consumer side of their configuration.
+    authentication: Option<Authentication>,
     /// Checks the plugin's `plugin_metadata` (settings shared by every instance of it); none
     /// when it has no metadata.
     metadata: Option<Check>,
 }
 
+/// How an authentication plugin's configuration on a consumer or credential is checked, and
+/// which of its fields identifies the client (key-auth's `key`, basic-auth's `username`).
+struct Authentication {
+    check: Check,
+    identity: &'static str,
+}
+
 /// Every plugin this gateway knows, by APISIX name.
 const REGISTRY: &[Registered] = &[
     Registered {
+        name: "request-id",
+        build: request_id::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "fault-injection",
+        build: fault_injection::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "cors",
+        build: cors::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "ip-restriction",
+        build: ip_restriction::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "basic-auth",
+        build: basic_auth::build,
+        authentication: Some(Authentication {
+            check: basic_auth::check_consumer,
+            identity: "username",
+        }),
+        metadata: None,
+    },
+    Registered {
+        name: "key-auth",
+        build: key_auth::build,
+        authentication: Some(Authentication {
+            check: key_auth::check_consumer,
+            identity: "key",
+        }),
+        metadata: None,
+    },
+    Registered {
+        name: "consumer-restriction",
+        build: consumer_restriction::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
         name: "proxy-rewrite",
         build: proxy_rewrite::build,
-        authentication: false,
+        authentication: None,
         metadata: None,
     },
     Registered {
         name: "response-rewrite",
         build: response_rewrite::build,
-        authentication: false,
+        authentication: None,
         metadata: None,
     },
 ];
@@ -127,15 +248,40 @@ fn registered(name: &str) -> Result<&'static Registered, Invalid> {
         .ok_or_else(|| Invalid(format!("unknown plugin [{name}]")))
 }
 
+/// The field of `name`'s consumer-side configuration that identifies a client; none when
+/// `name` is not an authentication plugin.
+pub fn identity_field(name: &str) -> Option<&'static str> {
+    registered(name)
+        .ok()?
+        .authentication
+        .as_ref()
+        .map(|a| a.identity)
+}
+
+fn must_be_object(name: &str, config: &Value) -> Result<(), Invalid> {
+    if config.is_object() {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "failed to check the configuration of plugin {name}: must be an object"
+        )))
+    }
+}
+
 /// Builds the plugin `name` from its configuration.
 pub fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, Invalid> {
     let plugin = registered(name)?;
-    if !config.is_object() {
-        return Err(Invalid(format!(
-            "failed to check the configuration of plugin {name}: must be an object"
-        )));
-    }
-    (plugin.build)(config).map_err(|e| {
+    must_be_object(name, config)?;
+    // `_meta` (disable, priority, filter) belongs to the pipeline, not to the plugin.
+    let config = match config.as_object() {
+        Some(fields) if fields.contains_key("_meta") => {
+            let mut fields = fields.clone();
+            fields.remove("_meta");
+            std::borrow::Cow::Owned(Value::Object(fields))
+        }
+        _ => std::borrow::Cow::Borrowed(config),
+    };
+    (plugin.build)(&config).map_err(|e| {
         Invalid(format!(
             "failed to check the configuration of plugin {name} err: {e}"
         ))
@@ -150,17 +296,37 @@ pub fn check_all(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invali
     Ok(())
 }
 
+/// Checks a consumer's plugins: authentication plugins by their consumer side, the rest as
+/// on a route.
+pub fn check_consumer(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid> {
+    for (name, config) in plugins.into_iter().flatten() {
+        match &registered(name)?.authentication {
+            Some(auth) => {
+                must_be_object(name, config)?;
+                (auth.check)(config).map_err(|e| {
+                    Invalid(format!(
+                        "failed to check the configuration of plugin {name} err: {e}"
+                    ))
+                })?;
+            }
+            None => {
+                build(name, config)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a credential's plugins: authentication plugins only.
 pub fn check_credential(plugins: &BTreeMap<String, Value>) -> Result<(), Invalid> {
-    for (name, config) in plugins {
-        if !registered(name)?.authentication {
+    for name in plugins.keys() {
+        if registered(name)?.authentication.is_none() {
             return Err(Invalid(format!(
                 "plugins: {name} is not an authentication plugin; only those go on a credential"
             )));
         }
-        build(name, config)?;
     }
-    Ok(())
+    check_consumer(Some(plugins))
 }
 
 /// Checks `plugin_metadata` for the plugin `name`.
@@ -179,7 +345,12 @@ pub struct Chain(Vec<Arc<dyn Plugin>>);
 impl Chain {
     /// Builds the effective chain from configuration layers, lowest precedence first
     /// (service, plugin config, route): a plugin named again replaces the earlier config.
-    pub fn build(layers: &[&BTreeMap<String, Value>]) -> Result<Chain, Invalid> {
+    /// Authentication plugins are left out when `skip_authentication` (a consumer's layers,
+    /// where they hold credentials).
+    pub fn build(
+        layers: &[&BTreeMap<String, Value>],
+        skip_authentication: bool,
+    ) -> Result<Chain, Invalid> {
         let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
         for layer in layers {
             for (name, config) in layer.iter() {
@@ -192,9 +363,10 @@ impl Chain {
                 .pointer("/_meta/disable")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            if !disabled {
-                plugins.push(build(name, config)?);
+            if disabled || (skip_authentication && identity_field(name).is_some()) {
+                continue;
             }
+            plugins.push(build(name, config)?);
         }
         plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
         Ok(Chain(plugins))
@@ -204,12 +376,25 @@ impl Chain {
         self.0.is_empty()
     }
 
-    pub fn rewrite(&self, ctx: &mut Ctx) -> Option<Reply> {
-        self.0.iter().find_map(|p| p.rewrite(ctx))
+    /// This chain with `over`'s plugins in place of the ones of the same name.
+    pub fn overlaid(&self, over: &Chain) -> Chain {
+        let mut plugins: Vec<Arc<dyn Plugin>> = self
+            .0
+            .iter()
+            .filter(|p| over.0.iter().all(|o| o.name() != p.name()))
+            .cloned()
+            .collect();
+        plugins.extend(over.0.iter().cloned());
+        plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+        Chain(plugins)
     }
 
-    pub fn access(&self, ctx: &mut Ctx) -> Option<Reply> {
-        self.0.iter().find_map(|p| p.access(ctx))
+    pub async fn rewrite(&self, ctx: &mut Ctx) -> Option<Reply> {
+        run(&self.0, ctx, |p, ctx| p.rewrite(ctx)).await
+    }
+
+    pub async fn access(&self, ctx: &mut Ctx) -> Option<Reply> {
+        run(&self.0, ctx, |p, ctx| p.access(ctx)).await
     }
 
     pub fn response(&self, ctx: &Ctx, head: &mut ResponseHead) {
@@ -217,6 +402,26 @@ impl Chain {
             plugin.response(ctx, head);
         }
     }
+}
+
+/// Runs one request phase over `plugins`, up to the first that answers.
+async fn run(
+    plugins: &[Arc<dyn Plugin>],
+    ctx: &mut Ctx,
+    hook: fn(&dyn Plugin, &mut Ctx) -> Flow,
+) -> Option<Reply> {
+    for plugin in plugins {
+        match hook(plugin.as_ref(), ctx) {
+            Flow::Next => {}
+            Flow::Reply(reply) => return Some(reply),
+            Flow::Wait(wait) => {
+                if let Some(reply) = wait.await {
+                    return Some(reply);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// `headers` in proxy-rewrite and response-rewrite: `{add, set, remove}`, or the older form, a
@@ -395,14 +600,14 @@ mod tests {
             ("proxy-rewrite".to_string(), json!({"uri": "/from-route"})),
             ("response-rewrite".to_string(), json!({"body": "x"})),
         ]);
-        let chain = Chain::build(&[&service, &route]).unwrap();
+        let chain = Chain::build(&[&service, &route], false).unwrap();
         let names: Vec<_> = chain.0.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["proxy-rewrite", "response-rewrite"]);
         let disabled = BTreeMap::from([(
             "proxy-rewrite".to_string(),
             json!({"uri": "/x", "_meta": {"disable": true}}),
         )]);
-        assert!(Chain::build(&[&disabled]).unwrap().is_empty());
+        assert!(Chain::build(&[&disabled], false).unwrap().is_empty());
     }
 
     #[test]
@@ -417,6 +622,7 @@ mod tests {
             remote_addr: "127.0.0.1".parse().unwrap(),
             scheme: "http",
             server_port: 1,
+            consumer_name: None,
         };
         let t = Template::parse("/v2$uri?x=$arg_x&$1-${host}$").unwrap();
         assert!(Template::parse("$nope").is_err());

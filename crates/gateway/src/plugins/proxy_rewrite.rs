@@ -11,7 +11,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, HeaderEdits, Plugin, Reply, Template};
+use super::{Ctx, Flow, HeaderEdits, Plugin, Template};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +84,7 @@ impl Plugin for ProxyRewrite {
         1008
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Option<Reply> {
+    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
         let vars = ctx.vars();
         let new_uri = if let Some(uri) = &self.uri {
             Some(uri.render(&vars, &[]))
@@ -124,6 +124,6 @@ impl Plugin for ProxyRewrite {
         if let Some(host) = &self.host {
             ctx.upstream_host = Some(host.clone());
         }
-        None
+        Flow::Next
     }
 }

@@ -66,6 +66,15 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// What the gateway tells an upstream about the authenticated consumer (APISIX's names, plus
+/// the consumer's group); a client's own copies are dropped.
+const CONSUMER_HEADERS: [&str; 4] = [
+    "x-consumer-username",
+    "x-credential-identifier",
+    "x-consumer-custom-id",
+    "x-consumer-group-id",
+];
+
 /// A listener of the data plane: plain HTTP (HTTP/1.1 and h2c) or TLS.
 #[derive(Debug)]
 pub struct Listener {
@@ -248,7 +257,12 @@ impl DataPlane {
             .map(strip_port)
             .unwrap_or_default()
             .to_string();
+        // Who the consumer is, only the gateway says.
+        for name in CONSUMER_HEADERS {
+            parts.headers.remove(name);
+        }
         let path = parts.uri.path().to_string();
+        let snapshot = self.runtime.snapshot();
         let mut ctx = Ctx {
             method: parts.method,
             original_path: path.clone(),
@@ -260,18 +274,42 @@ impl DataPlane {
             remote_addr: peer.remote.ip(),
             server_port: peer.local_port,
             scheme: peer.scheme,
+            route_id: Arc::default(),
+            service_id: None,
+            consumers: snapshot.consumers.clone(),
+            consumer: None,
         };
 
-        let snapshot = self.runtime.snapshot();
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
             return json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
         };
+        ctx.route_id = route.id.clone();
+        ctx.service_id = route.service_id.clone();
         let global = &snapshot.global;
-        let reply = global
-            .rewrite(&mut ctx)
-            .or_else(|| route.plugins.rewrite(&mut ctx))
-            .or_else(|| global.access(&mut ctx))
-            .or_else(|| route.plugins.access(&mut ctx));
+        let mut reply = match global.rewrite(&mut ctx).await {
+            Some(reply) => Some(reply),
+            None => route.plugins.rewrite(&mut ctx).await,
+        };
+        // An authenticated consumer's plugins join the route's, theirs winning; they get their
+        // rewrite phase now.
+        let consumer = ctx.consumer.as_ref().map(|(c, _)| c.clone());
+        let with_consumer;
+        let plugins = match &consumer {
+            Some(consumer) if !consumer.plugins.is_empty() => {
+                if reply.is_none() {
+                    reply = consumer.plugins.rewrite(&mut ctx).await;
+                }
+                with_consumer = route.plugins.overlaid(&consumer.plugins);
+                &with_consumer
+            }
+            _ => &route.plugins,
+        };
+        if reply.is_none() {
+            reply = global.access(&mut ctx).await;
+        }
+        if reply.is_none() {
+            reply = plugins.access(&mut ctx).await;
+        }
         let response = match (reply, &route.upstream) {
             (Some(reply), _) => reply_response(reply),
             (None, None) => json_error(
@@ -304,7 +342,7 @@ impl DataPlane {
             body: None,
         };
         global.response(&ctx, &mut head);
-        route.plugins.response(&ctx, &mut head);
+        plugins.response(&ctx, &mut head);
         parts.status = head.status;
         parts.headers = head.headers;
         let body = match head.body {
@@ -382,7 +420,7 @@ impl DataPlane {
                 && replayable
                 && tried.len() <= upstream.retries
                 && deadline.is_none_or(|d| Instant::now() < d);
-            tracing::warn!(route = route.id, node = %upstream.targets[node].authority,
+            tracing::warn!(route = &*route.id, node = %upstream.targets[node].authority,
                 error = %failure, retrying = again, "upstream request failed");
             if !again {
                 return Err(match failure {
@@ -475,6 +513,19 @@ fn upstream_request(
     set("x-forwarded-proto", ctx.scheme);
     set("x-forwarded-host", &ctx.host);
     set("x-forwarded-port", &ctx.server_port.to_string());
+    if let Some((consumer, credential)) = &ctx.consumer {
+        let values = [
+            Some(consumer.username.as_str()),
+            credential.as_deref(),
+            consumer.custom_id.as_deref(),
+            consumer.group_id.as_deref(),
+        ];
+        for (name, value) in CONSUMER_HEADERS.into_iter().zip(values) {
+            if let Some(value) = value {
+                set(name, value);
+            }
+        }
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -7,6 +7,7 @@
 //! snapshot they started with. A resource that does not compile (possible only
 //! when written to a store behind the Admin API's back) is logged and left out; the rest serve.
 
+pub mod consumer;
 pub mod health;
 pub mod router;
 pub mod upstream;
@@ -25,6 +26,7 @@ use crate::plugins::Chain;
 use crate::resource::{self, Invalid, Kind, Plugins};
 use crate::store::{ConfigStore, Update};
 use crate::tls::Certificates;
+use consumer::Consumers;
 use health::HealthChecks;
 use router::{HostPattern, Route, Router, UriPattern};
 use upstream::Upstream;
@@ -38,6 +40,7 @@ pub struct Snapshot {
     pub global: Chain,
     /// The certificates served on the TLS listener, by SNI.
     pub certificates: Certificates,
+    pub consumers: Arc<Consumers>,
 }
 
 /// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
@@ -95,7 +98,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
             Err(e) => skip(Kind::GlobalRules, id, e),
         }
     }
-    let global = Chain::build(&[&global_plugins]).unwrap_or_else(|e| {
+    let global = Chain::build(&[&global_plugins], false).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "global rules left out");
         Chain::default()
     });
@@ -125,11 +128,18 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
             skip(Kind::Ssls, id, e);
         }
     }
+    let consumers = Consumers::compile(
+        of(Kind::ConsumerGroups),
+        of(Kind::Consumers),
+        of(Kind::Credentials),
+        &skip,
+    );
     Snapshot {
         revision,
         router: Router::new(routes),
         global,
         certificates,
+        consumers: Arc::new(consumers),
     }
 }
 
@@ -181,13 +191,16 @@ fn compile_route(
         .as_ref()
         .map(|pid| find(plugin_configs, Kind::PluginConfigs, &pid.0))
         .transpose()?;
-    let plugins = Chain::build(&[
-        service
-            .and_then(|(s, _)| s.plugins.as_ref())
-            .unwrap_or(&empty),
-        plugin_config.unwrap_or(&empty),
-        r.plugins.as_ref().unwrap_or(&empty),
-    ])?;
+    let plugins = Chain::build(
+        &[
+            service
+                .and_then(|(s, _)| s.plugins.as_ref())
+                .unwrap_or(&empty),
+            plugin_config.unwrap_or(&empty),
+            r.plugins.as_ref().unwrap_or(&empty),
+        ],
+        false,
+    )?;
     let mut hosts: Vec<HostPattern> = r.hosts().map(|h| HostPattern::parse(h)).collect();
     if hosts.is_empty()
         && let Some((s, _)) = service
@@ -224,7 +237,8 @@ fn compile_route(
         .or_else(|| service.and_then(|(s, _)| s.enable_websocket))
         .unwrap_or(false);
     Ok(Some(Route {
-        id: id.to_string(),
+        id: Arc::from(id),
+        service_id: r.service_id.as_ref().map(|s| Arc::from(s.0.as_str())),
         uris: r.uris().map(|u| UriPattern::parse(u)).collect(),
         hosts,
         methods,

@@ -118,7 +118,8 @@ impl HostPattern {
 /// A route ready to serve.
 #[derive(Debug)]
 pub struct Route {
-    pub id: String,
+    pub id: Arc<str>,
+    pub service_id: Option<Arc<str>>,
     pub uris: Vec<UriPattern>,
     pub hosts: Vec<HostPattern>,
     pub methods: Option<Vec<Method>>,
@@ -291,7 +292,8 @@ mod tests {
         method: Option<&str>,
     ) -> Route {
         Route {
-            id: i.to_string(),
+            id: i.to_string().into(),
+            service_id: None,
             uris: uris.iter().map(|&u| UriPattern::parse(URIS[u])).collect(),
             hosts: host
                 .map(|h| vec![HostPattern::parse(h)])
@@ -371,6 +373,7 @@ mod tests {
                 remote_addr: "127.0.0.1".parse().unwrap(),
                 scheme: "http",
                 server_port: 80,
+                consumer_name: None,
             };
             let reference = build();
             let router = Router::new(build());

@@ -70,8 +70,8 @@ pub enum HashKey {
     Var(Var),
     Header(http::HeaderName),
     Cookie(String),
-    /// `hash_on: consumer`: the authenticated consumer (until authentication plugins exist,
-    /// no request has one, so the client address is used).
+    /// `hash_on: consumer`: the authenticated consumer's username (the client address when
+    /// no consumer was authenticated).
     Consumer,
     Combination(Template),
 }
@@ -107,7 +107,7 @@ impl HashKey {
                 Some(value.to_string())
             }
             HashKey::Cookie(name) => Var::Cookie(name.clone()).read(r).map(|v| v.into_owned()),
-            HashKey::Consumer => None,
+            HashKey::Consumer => r.consumer_name.map(str::to_string),
             HashKey::Combination(template) => Some(template.render(r, &[])),
         };
         value.filter(|v| !v.is_empty())
@@ -381,6 +381,7 @@ mod tests {
             remote_addr: std::net::IpAddr::from(remote),
             scheme: "http",
             server_port: 80,
+            consumer_name: None,
         }
     }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod health;
 mod helpers;
+mod plugins;
 mod proxy;
 mod stores;
 mod tls;

@@ -1,0 +1,121 @@
+//! `key-auth` (priority 2500): the client names itself by a key in a header (`apikey` by
+//! default) or, failing that, a query argument; the key is looked up among the consumers'
+//! key-auth credentials.
+
+use std::sync::Arc;
+
+use http::{HeaderName, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Ctx, Flow, Plugin, Reply};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_name")]
+    header: String,
+    #[serde(default = "default_name")]
+    query: String,
+    #[serde(default)]
+    hide_credentials: bool,
+    anonymous_consumer: Option<String>,
+    realm: Option<String>,
+}
+
+fn default_name() -> String {
+    "apikey".into()
+}
+
+#[derive(Debug)]
+struct KeyAuth {
+    header: HeaderName,
+    query: String,
+    hide_credentials: bool,
+    anonymous_consumer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnConsumer {
+    key: String,
+}
+
+/// The consumer side: `{"key": "..."}`.
+pub(super) fn check_consumer(config: &Value) -> Result<(), String> {
+    let c: OnConsumer = crate::resource::parse(config).map_err(|e| e.0)?;
+    if c.key.is_empty() {
+        return Err("key: must not be empty".into());
+    }
+    Ok(())
+}
+
+pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    let _ = c.realm; // 401s from key-auth carry no WWW-Authenticate challenge
+    Ok(Arc::new(KeyAuth {
+        header: HeaderName::from_bytes(c.header.as_bytes())
+            .map_err(|_| format!("header: {:?} is not a header name", c.header))?,
+        query: c.query,
+        hide_credentials: c.hide_credentials,
+        anonymous_consumer: c.anonymous_consumer,
+    }))
+}
+
+impl Plugin for KeyAuth {
+    fn name(&self) -> &'static str {
+        "key-auth"
+    }
+
+    fn priority(&self) -> i32 {
+        2500
+    }
+
+    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+        let from_header = ctx
+            .headers
+            .get(&self.header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let key = from_header
+            .clone()
+            .or_else(|| ctx.vars().arg(&self.query).map(|k| k.into_owned()));
+        let failure = match &key {
+            None => "Missing API key in request",
+            Some(key) => match ctx.consumers.clone().find("key-auth", key) {
+                Some(credential) => {
+                    ctx.authenticate(credential);
+                    if self.hide_credentials {
+                        self.hide(ctx, from_header.is_some());
+                    }
+                    return Flow::Next;
+                }
+                None => "Invalid API key in request",
+            },
+        };
+        match &self.anonymous_consumer {
+            Some(name) => ctx.authenticate_anonymous(name),
+            None => Flow::Reply(Reply::message(StatusCode::UNAUTHORIZED, failure)),
+        }
+    }
+}
+
+impl KeyAuth {
+    fn hide(&self, ctx: &mut Ctx, in_header: bool) {
+        if in_header {
+            ctx.headers.remove(&self.header);
+            return;
+        }
+        let kept: Vec<&str> = ctx
+            .query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                !pair.is_empty() && name != self.query
+            })
+            .collect();
+        ctx.query = (!kept.is_empty()).then(|| kept.join("&"));
+    }
+}
