@@ -156,7 +156,7 @@ impl Plugin for FaultInjection {
                 let duration = *duration;
                 Flow::Wait(Box::pin(async move {
                     tokio::time::sleep(duration).await;
-                    reply
+                    reply.map_or(Ok(HeaderMap::new()), Err)
                 }))
             }
             None => reply.map_or(Flow::Next, Flow::Reply),

@@ -14,6 +14,7 @@ mod cors;
 mod fault_injection;
 mod ip_restriction;
 mod key_auth;
+mod limit_count;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
@@ -31,6 +32,7 @@ use serde_json::Value;
 use crate::resource::Invalid;
 use crate::runtime::consumer::{Consumer, Consumers, Credential};
 use crate::vars;
+pub use limit_count::Counters;
 
 /// One request's state as it moves through the phases.
 #[derive(Debug)]
@@ -56,6 +58,10 @@ pub struct Ctx {
     pub consumers: Arc<Consumers>,
     /// Who an authentication plugin found the client to be, and by which credential.
     pub consumer: Option<(Arc<Consumer>, Option<Arc<str>>)>,
+    /// This gateway's local rate-limit counters.
+    pub counters: Arc<Counters>,
+    /// Headers request plugins add to the response (rate-limit quotas).
+    pub response_headers: HeaderMap,
 }
 
 impl Ctx {
@@ -127,8 +133,9 @@ pub enum Flow {
     Next,
     /// Answer with this reply; later plugins and the upstream do not run.
     Reply(Reply),
-    /// Wait for this (a delay, a shared counter), then go on, or answer when it gives a reply.
-    Wait(Pin<Box<dyn Future<Output = Option<Reply>> + Send>>),
+    /// Wait for this (a delay, a shared counter), then go on with these headers for the
+    /// response, or answer with the reply.
+    Wait(Pin<Box<dyn Future<Output = Result<HeaderMap, Reply>> + Send>>),
 }
 
 /// The upstream's response head, which response plugins may change; `body` replaces the
@@ -224,6 +231,12 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "consumer-restriction",
         build: consumer_restriction::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "limit-count",
+        build: limit_count::build,
         authentication: None,
         metadata: None,
     },
@@ -414,11 +427,10 @@ async fn run(
         match hook(plugin.as_ref(), ctx) {
             Flow::Next => {}
             Flow::Reply(reply) => return Some(reply),
-            Flow::Wait(wait) => {
-                if let Some(reply) = wait.await {
-                    return Some(reply);
-                }
-            }
+            Flow::Wait(wait) => match wait.await {
+                Ok(headers) => ctx.response_headers.extend(headers),
+                Err(reply) => return Some(reply),
+            },
         }
     }
     None

@@ -278,6 +278,8 @@ impl DataPlane {
             service_id: None,
             consumers: snapshot.consumers.clone(),
             consumer: None,
+            counters: self.runtime.counters.clone(),
+            response_headers: HeaderMap::new(),
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
@@ -336,6 +338,9 @@ impl DataPlane {
         };
         // Response phases, for upstream and plugin responses alike.
         let (mut parts, body) = response.into_parts();
+        parts
+            .headers
+            .extend(std::mem::take(&mut ctx.response_headers));
         let mut head = ResponseHead {
             status: parts.status,
             headers: std::mem::take(&mut parts.headers),

@@ -118,6 +118,9 @@ async fn key_auth_names_the_consumer_whose_plugins_then_win() {
         json!({"username": "jack", "group_id": "gold"}),
     )
     .await;
+    // Written before the route, so the route's arrival means it has arrived too.
+    gw.put("/apisix/admin/consumers", json!({"username": "guest"}))
+        .await;
     gw.put(
         "/apisix/admin/routes/tiers",
         json!({"uri": "/tiers", "plugins": {"key-auth": {"anonymous_consumer": "guest"},
@@ -125,8 +128,6 @@ async fn key_auth_names_the_consumer_whose_plugins_then_win() {
                "upstream": {"nodes": {up.to_string(): 1}}}),
     )
     .await;
-    gw.put("/apisix/admin/consumers", json!({"username": "guest"}))
-        .await;
     let tier = |seen: &Value| seen["headers"]["x-tier"].clone();
     let (status, seen, _) = axle_core::testing::eventually(10, "rose's key", || async {
         let r = get(&gw, "/tiers", &[("apikey", "rose-key")]).await;
@@ -457,4 +458,138 @@ async fn bad_plugin_configs_are_refused_naming_the_field() {
         route(json!({"request-id": {"_meta": {"disable": true}}})),
     )
     .await;
+}
+
+#[tokio::test]
+async fn limit_count_counts_per_route_or_group_and_says_what_is_left() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // APISIX's example: 2 requests per 60 s per client address, then 503.
+    let limit = json!({"count": 2, "time_window": 60, "rejected_code": 503, "key_type": "var", "key": "remote_addr"});
+    for id in ["a", "b"] {
+        gw.put(
+            &format!("/apisix/admin/routes/{id}"),
+            json!({"uri": format!("/{id}"), "plugins": {"limit-count": limit},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    let grouped = json!({"count": 3, "time_window": 60, "group": "shared", "key_type": "constant",
+                         "key": "all", "rejected_code": 429, "rejected_msg": "slow down"});
+    for id in ["g1", "g2"] {
+        gw.put(
+            &format!("/apisix/admin/routes/{id}"),
+            json!({"uri": format!("/{id}"), "plugins": {"limit-count": grouped},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    gw.wait_for("/g2", 200).await; // the last route is in; that request counted against the group
+
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &headers["x-ratelimit-limit"],
+            &headers["x-ratelimit-remaining"]
+        ),
+        (&"2".parse().unwrap(), &"1".parse().unwrap())
+    );
+    let reset: u64 = headers["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&reset), "{reset}");
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(
+        (status, &headers["x-ratelimit-remaining"]),
+        (200, &"0".parse().unwrap())
+    );
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(
+        (status, &headers["x-ratelimit-remaining"]),
+        (503, &"0".parse().unwrap())
+    );
+    // Route b has its own counter.
+    assert_eq!(get(&gw, "/b", &[]).await.0, 200);
+    // A configuration change keeps the counters.
+    gw.put(
+        "/apisix/admin/routes/other",
+        json!({"uri": "/other", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/other", 200).await;
+    assert_eq!(get(&gw, "/a", &[]).await.0, 503);
+    // The group's 3 are shared by g1 and g2 (one went on wait_for above).
+    assert_eq!(get(&gw, "/g1", &[]).await.0, 200);
+    assert_eq!(get(&gw, "/g2", &[]).await.0, 200);
+    let (status, body, _) = get(&gw, "/g1", &[]).await;
+    assert_eq!((status, body), (429, json!({"error_msg": "slow down"})));
+}
+
+#[tokio::test]
+async fn limit_count_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
+    let Some(redis_url) = std::env::var("AXLE_TEST_REDIS_URL").ok() else {
+        return;
+    };
+    let redis_addr = redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let (host, port) = redis_addr.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let one = spawn_gateway(Backends::embedded()).await;
+    let two = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // A key of this run's own, so earlier runs' counters do not count.
+    let key = format!("run-{}", uuid::Uuid::new_v4());
+    let limit = json!({"count": 5, "time_window": 60, "key_type": "constant", "key": key,
+        "policy": "redis", "redis_host": host, "redis_port": port, "redis_timeout": 1000, "group": "shared"});
+    let down = |degrade: bool| {
+        json!({"count": 1, "time_window": 60, "policy": "redis",
+        "redis_host": "127.0.0.1", "redis_port": 1, "redis_timeout": 200, "allow_degradation": degrade})
+    };
+    for gw in [&one, &two] {
+        gw.put(
+            "/apisix/admin/routes/limited",
+            json!({"uri": "/limited", "plugins": {"limit-count": limit},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.put(
+            "/apisix/admin/routes/degrade",
+            json!({"uri": "/degrade", "plugins": {"limit-count": down(true)},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.put(
+            "/apisix/admin/routes/strict",
+            json!({"uri": "/strict", "plugins": {"limit-count": down(false)},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.wait_for("/strict", 500).await;
+    }
+    // 5 requests in all pass, alternating between the gateways; the rest are refused by both.
+    let mut passed = 0;
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        match get(gw, "/limited", &[]).await.0 {
+            200 => passed += 1,
+            503 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(passed, 5);
+    assert_eq!(get(&one, "/limited", &[]).await.0, 503);
+    assert_eq!(get(&two, "/limited", &[]).await.0, 503);
+    // Redis unreachable: pass uncounted with allow_degradation, else 500; never a hang.
+    for _ in 0..3 {
+        assert_eq!(get(&one, "/degrade", &[]).await.0, 200);
+    }
+    let (status, body, _) = get(&one, "/strict", &[]).await;
+    assert_eq!(
+        (status, body),
+        (500, json!({"message": "failed to limit count"}))
+    );
 }
