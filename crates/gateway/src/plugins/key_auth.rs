@@ -72,21 +72,18 @@ impl Plugin for KeyAuth {
     }
 
     fn rewrite(&self, ctx: &mut Ctx) -> Flow {
-        let from_header = ctx
-            .headers
-            .get(&self.header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let key = from_header
-            .clone()
-            .or_else(|| ctx.vars().arg(&self.query).map(|k| k.into_owned()));
+        let in_header = ctx.headers.contains_key(&self.header);
+        let key = match ctx.headers.get(&self.header) {
+            Some(v) => v.to_str().ok().map(str::to_string),
+            None => ctx.vars().arg(&self.query).map(|k| k.into_owned()),
+        };
         let failure = match &key {
             None => "Missing API key in request",
             Some(key) => match ctx.consumers.clone().find("key-auth", key) {
                 Some(credential) => {
                     ctx.authenticate(credential);
                     if self.hide_credentials {
-                        self.hide(ctx, from_header.is_some());
+                        self.hide(ctx, in_header);
                     }
                     return Flow::Next;
                 }

@@ -243,11 +243,7 @@ impl Quota {
             return Ok(headers);
         }
         let mut reply = match &self.rejected_msg {
-            Some(msg) => {
-                let mut r = Reply::message(self.rejected, msg);
-                r.body = serde_json::json!({ "error_msg": msg }).to_string().into();
-                r
-            }
+            Some(msg) => Reply::json(self.rejected, &serde_json::json!({ "error_msg": msg })),
             None => Reply {
                 status: self.rejected,
                 headers: HeaderMap::new(),

@@ -114,6 +114,10 @@ pub struct Reply {
 impl Reply {
     /// APISIX plugins' error body: `{"message": "..."}`.
     pub fn message(status: StatusCode, message: &str) -> Reply {
+        Reply::json(status, &serde_json::json!({ "message": message }))
+    }
+
+    pub fn json(status: StatusCode, body: &Value) -> Reply {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -122,7 +126,7 @@ impl Reply {
         Reply {
             status,
             headers,
-            body: Bytes::from(serde_json::json!({ "message": message }).to_string()),
+            body: Bytes::from(body.to_string()),
         }
     }
 }
