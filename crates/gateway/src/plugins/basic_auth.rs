@@ -34,12 +34,12 @@ struct OnConsumer {
 }
 
 /// The consumer side: `{"username": "...", "password": "..."}`.
-pub(super) fn check_consumer(config: &Value) -> Result<(), String> {
+pub(super) fn check_consumer(config: &Value) -> Result<super::Prepared, String> {
     let c: OnConsumer = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.username.is_empty() || c.password.is_empty() {
         return Err("username and password must not be empty".into());
     }
-    Ok(())
+    Ok(None)
 }
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
@@ -62,7 +62,7 @@ impl Plugin for BasicAuth {
         2520
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let failure = match self.check(ctx) {
             Ok(()) => {
                 if self.hide_credentials {

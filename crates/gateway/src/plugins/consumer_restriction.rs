@@ -112,7 +112,7 @@ impl Plugin for ConsumerRestriction {
         2400
     }
 
-    fn access(&self, ctx: &mut Ctx) -> Flow {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let consumer = ctx.consumer.as_ref().map(|(c, _)| c);
         if matches!(self.on, On::ConsumerName | On::ConsumerGroupId) && consumer.is_none() {
             return Flow::Reply(Reply::message(

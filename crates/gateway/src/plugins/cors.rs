@@ -151,7 +151,7 @@ impl Plugin for Cors {
         4000
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         if ctx.method != Method::OPTIONS {
             return Flow::Next;
         }

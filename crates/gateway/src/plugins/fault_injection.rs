@@ -135,7 +135,7 @@ impl Plugin for FaultInjection {
         11000
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let reply = self.abort.as_ref().filter(|a| a.when.holds(ctx)).map(|a| {
             let vars = ctx.vars();
             let mut headers = HeaderMap::new();
@@ -156,7 +156,7 @@ impl Plugin for FaultInjection {
                 let duration = *duration;
                 Flow::Wait(Box::pin(async move {
                     tokio::time::sleep(duration).await;
-                    reply.map_or(Ok(HeaderMap::new()), Err)
+                    reply
                 }))
             }
             None => reply.map_or(Flow::Next, Flow::Reply),

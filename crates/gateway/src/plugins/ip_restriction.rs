@@ -79,7 +79,7 @@ impl Plugin for IpRestriction {
         3000
     }
 
-    fn access(&self, ctx: &mut Ctx) -> Flow {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let ip = ctx.remote_addr.to_canonical();
         let allowed = match &self.rule {
             Rule::Only(blocks) => blocks.iter().any(|b| b.contains(&ip)),

@@ -42,12 +42,12 @@ struct OnConsumer {
 }
 
 /// The consumer side: `{"key": "..."}`.
-pub(super) fn check_consumer(config: &Value) -> Result<(), String> {
+pub(super) fn check_consumer(config: &Value) -> Result<super::Prepared, String> {
     let c: OnConsumer = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.key.is_empty() {
         return Err("key: must not be empty".into());
     }
-    Ok(())
+    Ok(None)
 }
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
@@ -71,7 +71,7 @@ impl Plugin for KeyAuth {
         2500
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let in_header = ctx.headers.contains_key(&self.header);
         let key = match ctx.headers.get(&self.header) {
             Some(v) => v.to_str().ok().map(str::to_string),
@@ -82,8 +82,10 @@ impl Plugin for KeyAuth {
             Some(key) => match ctx.consumers.clone().find("key-auth", key) {
                 Some(credential) => {
                     ctx.authenticate(credential);
-                    if self.hide_credentials {
-                        self.hide(ctx, in_header);
+                    if self.hide_credentials && in_header {
+                        ctx.headers.remove(&self.header);
+                    } else if self.hide_credentials {
+                        ctx.remove_arg(&self.query);
                     }
                     return Flow::Next;
                 }
@@ -94,25 +96,5 @@ impl Plugin for KeyAuth {
             Some(name) => ctx.authenticate_anonymous(name),
             None => Flow::Reply(Reply::message(StatusCode::UNAUTHORIZED, failure)),
         }
-    }
-}
-
-impl KeyAuth {
-    fn hide(&self, ctx: &mut Ctx, in_header: bool) {
-        if in_header {
-            ctx.headers.remove(&self.header);
-            return;
-        }
-        let kept: Vec<&str> = ctx
-            .query
-            .as_deref()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| {
-                let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                !pair.is_empty() && name != self.query
-            })
-            .collect();
-        ctx.query = (!kept.is_empty()).then(|| kept.join("&"));
     }
 }

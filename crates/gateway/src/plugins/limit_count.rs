@@ -264,10 +264,13 @@ impl Plugin for LimitCount {
         1002
     }
 
-    fn access(&self, ctx: &mut Ctx) -> Flow {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let counter = self.counter(ctx);
         let Some(redis) = &self.redis else {
-            let count = ctx.counters.count(counter, self.window, self.sliding);
+            let count = ctx
+                .shared
+                .counters
+                .count(counter, self.window, self.sliding);
             return match self.quota.judge(count) {
                 Ok(headers) => {
                     ctx.response_headers.extend(headers);
@@ -276,16 +279,21 @@ impl Plugin for LimitCount {
                 Err(reply) => Flow::Reply(reply),
             };
         };
-        let (redis, quota) = (redis.clone(), self.quota.clone());
-        let (window, sliding) = (self.window, self.sliding);
         Flow::Wait(Box::pin(async move {
-            match redis.count(&counter, window, sliding).await {
-                Some(count) => quota.judge(count),
+            let judged = match redis.count(&counter, self.window, self.sliding).await {
+                Some(count) => self.quota.judge(count),
                 None if redis.allow_degradation => Ok(HeaderMap::new()),
                 None => Err(Reply::message(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed to limit count",
                 )),
+            };
+            match judged {
+                Ok(headers) => {
+                    ctx.response_headers.extend(headers);
+                    None
+                }
+                Err(reply) => Some(reply),
             }
         }))
     }

@@ -13,12 +13,14 @@ mod consumer_restriction;
 mod cors;
 mod fault_injection;
 mod ip_restriction;
+mod jwt_auth;
 mod key_auth;
 mod limit_count;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -32,7 +34,15 @@ use serde_json::Value;
 use crate::resource::Invalid;
 use crate::runtime::consumer::{Consumer, Consumers, Credential};
 use crate::vars;
-pub use limit_count::Counters;
+
+/// Plugin state that outlives configuration snapshots, one per gateway process.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// `limit-count`'s local counters.
+    pub counters: limit_count::Counters,
+    /// `jwt-auth`'s fetched JWKS key sets.
+    pub key_sets: jwt_auth::KeySets,
+}
 
 /// One request's state as it moves through the phases.
 #[derive(Debug)]
@@ -58,8 +68,8 @@ pub struct Ctx {
     pub consumers: Arc<Consumers>,
     /// Who an authentication plugin found the client to be, and by which credential.
     pub consumer: Option<(Arc<Consumer>, Option<Arc<str>>)>,
-    /// This gateway's local rate-limit counters.
-    pub counters: Arc<Counters>,
+    /// State the plugins keep across requests and snapshots.
+    pub shared: Arc<Shared>,
     /// Headers request plugins add to the response (rate-limit quotas).
     pub response_headers: HeaderMap,
 }
@@ -84,9 +94,24 @@ impl Ctx {
         self.consumer = Some((credential.consumer.clone(), credential.id.clone()));
     }
 
+    /// Drops the query argument `name` (credentials the upstream must not see).
+    pub fn remove_arg(&mut self, name: &str) {
+        let kept: Vec<&str> = self
+            .query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| {
+                let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                !pair.is_empty() && key != name
+            })
+            .collect();
+        self.query = (!kept.is_empty()).then(|| kept.join("&"));
+    }
+
     /// The consumer `name` as the client, for `anonymous_consumer`; a 401 when it does not
     /// exist.
-    pub fn authenticate_anonymous(&mut self, name: &str) -> Flow {
+    pub fn authenticate_anonymous(&mut self, name: &str) -> Flow<'static> {
         match self.consumers.get(name) {
             Some(consumer) => {
                 self.consumer = Some((consumer, None));
@@ -132,14 +157,14 @@ impl Reply {
 }
 
 /// What a plugin's request hook decides.
-pub enum Flow {
+pub enum Flow<'a> {
     /// Go on with the next plugin.
     Next,
     /// Answer with this reply; later plugins and the upstream do not run.
     Reply(Reply),
-    /// Wait for this (a delay, a shared counter), then go on with these headers for the
-    /// response, or answer with the reply.
-    Wait(Pin<Box<dyn Future<Output = Result<HeaderMap, Reply>> + Send>>),
+    /// Wait for this (a delay, a shared counter, a key set), which may go on working on the
+    /// request; then answer with its reply, or go on when it has none.
+    Wait(Pin<Box<dyn Future<Output = Option<Reply>> + Send + 'a>>),
 }
 
 /// The upstream's response head, which response plugins may change; `body` replaces the
@@ -156,11 +181,11 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     fn priority(&self) -> i32;
     /// Changes the request before routing to the upstream, authenticates, or answers.
-    fn rewrite(&self, _ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, _ctx: &'a mut Ctx) -> Flow<'a> {
         Flow::Next
     }
     /// Authorisation and traffic control: answers the request to stop it.
-    fn access(&self, _ctx: &mut Ctx) -> Flow {
+    fn access<'a>(&'a self, _ctx: &'a mut Ctx) -> Flow<'a> {
         Flow::Next
     }
     /// Changes the response head and, through `head.body`, the body.
@@ -169,6 +194,9 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 
 type Factory = fn(&Value) -> Result<Arc<dyn Plugin>, String>;
 type Check = fn(&Value) -> Result<(), String>;
+/// What an authentication plugin compiles from a credential once per snapshot (jwt-auth's
+/// keys), for its requests to use.
+pub type Prepared = Option<Arc<dyn Any + Send + Sync>>;
 
 /// A plugin this gateway knows: how to build it, and what else it takes part in.
 struct Registered {
@@ -181,10 +209,11 @@ struct Registered {
     metadata: Option<Check>,
 }
 
-/// How an authentication plugin's configuration on a consumer or credential is checked, and
-/// which of its fields identifies the client (key-auth's `key`, basic-auth's `username`).
+/// How an authentication plugin's configuration on a consumer or credential is checked and
+/// compiled, and which of its fields identifies the client (key-auth's `key`, basic-auth's
+/// `username`).
 struct Authentication {
-    check: Check,
+    prepare: fn(&Value) -> Result<Prepared, String>,
     identity: &'static str,
 }
 
@@ -218,8 +247,17 @@ const REGISTRY: &[Registered] = &[
         name: "basic-auth",
         build: basic_auth::build,
         authentication: Some(Authentication {
-            check: basic_auth::check_consumer,
+            prepare: basic_auth::check_consumer,
             identity: "username",
+        }),
+        metadata: None,
+    },
+    Registered {
+        name: "jwt-auth",
+        build: jwt_auth::build,
+        authentication: Some(Authentication {
+            prepare: jwt_auth::prepare,
+            identity: "key",
         }),
         metadata: None,
     },
@@ -227,7 +265,7 @@ const REGISTRY: &[Registered] = &[
         name: "key-auth",
         build: key_auth::build,
         authentication: Some(Authentication {
-            check: key_auth::check_consumer,
+            prepare: key_auth::check_consumer,
             identity: "key",
         }),
         metadata: None,
@@ -318,13 +356,8 @@ pub fn check_all(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invali
 pub fn check_consumer(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid> {
     for (name, config) in plugins.into_iter().flatten() {
         match &registered(name)?.authentication {
-            Some(auth) => {
-                must_be_object(name, config)?;
-                (auth.check)(config).map_err(|e| {
-                    Invalid(format!(
-                        "failed to check the configuration of plugin {name} err: {e}"
-                    ))
-                })?;
+            Some(_) => {
+                prepare(name, config)?;
             }
             None => {
                 build(name, config)?;
@@ -332,6 +365,20 @@ pub fn check_consumer(plugins: Option<&BTreeMap<String, Value>>) -> Result<(), I
         }
     }
     Ok(())
+}
+
+/// Checks and compiles the authentication plugin `name`'s configuration on a consumer or
+/// credential.
+pub fn prepare(name: &str, config: &Value) -> Result<Prepared, Invalid> {
+    let Some(auth) = &registered(name)?.authentication else {
+        return Ok(None);
+    };
+    must_be_object(name, config)?;
+    (auth.prepare)(config).map_err(|e| {
+        Invalid(format!(
+            "failed to check the configuration of plugin {name} err: {e}"
+        ))
+    })
 }
 
 /// Checks a credential's plugins: authentication plugins only.
@@ -425,16 +472,16 @@ impl Chain {
 async fn run(
     plugins: &[Arc<dyn Plugin>],
     ctx: &mut Ctx,
-    hook: fn(&dyn Plugin, &mut Ctx) -> Flow,
+    hook: for<'a> fn(&'a dyn Plugin, &'a mut Ctx) -> Flow<'a>,
 ) -> Option<Reply> {
     for plugin in plugins {
-        match hook(plugin.as_ref(), ctx) {
-            Flow::Next => {}
-            Flow::Reply(reply) => return Some(reply),
-            Flow::Wait(wait) => match wait.await {
-                Ok(headers) => ctx.response_headers.extend(headers),
-                Err(reply) => return Some(reply),
-            },
+        let reply = match hook(plugin.as_ref(), ctx) {
+            Flow::Next => None,
+            Flow::Reply(reply) => Some(reply),
+            Flow::Wait(wait) => wait.await,
+        };
+        if reply.is_some() {
+            return reply;
         }
     }
     None

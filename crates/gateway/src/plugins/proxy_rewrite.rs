@@ -84,7 +84,7 @@ impl Plugin for ProxyRewrite {
         1008
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let vars = ctx.vars();
         let new_uri = if let Some(uri) = &self.uri {
             Some(uri.render(&vars, &[]))

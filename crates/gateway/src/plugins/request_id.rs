@@ -127,7 +127,7 @@ impl Plugin for RequestId {
         12015
     }
 
-    fn rewrite(&self, ctx: &mut Ctx) -> Flow {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         if !ctx.headers.contains_key(&self.header)
             && let Ok(id) = HeaderValue::from_str(&self.generate())
         {

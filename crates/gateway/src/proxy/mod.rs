@@ -278,7 +278,7 @@ impl DataPlane {
             service_id: None,
             consumers: snapshot.consumers.clone(),
             consumer: None,
-            counters: self.runtime.counters.clone(),
+            shared: self.runtime.shared.clone(),
             response_headers: HeaderMap::new(),
         };
 

@@ -31,6 +31,8 @@ pub struct Credential {
     pub id: Option<Arc<str>>,
     /// The authentication plugin's consumer-side configuration.
     pub config: Value,
+    /// What the plugin compiled from it (jwt-auth's keys).
+    pub prepared: plugins::Prepared,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +114,13 @@ impl Consumers {
             let Some(identity) = config.get(field).and_then(Value::as_str) else {
                 continue;
             };
+            let prepared = match plugins::prepare(plugin, config) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tracing::warn!(plugin, consumer = consumer.username, error = %e.0, "credential left out");
+                    continue;
+                }
+            };
             let index = self.credentials.entry(plugin.clone()).or_default();
             if index.contains_key(identity) {
                 tracing::warn!(
@@ -127,6 +136,7 @@ impl Consumers {
                     consumer: consumer.clone(),
                     id: id.clone(),
                     config: config.clone(),
+                    prepared,
                 },
             );
         }

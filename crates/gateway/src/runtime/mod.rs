@@ -256,8 +256,8 @@ fn compile_route(
 #[derive(Debug, Default)]
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
-    /// Plugin state that outlives snapshots: local rate-limit counters.
-    pub counters: Arc<crate::plugins::Counters>,
+    /// Plugin state that outlives snapshots (rate-limit counters, JWKS key sets).
+    pub shared: Arc<crate::plugins::Shared>,
 }
 
 impl Runtime {

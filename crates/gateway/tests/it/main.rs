@@ -6,6 +6,7 @@
 mod admin;
 mod health;
 mod helpers;
+mod jwt_auth;
 mod plugins;
 mod proxy;
 mod stores;

@@ -5,37 +5,7 @@ use axle_core::testing::Backends;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Gateway, spawn_gateway, spawn_upstream};
-
-/// GET `path` with `headers`; (status, body as JSON or text, response headers).
-async fn get(
-    gw: &Gateway,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    call(gw, Method::GET, path, headers).await
-}
-
-async fn call(
-    gw: &Gateway,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut request = gw.client.request(method, gw.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let r = request.send().await.unwrap();
-    let status = r.status().as_u16();
-    let response_headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        response_headers,
-    )
-}
+use crate::helpers::{call, get, spawn_gateway, spawn_upstream};
 
 #[tokio::test]
 async fn key_auth_names_the_consumer_whose_plugins_then_win() {

@@ -1,0 +1,632 @@
+//! `jwt-auth` (priority 2510): the client presents a JSON Web Token in a header
+//! (`Authorization`, with or without `Bearer `), else a query argument, else a cookie. The
+//! token's key claim (`key` by default) names the consumer's jwt-auth credential, whose secret
+//! or public key must verify the token's signature with the credential's `algorithm` (a token
+//! naming another algorithm is refused, which rules out `alg: none` and HS/RS confusion), and
+//! `exp`/`nbf` must hold within the credential's `lifetime_grace_period`.
+//!
+//! Beyond APISIX, a credential may take its keys from a JWKS URL (`jwks_uri`) — Axle's identity
+//! service or any OIDC provider — and check `issuer` and `audience`. Key sets are cached for
+//! the whole process (they outlive configuration changes), refreshed in the background once
+//! older than `jwks_cache_ttl`, fetched at once for a key id not yet seen (a rotation), and kept
+//! when the endpoint is down.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Ctx, Flow, Plugin, Prepared, Reply};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_header")]
+    header: String,
+    #[serde(default = "default_jwt")]
+    query: String,
+    #[serde(default = "default_jwt")]
+    cookie: String,
+    #[serde(default)]
+    hide_credentials: bool,
+    #[serde(default = "default_key_claim")]
+    key_claim_name: String,
+    /// APISIX keeps the payload for its serverless functions; Axle has none to give it to.
+    #[serde(default)]
+    store_in_ctx: bool,
+    anonymous_consumer: Option<String>,
+    #[serde(default = "default_claims")]
+    claims_to_verify: Vec<Claim>,
+}
+
+fn default_header() -> String {
+    "authorization".into()
+}
+
+fn default_jwt() -> String {
+    "jwt".into()
+}
+
+fn default_key_claim() -> String {
+    "key".into()
+}
+
+fn default_claims() -> Vec<Claim> {
+    vec![Claim::Exp, Claim::Nbf]
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Claim {
+    Exp,
+    Nbf,
+}
+
+#[derive(Debug)]
+struct JwtAuth {
+    header: HeaderName,
+    query: String,
+    cookie: String,
+    hide_credentials: bool,
+    key_claim_name: String,
+    anonymous_consumer: Option<String>,
+    verify_exp: bool,
+    verify_nbf: bool,
+}
+
+/// The consumer side, as APISIX has it, plus the JWKS fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnConsumer {
+    key: String,
+    secret: Option<String>,
+    public_key: Option<String>,
+    /// Only APISIX's old token-signing endpoint used it; accepted so its configs load.
+    #[serde(default, rename = "private_key")]
+    _private_key: Option<String>,
+    #[serde(default = "default_algorithm")]
+    algorithm: String,
+    /// The lifetime APISIX's old signing endpoint gave tokens; tokens carry their own `exp`.
+    #[serde(default, rename = "exp")]
+    _exp: Option<u64>,
+    #[serde(default)]
+    base64_secret: bool,
+    #[serde(default)]
+    lifetime_grace_period: u64,
+    jwks_uri: Option<String>,
+    #[serde(default = "default_jwks_ttl")]
+    jwks_cache_ttl: u64,
+    issuer: Option<String>,
+    audience: Option<OneOrMany>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn default_algorithm() -> String {
+    "HS256".into()
+}
+
+fn default_jwks_ttl() -> u64 {
+    300
+}
+
+/// A credential's compiled verification: the algorithm it insists on, its key or key set, and
+/// the claims it checks.
+#[derive(Debug)]
+struct Verifier {
+    validation: Validation,
+    keys: Keys,
+}
+
+/// A verification key (debug output leaves its bytes out).
+struct Key(DecodingKey);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+#[derive(Debug)]
+enum Keys {
+    Fixed(Key),
+    Jwks { uri: String, ttl: Duration },
+}
+
+/// Checks and compiles a consumer's or credential's jwt-auth configuration.
+pub(super) fn prepare(config: &Value) -> Result<Prepared, String> {
+    let c: OnConsumer = crate::resource::parse(config).map_err(|e| e.0)?;
+    if c.key.is_empty() {
+        return Err("key: must not be empty".into());
+    }
+    let algorithm: Algorithm = c.algorithm.parse().map_err(|_| {
+        format!(
+            "algorithm: {:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, \
+             ES384, PS256, PS384, PS512, EdDSA",
+            c.algorithm
+        )
+    })?;
+    let symmetric = matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
+    let keys = match (&c.jwks_uri, symmetric) {
+        (Some(_), true) => {
+            return Err(format!(
+                "jwks_uri: a key set holds public keys; algorithm {} needs a secret",
+                c.algorithm
+            ));
+        }
+        (Some(uri), false) => {
+            let parsed = url_is_http(uri).ok_or("jwks_uri: must be an http or https URL")?;
+            if c.jwks_cache_ttl == 0 {
+                return Err("jwks_cache_ttl: must be at least 1".into());
+            }
+            Keys::Jwks {
+                uri: parsed.to_string(),
+                ttl: Duration::from_secs(c.jwks_cache_ttl),
+            }
+        }
+        (None, true) => {
+            let secret = c
+                .secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("secret: required when algorithm is {}", c.algorithm))?;
+            Keys::Fixed(Key(if c.base64_secret {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(secret)
+                    .map_err(|_| "secret: base64_secret is set but it is not base64")?;
+                DecodingKey::from_secret(&bytes)
+            } else {
+                DecodingKey::from_secret(secret.as_bytes())
+            }))
+        }
+        (None, false) => {
+            let pem = c.public_key.as_deref().ok_or_else(|| {
+                format!(
+                    "public_key: required when algorithm is {} (or give jwks_uri)",
+                    c.algorithm
+                )
+            })?;
+            let key = match algorithm {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
+                _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+            };
+            Keys::Fixed(Key(key.map_err(|e| {
+                format!("public_key: not a PEM public key for {}: {e}", c.algorithm)
+            })?))
+        }
+    };
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = c.lifetime_grace_period;
+    // As APISIX: a claim is checked when the token has it; `exp` is not required.
+    validation.required_spec_claims.clear();
+    validation.validate_aud = false;
+    if let Some(issuer) = &c.issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    if let Some(audience) = &c.audience {
+        let audience = match audience {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(a) if !a.is_empty() => a.clone(),
+            OneOrMany::Many(_) => return Err("audience: must not be empty".into()),
+        };
+        validation.set_audience(&audience);
+        validation.validate_aud = true;
+        validation.required_spec_claims.insert("aud".into());
+    }
+    Ok(Some(Arc::new(Verifier { validation, keys })))
+}
+
+fn url_is_http(uri: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(uri)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    let _ = c.store_in_ctx;
+    Ok(Arc::new(JwtAuth {
+        header: HeaderName::from_bytes(c.header.as_bytes())
+            .map_err(|_| format!("header: {:?} is not a header name", c.header))?,
+        query: c.query,
+        cookie: c.cookie,
+        hide_credentials: c.hide_credentials,
+        key_claim_name: c.key_claim_name,
+        anonymous_consumer: c.anonymous_consumer,
+        verify_exp: c.claims_to_verify.contains(&Claim::Exp),
+        verify_nbf: c.claims_to_verify.contains(&Claim::Nbf),
+    }))
+}
+
+impl Plugin for JwtAuth {
+    fn name(&self) -> &'static str {
+        "jwt-auth"
+    }
+
+    fn priority(&self) -> i32 {
+        2510
+    }
+
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
+        Flow::Wait(Box::pin(async move {
+            match self.authenticate(ctx).await {
+                Ok(()) => None,
+                Err(Failure::Unavailable) => Some(Reply::message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "failed to fetch the key set to verify jwt",
+                )),
+                Err(Failure::Unauthorized(message)) => match &self.anonymous_consumer {
+                    Some(name) => match ctx.authenticate_anonymous(name) {
+                        Flow::Reply(reply) => Some(reply),
+                        _ => None,
+                    },
+                    None => Some(Reply::message(StatusCode::UNAUTHORIZED, &message)),
+                },
+            }
+        }))
+    }
+}
+
+enum Failure {
+    Unauthorized(String),
+    /// No key set could be fetched to verify the token with.
+    Unavailable,
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::Unauthorized(message.into())
+    }
+}
+
+/// Where the token was found, for `hide_credentials`.
+enum Source {
+    Header,
+    Query,
+    Cookie,
+}
+
+impl JwtAuth {
+    async fn authenticate(&self, ctx: &mut Ctx) -> Result<(), Failure> {
+        let (token, source) = self.token(ctx).ok_or("Missing JWT token in request")?;
+        let invalid = |why: &str| Failure::Unauthorized(format!("JWT token invalid: {why}"));
+        let payload = payload(&token).map_err(invalid)?;
+        // `alg: none` and algorithms this gateway does not verify fail here.
+        let head = jsonwebtoken::decode_header(&token)
+            .map_err(|_| invalid("the header is malformed or names an unknown algorithm"))?;
+        let user_key = payload
+            .get(&self.key_claim_name)
+            .and_then(Value::as_str)
+            .ok_or("missing user key in JWT token")?;
+        let consumers = ctx.consumers.clone();
+        let credential = consumers
+            .find("jwt-auth", user_key)
+            .ok_or("Invalid user key in JWT token")?;
+        let verifier = credential
+            .prepared
+            .as_deref()
+            .and_then(|p| (p as &dyn Any).downcast_ref::<Verifier>())
+            .ok_or("Invalid user key in JWT token")?;
+        let mut validation = verifier.validation.clone();
+        validation.validate_exp = self.verify_exp;
+        validation.validate_nbf = self.verify_nbf;
+        let verified = match &verifier.keys {
+            Keys::Fixed(key) => check(&token, key, &validation),
+            Keys::Jwks { uri, ttl } => {
+                let keys = ctx
+                    .shared
+                    .key_sets
+                    .keys(uri, *ttl, head.kid.as_deref())
+                    .await?;
+                keys.iter().any(|key| check(&token, key, &validation))
+            }
+        };
+        if !verified {
+            return Err("failed to verify jwt".into());
+        }
+        ctx.authenticate(credential);
+        if self.hide_credentials {
+            match source {
+                Source::Header => {
+                    ctx.headers.remove(&self.header);
+                }
+                Source::Query => ctx.remove_arg(&self.query),
+                Source::Cookie => remove_cookie(&mut ctx.headers, &self.cookie),
+            }
+        }
+        Ok(())
+    }
+
+    fn token(&self, ctx: &Ctx) -> Option<(String, Source)> {
+        if let Some(value) = ctx.headers.get(&self.header) {
+            let value = value.to_str().ok()?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .unwrap_or(value);
+            return Some((token.to_string(), Source::Header));
+        }
+        let vars = ctx.vars();
+        if let Some(token) = vars.arg(&self.query) {
+            return Some((token.into_owned(), Source::Query));
+        }
+        vars.cookie(&self.cookie)
+            .map(|token| (token.to_string(), Source::Cookie))
+    }
+}
+
+/// Whether `key` verifies the token's signature and the token's claims hold.
+fn check(token: &str, key: &Key, validation: &Validation) -> bool {
+    match jsonwebtoken::decode::<Value>(token, &key.0, validation) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "jwt-auth: token refused");
+            false
+        }
+    }
+}
+
+/// The token's payload, read before it is verified to find whose key verifies it.
+fn payload(token: &str) -> Result<serde_json::Map<String, Value>, &'static str> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not three dot-separated parts");
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "the payload is not base64url")?;
+    serde_json::from_slice(&bytes).map_err(|_| "the payload is not a JSON object")
+}
+
+/// Drops the cookie `name` from the request's `Cookie` headers.
+fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Fetched JWKS key sets by URL, for the whole process.
+#[derive(Debug)]
+pub struct KeySets {
+    sets: Mutex<HashMap<String, Arc<KeySet>>>,
+    client: reqwest::Client,
+}
+
+impl Default for KeySets {
+    fn default() -> KeySets {
+        KeySets {
+            sets: Mutex::default(),
+            client: reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// How long one fetch of a key set may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The least time between two fetches of a key set for key ids it does not have, so tokens
+/// with made-up key ids cannot make the gateway hammer the identity provider.
+const MIN_REFETCH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct KeySet {
+    state: RwLock<Fetched>,
+    /// Held while fetching, so one request fetches and the others wait for its result.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Fetched {
+    keys: Vec<(Option<String>, Arc<Key>)>,
+    fetched_at: Option<Instant>,
+    tried_at: Option<Instant>,
+    /// Set while the endpoint fails, so an outage is logged once.
+    failing: bool,
+}
+
+impl Fetched {
+    fn matching(&self, kid: Option<&str>) -> Vec<Arc<Key>> {
+        self.keys
+            .iter()
+            .filter(|(id, _)| kid.is_none() || id.as_deref() == kid)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    fn tried_within(&self, period: Duration) -> bool {
+        self.tried_at.is_some_and(|t| t.elapsed() < period)
+    }
+}
+
+impl KeySets {
+    /// The keys of the set at `uri` that may have signed a token with key id `kid`.
+    async fn keys(
+        &self,
+        uri: &str,
+        ttl: Duration,
+        kid: Option<&str>,
+    ) -> Result<Vec<Arc<Key>>, Failure> {
+        let set = {
+            let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+            sets.entry(uri.to_string()).or_default().clone()
+        };
+        let (known, stale, never_fetched, tried_lately) = {
+            let state = set.state.read().unwrap_or_else(|e| e.into_inner());
+            (
+                state.matching(kid),
+                state.fetched_at.is_none_or(|t| t.elapsed() >= ttl),
+                state.fetched_at.is_none(),
+                state.tried_within(MIN_REFETCH),
+            )
+        };
+        if !known.is_empty() {
+            if stale && !tried_lately {
+                // Serve from the cache; refresh behind this request.
+                let (set, client, uri) = (set.clone(), self.client.clone(), uri.to_string());
+                tokio::spawn(async move { set.refresh(&client, &uri, MIN_REFETCH).await });
+            }
+            return Ok(known);
+        }
+        // A key id not seen yet (the provider rotated its keys), or nothing fetched so far.
+        set.refresh(&self.client, uri, MIN_REFETCH).await;
+        let state = set.state.read().unwrap_or_else(|e| e.into_inner());
+        let known = state.matching(kid);
+        match (
+            known.is_empty(),
+            never_fetched && state.fetched_at.is_none(),
+        ) {
+            (false, _) => Ok(known),
+            (true, true) => Err(Failure::Unavailable),
+            (true, false) => Err("failed to verify jwt".into()),
+        }
+    }
+}
+
+impl KeySet {
+    /// Fetches the set again unless another request did within `period`.
+    async fn refresh(&self, client: &reqwest::Client, uri: &str, period: Duration) {
+        let Ok(_fetching) = self.fetching.try_lock() else {
+            // Another request is fetching: wait for it and use what it got.
+            let _ = self.fetching.lock().await;
+            return;
+        };
+        if self
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .tried_within(period)
+        {
+            return;
+        }
+        let fetched = fetch(client, uri).await;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.tried_at = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                if state.failing {
+                    tracing::info!(uri, "jwt-auth: the key set is reachable again");
+                }
+                state.keys = keys;
+                state.fetched_at = Some(Instant::now());
+                state.failing = false;
+            }
+            Err(e) => {
+                if !state.failing {
+                    tracing::warn!(uri, error = %e, "jwt-auth: cannot fetch the key set; keeping the keys fetched before");
+                }
+                state.failing = true;
+            }
+        }
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    uri: &str,
+) -> Result<Vec<(Option<String>, Arc<Key>)>, String> {
+    let response = client.get(uri).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let set: JwkSet = response.json().await.map_err(|e| e.to_string())?;
+    let keys: Vec<_> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some((jwk.common.key_id.clone(), Arc::new(Key(key))))
+        })
+        .collect();
+    if keys.is_empty() && !set.keys.is_empty() {
+        return Err("no usable key in the set".into());
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn consumer_configs_are_checked() {
+        let err = |v: Value| prepare(&v).unwrap_err();
+        assert!(err(json!({"key": "k"})).contains("secret"));
+        assert!(err(json!({"key": "k", "algorithm": "none", "secret": "s"})).contains("algorithm"));
+        assert!(err(json!({"key": "k", "algorithm": "RS256"})).contains("public_key"));
+        assert!(
+            err(json!({"key": "k", "algorithm": "RS256", "public_key": "nope"}))
+                .contains("public_key")
+        );
+        assert!(
+            err(json!({"key": "k", "algorithm": "HS256", "jwks_uri": "http://idp/jwks"}))
+                .contains("jwks_uri")
+        );
+        assert!(
+            err(json!({"key": "k", "algorithm": "RS256", "jwks_uri": "file:///etc/passwd"}))
+                .contains("jwks_uri")
+        );
+        assert!(
+            err(json!({"key": "k", "secret": "Zm9v!", "base64_secret": true})).contains("base64")
+        );
+        assert!(prepare(&json!({"key": "k", "secret": "s", "exp": 60})).is_ok());
+        assert!(
+            prepare(&json!({"key": "k", "algorithm": "ES256", "jwks_uri": "https://idp/jwks"}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn payloads_are_read_from_the_middle_part() {
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"key":"k"}"#);
+        let token = format!("e30.{body}.sig");
+        assert_eq!(payload(&token).unwrap()["key"], "k");
+        assert!(payload("a.b").is_err());
+        assert!(payload("a.b.c.d").is_err());
+        assert!(payload("e30.!!!.x").is_err());
+    }
+
+    #[test]
+    fn hidden_cookies_leave_the_others() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; jwt=t; b=2"));
+        remove_cookie(&mut headers, "jwt");
+        assert_eq!(headers[header::COOKIE], "a=1; b=2");
+        remove_cookie(&mut headers, "a");
+        remove_cookie(&mut headers, "b");
+        assert!(headers.get(header::COOKIE).is_none());
+    }
+}
