@@ -160,6 +160,7 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
 
     let mut running = Vec::new();
     let mut data_plane = None;
+    let mut exporters = Vec::new();
     for &name in &selected {
         let service = if name == axle_gateway::NAME {
             let others: Vec<(&str, SocketAddr)> = selected
@@ -168,6 +169,15 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
                 .map(|s| (*s, listen_addr(&platform.config, s)))
                 .collect();
             let gateway = axle_gateway::build(&platform, &others).await?;
+            if let (Some(exporter), Some(addr)) = (
+                gateway.exporter,
+                platform.config.services.gateway.prometheus_listen,
+            ) {
+                let listener = TcpListener::bind(addr).await.with_context(|| {
+                    format!("gateway: cannot listen on {addr} (prometheus_listen)")
+                })?;
+                exporters.push((exporter, listener));
+            }
             if let Some(plane) = gateway.data_plane {
                 let config = &platform.config.services.gateway;
                 let mut listeners = Vec::new();
@@ -203,6 +213,10 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
         let (router, stop) = (service.router.clone(), shutdown.clone());
         servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
         services.push(service);
+    }
+    for (router, listener) in exporters {
+        let stop = shutdown.clone();
+        servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
     }
     if let Some((plane, listeners)) = data_plane {
         let workers = platform.config.services.gateway.workers;

@@ -211,6 +211,9 @@ pub struct GatewayConfig {
     pub fallback_sni: Option<String>,
     /// The Admin API (APISIX's `admin_listen`).
     pub admin_listen: SocketAddr,
+    /// The Prometheus exporter, `/apisix/prometheus/metrics` (APISIX's
+    /// `plugin_attr.prometheus.export_addr`); unset = no exporter.
+    pub prometheus_listen: Option<SocketAddr>,
     /// The Admin API key (`X-API-KEY`). Unset: the `AXLE_ADMIN_KEY` environment variable, else
     /// a key generated on first start and kept in `<data_dir>/gateway/admin_key`.
     pub admin_key: Option<SecretString>,
@@ -285,6 +288,7 @@ impl Default for GatewayConfig {
             tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9443))),
             fallback_sni: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            prometheus_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             admin_key: None,
             allow_admin: vec!["127.0.0.0/24".into(), "::1/128".into()],
             workers: None,

@@ -50,6 +50,8 @@ pub fn migrations() -> Migrations {
 pub struct Gateway {
     pub admin: Service,
     pub data_plane: Option<DataPlane>,
+    /// The Prometheus exporter of the data plane, for `prometheus_listen`.
+    pub exporter: Option<axum::Router>,
 }
 
 /// Builds the gateway: opens its store and, unless it is a control plane, compiles the first
@@ -84,6 +86,7 @@ pub async fn build(
     });
 
     let mut tasks = Vec::new();
+    let mut exporter = None;
     let data_plane = if config.role == GatewayRole::ControlPlane {
         None
     } else {
@@ -101,6 +104,7 @@ pub async fn build(
             max_body_bytes: config.max_body_bytes,
             ..proxy::Limits::default()
         };
+        exporter = Some(metrics_exporter(runtime.clone(), store.clone()));
         Some(DataPlane::new(runtime, limits, config.fallback_sni.clone()))
     };
 
@@ -130,7 +134,30 @@ pub async fn build(
         openapi: utoipa::openapi::OpenApiBuilder::new().build(),
     })?;
     admin.tasks.extend(tasks);
-    Ok(Gateway { admin, data_plane })
+    Ok(Gateway {
+        admin,
+        data_plane,
+        exporter,
+    })
+}
+
+/// `/apisix/prometheus/metrics`: the data plane's metrics, with upstream health and etcd's
+/// reachability read at each scrape.
+fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> axum::Router {
+    let scrape = move || {
+        let etcd = match &*store {
+            ConfigStore::Etcd(etcd) => {
+                Some(etcd.reachable.load(std::sync::atomic::Ordering::Relaxed))
+            }
+            _ => None,
+        };
+        let text = runtime
+            .shared
+            .metrics
+            .render(&runtime.checks.statuses(), etcd);
+        async move { ([("content-type", prometheus::TEXT_FORMAT)], text) }
+    };
+    axum::Router::new().route("/apisix/prometheus/metrics", axum::routing::get(scrape))
 }
 
 /// `/api/<name>/...` → the service's own listener, with the prefix stripped.

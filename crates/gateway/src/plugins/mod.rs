@@ -16,6 +16,7 @@ mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
 mod limit_count;
+mod prometheus;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
@@ -42,6 +43,31 @@ pub struct Shared {
     pub counters: limit_count::Counters,
     /// `jwt-auth`'s fetched JWKS key sets.
     pub key_sets: jwt_auth::KeySets,
+    /// The gateway's Prometheus metrics, `prometheus`'s among them.
+    pub metrics: Metrics,
+}
+
+pub use prometheus::Metrics;
+
+/// What the log phase knows of a finished request.
+#[derive(Debug)]
+pub struct Log {
+    pub route: Arc<str>,
+    pub route_name: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    pub consumer: Option<Arc<Consumer>>,
+    /// The route's `uris` and `hosts` entries the request matched.
+    pub matched_uri: Arc<str>,
+    pub matched_host: Arc<str>,
+    /// The upstream node that answered, and how long it took to answer.
+    pub node: Option<String>,
+    pub upstream_time: Option<std::time::Duration>,
+    pub status: u16,
+    /// From the request's arrival to the last byte of the response.
+    pub request_time: std::time::Duration,
+    /// The request's size (request line, headers, body as declared) and the response's.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
 }
 
 /// One request's state as it moves through the phases.
@@ -190,6 +216,13 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
     /// Changes the response head and, through `head.body`, the body.
     fn response(&self, _ctx: &Ctx, _head: &mut ResponseHead) {}
+    /// Whether the plugin has a log phase (so requests without one skip the accounting).
+    fn logs(&self) -> bool {
+        false
+    }
+    /// Records the finished request (after the last byte of the response, or the client
+    /// going away).
+    fn log(&self, _log: &Log, _shared: &Shared) {}
 }
 
 type Factory = fn(&Value) -> Result<Arc<dyn Plugin>, String>;
@@ -279,6 +312,12 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "limit-count",
         build: limit_count::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "prometheus",
+        build: prometheus::build,
         authentication: None,
         metadata: None,
     },
@@ -465,6 +504,11 @@ impl Chain {
         for plugin in &self.0 {
             plugin.response(ctx, head);
         }
+    }
+
+    /// The plugins with a log phase.
+    pub fn loggers(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
+        self.0.iter().filter(|p| p.logs())
     }
 }
 

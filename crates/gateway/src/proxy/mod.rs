@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::plugins::{Ctx, Reply, ResponseHead};
+use crate::plugins::{Ctx, Log, Plugin, Reply, ResponseHead, Shared};
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
@@ -174,6 +174,10 @@ impl DataPlane {
             };
             let (plane, builder) = (self.clone(), builder.clone());
             let watcher = graceful.watcher();
+            let metrics = &self.runtime.shared.metrics;
+            metrics.accepted.inc();
+            metrics.handled.inc();
+            metrics.active.inc();
             tokio::spawn(async move {
                 if peer.scheme == "https" {
                     if let Some(tls) = plane.handshake(stream, remote).await {
@@ -184,6 +188,7 @@ impl DataPlane {
                         .serve_connection(&builder, watcher, stream, peer)
                         .await;
                 }
+                plane.runtime.shared.metrics.active.dec();
             });
         }
     }
@@ -235,6 +240,8 @@ impl DataPlane {
     }
 
     async fn handle(&self, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let started = Instant::now();
+        self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // HTTP/2 clients send `:authority` instead of `Host`; upstreams get it as `Host`.
@@ -312,6 +319,7 @@ impl DataPlane {
         if reply.is_none() {
             reply = plugins.access(&mut ctx).await;
         }
+        let mut answered_by = None;
         let response = match (reply, &route.upstream) {
             (Some(reply), _) => reply_response(reply),
             (None, None) => json_error(
@@ -324,7 +332,8 @@ impl DataPlane {
                     .forward(route, upstream, &ctx, body, websocket.is_some())
                     .await
                 {
-                    Ok(mut response) => {
+                    Ok((mut response, node, took)) => {
+                        answered_by = Some((upstream.targets[node].host.as_str(), took));
                         if let Some(client) = websocket
                             && response.status() == StatusCode::SWITCHING_PROTOCOLS
                         {
@@ -358,6 +367,26 @@ impl DataPlane {
             }
             None => body,
         };
+        let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
+        if loggers.is_empty() {
+            return Response::from_parts(parts, body);
+        }
+        let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
+        let log = Log {
+            route: route.id.clone(),
+            route_name: route.labels.name.clone(),
+            service: route.service_id.clone(),
+            consumer,
+            matched_uri,
+            matched_host,
+            node: answered_by.map(|(node, _)| node.to_string()),
+            upstream_time: answered_by.map(|(_, took)| took),
+            status: parts.status.as_u16(),
+            request_time: Duration::ZERO,
+            request_bytes: request_size(&ctx),
+            response_bytes: head_size(&parts),
+        };
+        let body = logged(body, log, loggers, self.runtime.shared.clone(), started);
         Response::from_parts(parts, body)
     }
 
@@ -370,7 +399,7 @@ impl DataPlane {
         ctx: &Ctx,
         body: Incoming,
         upgrade: bool,
-    ) -> Result<Response<Body>, StatusCode> {
+    ) -> Result<(Response<Body>, usize, Duration), StatusCode> {
         let replayable = hyper::body::Body::is_end_stream(&body);
         let timeouts = route
             .timeout
@@ -391,6 +420,7 @@ impl DataPlane {
             let sent = self
                 .pool
                 .send(&key, &upstream.keepalive, timeouts.connect, request);
+            let sent_at = Instant::now();
             let outcome = tokio::time::timeout(budget, sent)
                 .await
                 .unwrap_or(Err(Failure::ConnectTimeout));
@@ -406,8 +436,9 @@ impl DataPlane {
             }
             let failure = match outcome {
                 Ok(response) => {
+                    let took = sent_at.elapsed();
                     let body = response.map(|b| b.map_err(BoxError::from));
-                    return Ok(match in_flight {
+                    let response = match in_flight {
                         // In flight until the body has been read (or dropped).
                         Some(guard) => body.map(|b| {
                             b.map_frame(move |f| {
@@ -417,7 +448,8 @@ impl DataPlane {
                             .boxed()
                         }),
                         None => body.map(BodyExt::boxed),
-                    });
+                    };
+                    return Ok((response, node, took));
                 }
                 Err(failure) => failure,
             };
@@ -442,6 +474,75 @@ impl DataPlane {
             max => http_body_util::Limited::new(body, max as usize).boxed(),
         }
     }
+}
+
+/// Runs the log phase of `loggers` once `body` has been sent (or the client went away),
+/// counting its bytes on the way.
+fn logged(
+    body: Body,
+    log: Log,
+    loggers: Vec<Arc<dyn Plugin>>,
+    shared: Arc<Shared>,
+    started: Instant,
+) -> Body {
+    struct Finish {
+        log: Log,
+        loggers: Vec<Arc<dyn Plugin>>,
+        shared: Arc<Shared>,
+        started: Instant,
+    }
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            self.log.request_time = self.started.elapsed();
+            for plugin in &self.loggers {
+                plugin.log(&self.log, &self.shared);
+            }
+        }
+    }
+    impl Finish {
+        fn sent(&mut self, bytes: usize) {
+            self.log.response_bytes += bytes as u64;
+        }
+    }
+    let mut finish = Finish {
+        log,
+        loggers,
+        shared,
+        started,
+    };
+    // The closure owns `finish`: dropping the body (at its end, or when the client goes away)
+    // runs the log phase.
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            finish.sent(data.len());
+        }
+        frame
+    })
+    .boxed()
+}
+
+/// The request's size as it arrived: request line, headers and the declared body.
+fn request_size(ctx: &Ctx) -> u64 {
+    let line = ctx.method.as_str().len()
+        + ctx.original_path.len()
+        + ctx.query.as_ref().map_or(0, |q| q.len() + 1)
+        + " HTTP/1.1\r\n".len();
+    let headers: usize = ctx
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (line + headers + 2) as u64 + content_length(&ctx.headers).unwrap_or(0)
+}
+
+/// The response head's size on the wire: status line and headers.
+fn head_size(parts: &http::response::Parts) -> u64 {
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    ("HTTP/1.1 200 OK\r\n".len() + headers + 2) as u64
 }
 
 /// The request as the upstream node sees it (origin-form, with its `Host`), and the pool key

@@ -70,14 +70,17 @@ struct Node {
 /// The health of one upstream's nodes.
 #[derive(Debug)]
 pub struct Health {
+    /// The upstream's key (`/apisix/upstreams/1`, or the route or service holding it inline).
+    owner: String,
     active: ActiveCheck,
     passive: Option<PassiveCheck>,
     nodes: Vec<Node>,
 }
 
 impl Health {
-    fn new(checks: &Checks, nodes: &[(String, u16)]) -> Option<Health> {
+    fn new(owner: &str, checks: &Checks, nodes: &[(String, u16)]) -> Option<Health> {
         Some(Health {
+            owner: owner.to_string(),
             active: checks.active.clone()?,
             passive: checks.passive.clone(),
             nodes: nodes
@@ -176,6 +179,25 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
+    /// Every checked node: (upstream key, `host:port`, healthy), for `apisix_upstream_status`.
+    pub fn statuses(&self) -> Vec<(String, String, bool)> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .values()
+            .filter_map(Weak::upgrade)
+            .flat_map(|health| {
+                health
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let healthy = n.healthy.load(Ordering::Relaxed);
+                        (health.owner.clone(), n.name.clone(), healthy)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The health of the upstream `owner` names (`/apisix/upstreams/1`, or the route or
     /// service holding it inline) with these checks and nodes: the one already followed, or a
     /// new one with its prober started. None when there are no active checks.
@@ -191,7 +213,7 @@ impl HealthChecks {
         if let Some(health) = known.get(&identity).and_then(Weak::upgrade) {
             return Some(health);
         }
-        let health = Arc::new(Health::new(checks, nodes)?);
+        let health = Arc::new(Health::new(owner, checks, nodes)?);
         known.insert(identity, Arc::downgrade(&health));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let targets = nodes.to_vec();
@@ -316,7 +338,7 @@ mod tests {
 
     fn health(checks: serde_json::Value) -> Health {
         let checks: Checks = serde_json::from_value(checks).unwrap();
-        Health::new(&checks, &[("a".into(), 1), ("b".into(), 1)]).unwrap()
+        Health::new("u", &checks, &[("a".into(), 1), ("b".into(), 1)]).unwrap()
     }
 
     #[test]

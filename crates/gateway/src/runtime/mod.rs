@@ -28,7 +28,7 @@ use crate::store::{ConfigStore, Update};
 use crate::tls::Certificates;
 use consumer::Consumers;
 use health::HealthChecks;
-use router::{HostPattern, Route, Router, UriPattern};
+use router::{HostPattern, Labels, Route, Router, UriPattern};
 use upstream::Upstream;
 
 /// One consistent view of the configuration.
@@ -201,17 +201,13 @@ fn compile_route(
         ],
         false,
     )?;
-    let mut hosts: Vec<HostPattern> = r.hosts().map(|h| HostPattern::parse(h)).collect();
-    if hosts.is_empty()
+    let mut host_texts: Vec<&String> = r.hosts().collect();
+    if host_texts.is_empty()
         && let Some((s, _)) = service
     {
-        hosts = s
-            .hosts
-            .iter()
-            .flatten()
-            .map(|h| HostPattern::parse(h))
-            .collect();
+        host_texts = s.hosts.iter().flatten().collect();
     }
+    let hosts = host_texts.iter().map(|h| HostPattern::parse(h)).collect();
     let remote_addrs = r
         .remote_addrs()
         .map(|a| resource::parse_cidr(a).map_err(Invalid))
@@ -249,6 +245,11 @@ fn compile_route(
         plugins,
         timeout: r.timeout,
         enable_websocket,
+        labels: Labels {
+            name: r.name.as_deref().map(Arc::from),
+            uris: r.uris().map(|u| Arc::from(u.as_str())).collect(),
+            hosts: host_texts.iter().map(|h| Arc::from(h.as_str())).collect(),
+        },
     }))
 }
 
@@ -256,8 +257,10 @@ fn compile_route(
 #[derive(Debug, Default)]
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
-    /// Plugin state that outlives snapshots (rate-limit counters, JWKS key sets).
+    /// Plugin state that outlives snapshots (rate-limit counters, JWKS key sets, metrics).
     pub shared: Arc<crate::plugins::Shared>,
+    /// Upstream health, kept across snapshots.
+    pub checks: Arc<HealthChecks>,
 }
 
 impl Runtime {
@@ -289,7 +292,7 @@ impl Runtime {
             stored: Arc::default(),
             revision: 0,
             last_good,
-            checks: Arc::default(),
+            checks: self.checks.clone(),
         };
         match tokio::time::timeout(FIRST_READ, updates.recv()).await {
             Ok(Some(update)) => follower.apply(vec![update]).await,

@@ -131,9 +131,30 @@ pub struct Route {
     pub plugins: Chain,
     pub timeout: Option<Timeout>,
     pub enable_websocket: bool,
+    /// What metrics and logs call this route.
+    pub labels: Labels,
+}
+
+/// A route's name and its `uris` and `hosts` as written (in the order of `uris` and `hosts`).
+#[derive(Debug, Default)]
+pub struct Labels {
+    pub name: Option<Arc<str>>,
+    pub uris: Vec<Arc<str>>,
+    pub hosts: Vec<Arc<str>>,
 }
 
 impl Route {
+    /// The `uris` and `hosts` entries a request for `path` on `host` matched ("" when the
+    /// route has none).
+    pub fn matched(&self, path: &str, host: &str) -> (Arc<str>, Arc<str>) {
+        let uri = self.uris.iter().position(|u| u.matches(path));
+        let host = self.hosts.iter().position(|h| h.matches(host));
+        let text = |texts: &[Arc<str>], at: Option<usize>| {
+            at.and_then(|i| texts.get(i).cloned()).unwrap_or_default()
+        };
+        (text(&self.labels.uris, uri), text(&self.labels.hosts, host))
+    }
+
     /// Everything but the uri.
     pub fn filters_match(&self, r: &Request<'_>) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(r.host)))
@@ -306,6 +327,7 @@ mod tests {
             plugins: Chain::default(),
             timeout: None,
             enable_websocket: false,
+            labels: Default::default(),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Etcd {
     /// `/apisix` by default; no trailing slash.
     prefix: String,
     timeout: Duration,
+    /// Whether the last contact with etcd succeeded (`apisix_etcd_reachable`).
+    pub reachable: std::sync::atomic::AtomicBool,
 }
 
 impl Etcd {
@@ -57,6 +59,7 @@ impl Etcd {
             preferred: AtomicUsize::new(0),
             prefix: config.prefix.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
+            reachable: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -351,6 +354,7 @@ impl Etcd {
             match outcome {
                 Ok(()) => return, // the runtime is gone
                 Err(e) => {
+                    self.reachable.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, retry_in = ?backoff, "gateway: etcd unavailable; serving the last configuration")
                 }
             }
@@ -415,6 +419,7 @@ impl Etcd {
                 }
                 if result.created {
                     *backoff = BACKOFF_MIN;
+                    self.reachable.store(true, Ordering::Relaxed);
                     if result.header.revision < since {
                         tracing::info!(
                             ours = since,

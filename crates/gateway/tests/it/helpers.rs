@@ -1,6 +1,6 @@
 //! `spawn_gateway`: the gateway on fresh storage; `spawn_upstream`: an echo server.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,6 +55,8 @@ pub struct Gateway {
     pub proxy: SocketAddr,
     /// The data plane's TLS listener.
     pub tls_proxy: SocketAddr,
+    /// The Prometheus exporter.
+    pub metrics: SocketAddr,
     pub client: reqwest::Client,
     /// Stops the data plane and the platform's tasks (the store follower).
     stop: Vec<CancellationToken>,
@@ -93,6 +95,11 @@ async fn start_gateway(platform: &Platform) -> Gateway {
     let (plain, tls) = (bind().await.unwrap(), bind().await.unwrap());
     let (proxy, tls_proxy) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
     let stop = CancellationToken::new();
+    let exporter = bind().await.unwrap();
+    let metrics = exporter.local_addr().unwrap();
+    if let Some(router) = gateway.exporter {
+        tokio::spawn(axle_core::http::serve(exporter, router, stop.clone()));
+    }
     if let Some(plane) = gateway.data_plane {
         let listeners = vec![
             Listener {
@@ -110,6 +117,7 @@ async fn start_gateway(platform: &Platform) -> Gateway {
         admin,
         proxy,
         tls_proxy,
+        metrics,
         client: reqwest::Client::new(),
         stop: vec![stop, platform.shutdown.clone()],
         _platform: None,
@@ -344,4 +352,59 @@ pub async fn call(
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
         response_headers,
     )
+}
+
+/// The exporter's exposition, as text and as samples.
+/// One sample of the exposition: name, labels, value.
+pub type Sample = (String, BTreeMap<String, String>, f64);
+
+pub async fn scrape(gw: &Gateway) -> (String, Vec<Sample>) {
+    let url = format!("http://{}/apisix/prometheus/metrics", gw.metrics);
+    let text = gw
+        .client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            (name.to_string(), labels, value.parse().unwrap())
+        })
+        .collect();
+    (text, samples)
+}
+
+/// The value of the one sample named `name` whose labels include `labels`; None when there
+/// is none.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} names {found:?}");
+    found.first().copied()
 }

@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod jwt_auth;
 mod plugins;
+mod prometheus;
 mod proxy;
 mod stores;
 mod tls;

@@ -11,7 +11,7 @@ use axle_core::testing::{Backends, TestPlatform, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Gateway, Load, spawn_gateway_with, spawn_upstream};
+use crate::helpers::{Gateway, Load, metric, scrape, spawn_gateway_with, spawn_upstream};
 
 /// The CI's etcd, or None (with a note) when the environment has none.
 fn etcd() -> Option<String> {
@@ -251,13 +251,15 @@ async fn etcd_outages_restarts_and_revisions_going_back() {
     );
     let gw = spawn_gateway_with(config.clone()).await;
     gw.wait_for("/one", 200).await;
+    reachable(&gw, 1.0).await;
 
-    // etcd stopped: the routes keep serving.
+    // etcd stopped: the routes keep serving, and the exporter says etcd is unreachable.
     etcd.stop();
     for _ in 0..5 {
         assert_eq!(get_status(&gw, "/one").await, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    reachable(&gw, 0.0).await;
     // Axle restarted while etcd is down: the last-known-good copy serves.
     drop(gw);
     let gw = spawn_gateway_with(config.clone()).await;
@@ -271,6 +273,7 @@ async fn etcd_outages_restarts_and_revisions_going_back() {
     );
     gw.wait_for("/two", 200).await;
     assert_eq!(get_status(&gw, "/one").await, 200);
+    reachable(&gw, 1.0).await;
 
     // etcd replaced by an empty one (its revision goes back): what it holds is what serves.
     etcd.stop();
@@ -282,6 +285,15 @@ async fn etcd_outages_restarts_and_revisions_going_back() {
     gw.wait_for("/three", 200).await;
     gw.wait_for("/one", 404).await;
     assert_eq!(get_status(&gw, "/two").await, 404);
+}
+
+/// Waits for the exporter to say whether etcd is reachable (1) or not (0).
+async fn reachable(gw: &Gateway, expected: f64) {
+    eventually(20, &format!("apisix_etcd_reachable {expected}"), || async {
+        let (_, samples) = scrape(gw).await;
+        (metric(&samples, "apisix_etcd_reachable", &[]) == Some(expected)).then_some(())
+    })
+    .await
 }
 
 /// A TCP relay to `target` whose connections can be cut (and new ones refused) and restored.

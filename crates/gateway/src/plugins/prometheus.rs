@@ -1,0 +1,265 @@
+//! `prometheus` (priority 500): APISIX's metrics, under APISIX's names and labels so its
+//! Grafana dashboard works unchanged.
+//!
+//! Routes with the plugin (or a global rule with it) count, in their log phase,
+//! `apisix_http_status`, `apisix_http_latency` (request, upstream and apisix time, in ms) and
+//! `apisix_bandwidth`; every request counts in `apisix_http_requests_total`, every connection
+//! in `apisix_nginx_http_current_connections`. The exporter (127.0.0.1:9091 by default) adds,
+//! when scraped, `apisix_upstream_status` from the health checks, `apisix_etcd_reachable` and
+//! `apisix_node_info`. Every label comes from configuration (route, its matched uri and host,
+//! service, consumer, upstream node) or is a status code, so the number of series is bounded
+//! by the configuration, never by what clients send.
+
+use std::sync::Arc;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Log, Plugin, Shared};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Label routes by name rather than id (where they have one).
+    #[serde(default)]
+    prefer_name: bool,
+}
+
+#[derive(Debug)]
+struct Prometheus {
+    prefer_name: bool,
+}
+
+pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    Ok(Arc::new(Prometheus {
+        prefer_name: c.prefer_name,
+    }))
+}
+
+impl Plugin for Prometheus {
+    fn name(&self) -> &'static str {
+        "prometheus"
+    }
+
+    fn priority(&self) -> i32 {
+        500
+    }
+
+    fn logs(&self) -> bool {
+        true
+    }
+
+    fn log(&self, log: &Log, shared: &Shared) {
+        let m = &shared.metrics;
+        let route: &str = match (&log.route_name, self.prefer_name) {
+            (Some(name), true) => name,
+            _ => &log.route,
+        };
+        let service = log.service.as_deref().unwrap_or_default();
+        let consumer = log.consumer.as_ref().map_or("", |c| c.username.as_str());
+        let node = log.node.as_deref().unwrap_or_default();
+        m.status
+            .with_label_values(&[
+                log.status.to_string().as_str(),
+                route,
+                &log.matched_uri,
+                &log.matched_host,
+                service,
+                consumer,
+                node,
+            ])
+            .inc();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let request = ms(log.request_time);
+        let labels = |kind: &'static str| [kind, route, service, consumer, node];
+        m.latency
+            .with_label_values(&labels("request"))
+            .observe(request);
+        if let Some(upstream) = log.upstream_time.map(ms) {
+            m.latency
+                .with_label_values(&labels("upstream"))
+                .observe(upstream);
+            m.latency
+                .with_label_values(&labels("apisix"))
+                .observe((request - upstream).max(0.0));
+        }
+        m.bandwidth
+            .with_label_values(&labels("ingress"))
+            .inc_by(log.request_bytes);
+        m.bandwidth
+            .with_label_values(&labels("egress"))
+            .inc_by(log.response_bytes);
+    }
+}
+
+/// APISIX's default latency buckets, in milliseconds.
+const BUCKETS: [f64; 15] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+    60000.0,
+];
+
+/// The gateway's metric families, registered once per process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    status: IntCounterVec,
+    latency: HistogramVec,
+    bandwidth: IntCounterVec,
+    /// Every request the data plane received, routed or not.
+    pub requests: IntCounter,
+    /// Client connections open now, and accepted and handled since start
+    /// (`apisix_nginx_http_current_connections{state}`).
+    pub active: IntGauge,
+    pub accepted: IntGauge,
+    pub handled: IntGauge,
+    upstream_status: IntGaugeVec,
+    etcd_reachable: IntGauge,
+}
+
+impl Default for Metrics {
+    // The names and labels are constants; `metrics_register` checks them.
+    #[allow(clippy::expect_used)]
+    fn default() -> Metrics {
+        Metrics::new().expect("the gateway's metric names and labels are valid and distinct")
+    }
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let route_labels = ["route", "service", "consumer", "node"];
+        let typed = |first: &'static str| {
+            let mut labels = vec![first];
+            labels.extend(route_labels);
+            labels
+        };
+        let status = IntCounterVec::new(
+            Opts::new(
+                "apisix_http_status",
+                "HTTP status codes per service in APISIX",
+            ),
+            &[
+                "code",
+                "route",
+                "matched_uri",
+                "matched_host",
+                "service",
+                "consumer",
+                "node",
+            ],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "apisix_http_latency",
+                "HTTP request latency in milliseconds per service in APISIX",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &typed("type"),
+        )?;
+        let bandwidth = IntCounterVec::new(
+            Opts::new(
+                "apisix_bandwidth",
+                "Total bandwidth in bytes consumed per service in APISIX",
+            ),
+            &typed("type"),
+        )?;
+        let requests = IntCounter::new(
+            "apisix_http_requests_total",
+            "The total number of client requests since APISIX started",
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "apisix_nginx_http_current_connections",
+                "Number of HTTP connections",
+            ),
+            &["state"],
+        )?;
+        let upstream_status = IntGaugeVec::new(
+            Opts::new(
+                "apisix_upstream_status",
+                "Upstream status from health check",
+            ),
+            &["name", "ip", "port"],
+        )?;
+        let etcd_reachable = IntGauge::new(
+            "apisix_etcd_reachable",
+            "Config server etcd reachable from APISIX, 0 is unreachable",
+        )?;
+        let node_info = IntGaugeVec::new(
+            Opts::new("apisix_node_info", "Info of APISIX node"),
+            &["hostname", "version"],
+        )?;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        node_info
+            .with_label_values(&[hostname.as_str(), env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(status.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(bandwidth.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(upstream_status.clone()))?;
+        registry.register(Box::new(node_info))?;
+        let state = |s: &str| connections.with_label_values(&[s]);
+        Ok(Metrics {
+            registry,
+            status,
+            latency,
+            bandwidth,
+            requests,
+            active: state("active"),
+            accepted: state("accepted"),
+            handled: state("handled"),
+            upstream_status,
+            etcd_reachable,
+        })
+    }
+
+    /// The Prometheus text exposition, with the health of `upstreams` (key, `host:port`,
+    /// healthy) and, for an etcd store, whether etcd is reachable.
+    pub fn render(&self, upstreams: &[(String, String, bool)], etcd: Option<bool>) -> String {
+        self.upstream_status.reset();
+        for (name, node, healthy) in upstreams {
+            let (ip, port) = node.rsplit_once(':').unwrap_or((node, ""));
+            self.upstream_status
+                .with_label_values(&[name.as_str(), ip, port])
+                .set(i64::from(*healthy));
+        }
+        let mut families = self.registry.gather();
+        if let Some(reachable) = etcd {
+            self.etcd_reachable.set(i64::from(reachable));
+            families.extend(prometheus::core::Collector::collect(&self.etcd_reachable));
+        }
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render(
+            &[("/apisix/upstreams/1".into(), "10.0.0.1:80".into(), false)],
+            Some(true),
+        );
+        assert!(
+            text.contains(
+                r#"apisix_upstream_status{ip="10.0.0.1",name="/apisix/upstreams/1",port="80"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("apisix_etcd_reachable 1"), "{text}");
+        assert!(!metrics.render(&[], None).contains("apisix_etcd_reachable"));
+    }
+}
