@@ -105,8 +105,9 @@ impl BasicAuth {
             .and_then(|d| String::from_utf8(d).ok())
             .ok_or(invalid)?;
         let (username, password) = decoded.split_once(':').ok_or(invalid)?;
-        let consumers = ctx.consumers.clone();
-        let credential = consumers
+        let snapshot = ctx.snapshot.clone();
+        let credential = snapshot
+            .consumers
             .find("basic-auth", username)
             .filter(|c| {
                 let expected = c.config.get("password").and_then(Value::as_str);

@@ -315,8 +315,9 @@ impl JwtAuth {
             .get(&self.key_claim_name)
             .and_then(Value::as_str)
             .ok_or("missing user key in JWT token")?;
-        let consumers = ctx.consumers.clone();
-        let credential = consumers
+        let snapshot = ctx.snapshot.clone();
+        let credential = snapshot
+            .consumers
             .find("jwt-auth", user_key)
             .ok_or("Invalid user key in JWT token")?;
         let verifier = credential

@@ -79,7 +79,7 @@ impl Plugin for KeyAuth {
         };
         let failure = match &key {
             None => "Missing API key in request",
-            Some(key) => match ctx.consumers.clone().find("key-auth", key) {
+            Some(key) => match ctx.snapshot.clone().consumers.find("key-auth", key) {
                 Some(credential) => {
                     ctx.authenticate(credential);
                     if self.hide_credentials && in_header {

@@ -20,6 +20,7 @@ mod prometheus;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
+mod traffic_split;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -33,7 +34,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use crate::resource::Invalid;
-use crate::runtime::consumer::{Consumer, Consumers, Credential};
+use crate::runtime::Snapshot;
+use crate::runtime::consumer::{Consumer, Credential};
+use crate::runtime::upstream::Upstream;
 use crate::vars;
 
 /// Plugin state that outlives configuration snapshots, one per gateway process.
@@ -90,8 +93,10 @@ pub struct Ctx {
     pub original_path: String,
     pub route_id: Arc<str>,
     pub service_id: Option<Arc<str>>,
-    /// The consumers of the snapshot this request runs on, for authentication plugins.
-    pub consumers: Arc<Consumers>,
+    /// The configuration this request runs on (its consumers, its upstreams).
+    pub snapshot: Arc<Snapshot>,
+    /// The upstream a plugin chose instead of the route's (traffic-split).
+    pub upstream: Option<Arc<Upstream>>,
     /// Who an authentication plugin found the client to be, and by which credential.
     pub consumer: Option<(Arc<Consumer>, Option<Arc<str>>)>,
     /// State the plugins keep across requests and snapshots.
@@ -138,7 +143,7 @@ impl Ctx {
     /// The consumer `name` as the client, for `anonymous_consumer`; a 401 when it does not
     /// exist.
     pub fn authenticate_anonymous(&mut self, name: &str) -> Flow<'static> {
-        match self.consumers.get(name) {
+        match self.snapshot.consumers.get(name) {
             Some(consumer) => {
                 self.consumer = Some((consumer, None));
                 Flow::Next
@@ -318,6 +323,12 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "prometheus",
         build: prometheus::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "traffic-split",
+        build: traffic_split::build,
         authentication: None,
         metadata: None,
     },

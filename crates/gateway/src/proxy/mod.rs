@@ -269,7 +269,7 @@ impl DataPlane {
             parts.headers.remove(name);
         }
         let path = parts.uri.path().to_string();
-        let snapshot = self.runtime.snapshot();
+        let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
         let mut ctx = Ctx {
             method: parts.method,
             original_path: path.clone(),
@@ -283,7 +283,8 @@ impl DataPlane {
             scheme: peer.scheme,
             route_id: Arc::default(),
             service_id: None,
-            consumers: snapshot.consumers.clone(),
+            snapshot: snapshot.clone(),
+            upstream: None,
             consumer: None,
             shared: self.runtime.shared.clone(),
             response_headers: HeaderMap::new(),
@@ -320,7 +321,9 @@ impl DataPlane {
             reply = plugins.access(&mut ctx).await;
         }
         let mut answered_by = None;
-        let response = match (reply, &route.upstream) {
+        // A plugin's choice (traffic-split) wins over the route's upstream.
+        let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone());
+        let response = match (reply, &upstream) {
             (Some(reply), _) => reply_response(reply),
             (None, None) => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -41,6 +41,8 @@ pub struct Snapshot {
     /// The certificates served on the TLS listener, by SNI.
     pub certificates: Certificates,
     pub consumers: Arc<Consumers>,
+    /// The `upstreams` resources by id, for plugins that choose one (traffic-split).
+    pub upstreams: HashMap<String, Arc<Upstream>>,
 }
 
 /// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
@@ -140,6 +142,10 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         global,
         certificates,
         consumers: Arc::new(consumers),
+        upstreams: upstreams
+            .into_iter()
+            .map(|(id, u)| (id.to_string(), u))
+            .collect(),
     }
 }
 

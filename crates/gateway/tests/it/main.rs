@@ -12,3 +12,4 @@ mod prometheus;
 mod proxy;
 mod stores;
 mod tls;
+mod traffic_split;
