@@ -92,12 +92,18 @@ pub fn router(state: AdminState) -> Router {
             "/apisix/admin/{kind}/{id}",
             get(get_one).put(put).patch(patch).delete(delete),
         )
+        .route("/apisix/admin/plugins/list", get(plugins_list))
         .route("/apisix/admin/{kind}/{id}/{*path}", any(nested))
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
         .route("/axle/admin/rollback", post(rollback))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard));
     guarded.with_state(state)
+}
+
+/// `GET /apisix/admin/plugins/list`: the names of the plugins this gateway runs.
+async fn plugins_list() -> axum::Json<Vec<&'static str>> {
+    axum::Json(crate::plugins::names())
 }
 
 /// `allow_admin`, then the key from `X-API-KEY` (or the `api_key` query parameter).

@@ -346,6 +346,13 @@ const REGISTRY: &[Registered] = &[
     },
 ];
 
+/// Every plugin this gateway knows, by name.
+pub fn names() -> Vec<&'static str> {
+    let mut names: Vec<_> = REGISTRY.iter().map(|r| r.name).collect();
+    names.sort_unstable();
+    names
+}
+
 fn registered(name: &str) -> Result<&'static Registered, Invalid> {
     REGISTRY
         .iter()

@@ -419,3 +419,31 @@ async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends
     );
     gw.refused(Method::POST, metadata, json!({})).await;
 }
+
+#[tokio::test]
+async fn the_plugin_list_names_every_plugin_and_needs_the_key() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let (status, list) = gw
+        .admin(Method::GET, "/apisix/admin/plugins/list", None)
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for plugin in [
+        "jwt-auth",
+        "key-auth",
+        "limit-count",
+        "prometheus",
+        "traffic-split",
+    ] {
+        assert!(names.contains(&plugin), "{names:?}");
+    }
+    let anonymous = reqwest::get(gw.admin.url("/apisix/admin/plugins/list"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+}
