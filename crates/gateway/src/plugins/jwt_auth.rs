@@ -123,11 +123,18 @@ fn default_jwks_ttl() -> u64 {
 }
 
 /// A credential's compiled verification: the algorithm it insists on, its key or key set, and
-/// the claims it checks.
+/// the claims it checks — one validation for each choice of a route's `claims_to_verify`,
+/// indexed by [`Verifier::validation`].
 #[derive(Debug)]
 struct Verifier {
-    validation: Validation,
+    validations: [Validation; 4],
     keys: Keys,
+}
+
+impl Verifier {
+    fn validation(&self, exp: bool, nbf: bool) -> &Validation {
+        &self.validations[usize::from(exp) * 2 + usize::from(nbf)]
+    }
 }
 
 /// A verification key (debug output leaves its bytes out).
@@ -230,7 +237,19 @@ pub(super) fn prepare(config: &Value) -> Result<Prepared, String> {
         validation.validate_aud = true;
         validation.required_spec_claims.insert("aud".into());
     }
-    Ok(Some(Arc::new(Verifier { validation, keys })))
+    let checking = |exp: bool, nbf: bool| {
+        let mut v = validation.clone();
+        v.validate_exp = exp;
+        v.validate_nbf = nbf;
+        v
+    };
+    let validations = [
+        checking(false, false),
+        checking(false, true),
+        checking(true, false),
+        checking(true, true),
+    ];
+    Ok(Some(Arc::new(Verifier { validations, keys })))
 }
 
 fn url_is_http(uri: &str) -> Option<reqwest::Url> {
@@ -325,18 +344,16 @@ impl JwtAuth {
             .as_deref()
             .and_then(|p| (p as &dyn Any).downcast_ref::<Verifier>())
             .ok_or("Invalid user key in JWT token")?;
-        let mut validation = verifier.validation.clone();
-        validation.validate_exp = self.verify_exp;
-        validation.validate_nbf = self.verify_nbf;
+        let validation = verifier.validation(self.verify_exp, self.verify_nbf);
         let verified = match &verifier.keys {
-            Keys::Fixed(key) => check(&token, key, &validation),
+            Keys::Fixed(key) => check(&token, key, validation),
             Keys::Jwks { uri, ttl } => {
                 let keys = ctx
                     .shared
                     .key_sets
                     .keys(uri, *ttl, head.kid.as_deref())
                     .await?;
-                keys.iter().any(|key| check(&token, key, &validation))
+                keys.iter().any(|key| check(&token, key, validation))
             }
         };
         if !verified {

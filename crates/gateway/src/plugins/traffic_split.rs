@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Reply};
 use crate::resource;
-use crate::runtime::upstream::Upstream;
+use crate::runtime::upstream::{Upstream, smooth_weighted};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize)]
@@ -128,20 +128,8 @@ impl Rule {
     /// The next target by weight; None when every weight is 0.
     fn pick(&self) -> Option<&Target> {
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = 0;
-        let mut best = None;
-        for (i, (_, weight)) in self.targets.iter().enumerate() {
-            if *weight == 0 {
-                continue;
-            }
-            scores[i] += weight;
-            total += weight;
-            if best.is_none_or(|b: usize| scores[i] > scores[b]) {
-                best = Some(i);
-            }
-        }
-        let best = best?;
-        scores[best] -= total;
+        let weighted = self.targets.iter().map(|(_, w)| *w).enumerate();
+        let best = smooth_weighted(&mut scores, weighted.filter(|(_, w)| *w > 0))?;
         Some(&self.targets[best].0)
     }
 }

@@ -530,22 +530,21 @@ fn request_size(ctx: &Ctx) -> u64 {
         + ctx.original_path.len()
         + ctx.query.as_ref().map_or(0, |q| q.len() + 1)
         + " HTTP/1.1\r\n".len();
-    let headers: usize = ctx
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    (line + headers + 2) as u64 + content_length(&ctx.headers).unwrap_or(0)
+    (line + headers_size(&ctx.headers)) as u64 + content_length(&ctx.headers).unwrap_or(0)
 }
 
 /// The response head's size on the wire: status line and headers.
 fn head_size(parts: &http::response::Parts) -> u64 {
-    let headers: usize = parts
-        .headers
+    ("HTTP/1.1 200 OK\r\n".len() + headers_size(&parts.headers)) as u64
+}
+
+/// Header lines (`name: value\r\n`) and the blank line after them.
+fn headers_size(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    ("HTTP/1.1 200 OK\r\n".len() + headers + 2) as u64
+    lines + 2
 }
 
 /// The request as the upstream node sees it (origin-form, with its `Host`), and the pool key

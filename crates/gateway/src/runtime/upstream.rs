@@ -257,18 +257,8 @@ impl Upstream {
         match &self.balance {
             Balance::RoundRobin { scores } => {
                 let mut scores = scores.lock().unwrap_or_else(|e| e.into_inner());
-                let mut total = 0i64;
-                let mut best = first;
-                for i in nodes {
-                    let w = i64::from(self.targets[i].weight);
-                    scores[i] += w;
-                    total += w;
-                    if scores[i] > scores[best] {
-                        best = i;
-                    }
-                }
-                scores[best] -= total;
-                Some(best)
+                let weighted = nodes.map(|i| (i, i64::from(self.targets[i].weight)));
+                smooth_weighted(&mut scores, weighted)
             }
             Balance::Chash { key } => {
                 let value = key.value(r).unwrap_or_else(|| r.remote_addr.to_string());
@@ -316,6 +306,27 @@ impl Upstream {
             started: Instant::now(),
         })
     }
+}
+
+/// Smooth weighted round robin (nginx's): each candidate `(index, weight)` gains its weight,
+/// the highest score wins and pays back the total. Weights interleave (3:1 gives a a b a), and
+/// over any run each candidate's share is its weight's. None when there is no candidate.
+pub fn smooth_weighted(
+    scores: &mut [i64],
+    candidates: impl Iterator<Item = (usize, i64)>,
+) -> Option<usize> {
+    let mut total = 0;
+    let mut best: Option<usize> = None;
+    for (i, weight) in candidates {
+        scores[i] += weight;
+        total += weight;
+        if best.is_none_or(|b| scores[i] > scores[b]) {
+            best = Some(i);
+        }
+    }
+    let best = best?;
+    scores[best] -= total;
+    Some(best)
 }
 
 /// A request in flight to a node (see [`Upstream::start`]).
