@@ -15,7 +15,7 @@ mod fault_injection;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
-mod limit_count;
+mod limit;
 mod prometheus;
 mod proxy_rewrite;
 mod request_id;
@@ -43,7 +43,11 @@ use crate::vars;
 #[derive(Debug, Default)]
 pub struct Shared {
     /// `limit-count`'s local counters.
-    pub counters: limit_count::Counters,
+    pub counters: limit::count::Counters,
+    /// `limit-req`'s leaky buckets.
+    pub buckets: limit::req::Buckets,
+    /// `limit-conn`'s requests in flight.
+    pub connections: limit::conn::Connections,
     /// `jwt-auth`'s fetched JWKS key sets.
     pub key_sets: jwt_auth::KeySets,
     /// The gateway's Prometheus metrics, `prometheus`'s among them.
@@ -62,8 +66,9 @@ pub struct Log {
     /// The route's `uris` and `hosts` entries the request matched.
     pub matched_uri: Arc<str>,
     pub matched_host: Arc<str>,
-    /// The upstream node that answered, and how long it took to answer.
+    /// The upstream node that answered, its status, and how long it took to answer.
     pub node: Option<String>,
+    pub upstream_status: Option<u16>,
     pub upstream_time: Option<std::time::Duration>,
     pub status: u16,
     /// From the request's arrival to the last byte of the response.
@@ -103,6 +108,9 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     /// Headers request plugins add to the response (rate-limit quotas).
     pub response_headers: HeaderMap,
+    /// What the request holds until its response has been sent or the client has gone away
+    /// (limit-conn's place); dropping it gives it back.
+    pub held: Vec<Box<dyn Any + Send + Sync>>,
 }
 
 impl Ctx {
@@ -315,8 +323,20 @@ const REGISTRY: &[Registered] = &[
         metadata: None,
     },
     Registered {
+        name: "limit-conn",
+        build: limit::conn::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
         name: "limit-count",
-        build: limit_count::build,
+        build: limit::count::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "limit-req",
+        build: limit::req::build,
         authentication: None,
         metadata: None,
     },

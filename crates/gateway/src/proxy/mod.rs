@@ -288,6 +288,7 @@ impl DataPlane {
             consumer: None,
             shared: self.runtime.shared.clone(),
             response_headers: HeaderMap::new(),
+            held: Vec::new(),
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
@@ -336,7 +337,11 @@ impl DataPlane {
                     .await
                 {
                     Ok((mut response, node, took)) => {
-                        answered_by = Some((upstream.targets[node].host.as_str(), took));
+                        answered_by = Some((
+                            upstream.targets[node].host.as_str(),
+                            response.status().as_u16(),
+                            took,
+                        ));
                         if let Some(client) = websocket
                             && response.status() == StatusCode::SWITCHING_PROTOCOLS
                         {
@@ -371,7 +376,7 @@ impl DataPlane {
             None => body,
         };
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
-        if loggers.is_empty() {
+        if loggers.is_empty() && ctx.held.is_empty() {
             return Response::from_parts(parts, body);
         }
         let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
@@ -382,15 +387,22 @@ impl DataPlane {
             consumer,
             matched_uri,
             matched_host,
-            node: answered_by.map(|(node, _)| node.to_string()),
-            upstream_time: answered_by.map(|(_, took)| took),
+            node: answered_by.map(|(node, _, _)| node.to_string()),
+            upstream_status: answered_by.map(|(_, status, _)| status),
+            upstream_time: answered_by.map(|(_, _, took)| took),
             status: parts.status.as_u16(),
             request_time: Duration::ZERO,
             request_bytes: request_size(&ctx),
             response_bytes: head_size(&parts),
         };
-        let body = logged(body, log, loggers, self.runtime.shared.clone(), started);
-        Response::from_parts(parts, body)
+        let finish = Finish {
+            log,
+            loggers,
+            shared: self.runtime.shared.clone(),
+            started,
+            _held: std::mem::take(&mut ctx.held),
+        };
+        Response::from_parts(parts, finish.after(body))
     }
 
     /// Sends the request to a node of `upstream`; on a failed connection, to another one while
@@ -479,49 +491,42 @@ impl DataPlane {
     }
 }
 
-/// Runs the log phase of `loggers` once `body` has been sent (or the client went away),
-/// counting its bytes on the way.
-fn logged(
-    body: Body,
+/// What happens once a response body has been sent, or the client has gone away: the log
+/// phase of `loggers`, and giving back what the request `held`.
+struct Finish {
     log: Log,
     loggers: Vec<Arc<dyn Plugin>>,
     shared: Arc<Shared>,
     started: Instant,
-) -> Body {
-    struct Finish {
-        log: Log,
-        loggers: Vec<Arc<dyn Plugin>>,
-        shared: Arc<Shared>,
-        started: Instant,
+    _held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.log.request_time = self.started.elapsed();
+        for plugin in &self.loggers {
+            plugin.log(&self.log, &self.shared);
+        }
     }
-    impl Drop for Finish {
-        fn drop(&mut self) {
-            self.log.request_time = self.started.elapsed();
-            for plugin in &self.loggers {
-                plugin.log(&self.log, &self.shared);
+}
+
+impl Finish {
+    /// `body`, counting its bytes on the way; dropping it (at its end, or when the client goes
+    /// away) finishes the request.
+    fn after(mut self, body: Body) -> Body {
+        // A method call, so the closure owns all of `self` (not just the field it changes).
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                self.sent(data.len());
             }
-        }
+            frame
+        })
+        .boxed()
     }
-    impl Finish {
-        fn sent(&mut self, bytes: usize) {
-            self.log.response_bytes += bytes as u64;
-        }
+
+    fn sent(&mut self, bytes: usize) {
+        self.log.response_bytes += bytes as u64;
     }
-    let mut finish = Finish {
-        log,
-        loggers,
-        shared,
-        started,
-    };
-    // The closure owns `finish`: dropping the body (at its end, or when the client goes away)
-    // runs the log phase.
-    body.map_frame(move |frame| {
-        if let Some(data) = frame.data_ref() {
-            finish.sent(data.len());
-        }
-        frame
-    })
-    .boxed()
 }
 
 /// The request's size as it arrived: request line, headers and the declared body.

@@ -12,6 +12,7 @@ use axle_gateway::Listener;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -213,10 +214,21 @@ pub async fn spawn_node(
     (addr, task)
 }
 
-/// Answers `status` with a JSON echo of the request and the upstream's name.
+/// Answers `status` with a JSON echo of the request and the upstream's name. The query may
+/// ask for a slow upstream: `sleep_ms` before the answer, `drip_ms` between the head and the
+/// body (a whitespace chunk, then the echo).
 fn echo(name: &'static str, status: StatusCode) -> axum::Router {
     axum::Router::new().fallback(move |request: Request| async move {
         let (parts, body) = request.into_parts();
+        let asked = |what: &str| {
+            let mut pairs = parts.uri.query().into_iter().flat_map(|q| q.split('&'));
+            pairs
+                .find_map(|p| p.strip_prefix(what)?.strip_prefix('='))
+                .map(|ms| std::time::Duration::from_millis(ms.parse().unwrap()))
+        };
+        if let Some(sleep) = asked("sleep_ms") {
+            tokio::time::sleep(sleep).await;
+        }
         let headers: serde_json::Map<String, Value> = parts
             .headers
             .iter()
@@ -233,7 +245,18 @@ fn echo(name: &'static str, status: StatusCode) -> axum::Router {
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
         });
-        (status, axum::Json(echoed)).into_response()
+        let Some(drip) = asked("drip_ms") else {
+            return (status, axum::Json(echoed)).into_response();
+        };
+        let chunks = futures::stream::iter([" ".to_string(), echoed.to_string()]).then(
+            move |chunk| async move {
+                if chunk != " " {
+                    tokio::time::sleep(drip).await;
+                }
+                Ok::<_, std::convert::Infallible>(chunk)
+            },
+        );
+        (status, axum::body::Body::from_stream(chunks)).into_response()
     })
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod health;
 mod helpers;
 mod jwt_auth;
+mod limits;
 mod plugins;
 mod prometheus;
 mod proxy;

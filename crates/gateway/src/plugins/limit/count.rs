@@ -1,6 +1,5 @@
-//! `limit-count` (priority 1002): at most `count` requests per `time_window` seconds per key
-//! (a variable, a combination of variables, or a constant), per route — or per `group`, shared
-//! by every route naming it. A window starts with its first request, as APISIX's do, and the next
+//! `limit-count` (priority 1002): at most `count` requests per `time_window` seconds per key,
+//! per route — or per `group`, shared by every route naming it. A window starts with its first request, as APISIX's do, and the next
 //! follows on from it; `window_type: sliding` weighs the previous window's count by how much of
 //! it still overlaps.
 //!
@@ -19,8 +18,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Template};
-use crate::vars::Var;
+use super::{Key, KeyType, Rejection};
+use crate::plugins::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +32,7 @@ struct Config {
     key_type: KeyType,
     #[serde(default = "default_key")]
     key: String,
-    #[serde(default = "default_code")]
+    #[serde(default = "super::default_code")]
     rejected_code: u16,
     rejected_msg: Option<String>,
     #[serde(default)]
@@ -67,15 +66,6 @@ enum WindowType {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum KeyType {
-    #[default]
-    Var,
-    VarCombination,
-    Constant,
-}
-
-#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Policy {
     #[default]
@@ -86,10 +76,6 @@ enum Policy {
 
 fn default_key() -> String {
     "remote_addr".into()
-}
-
-fn default_code() -> u16 {
-    503
 }
 
 fn yes() -> bool {
@@ -105,18 +91,11 @@ fn default_redis_timeout() -> u64 {
 }
 
 #[derive(Debug)]
-enum KeyFrom {
-    Var(Var),
-    Combination(Template),
-    Constant(String),
-}
-
-#[derive(Debug)]
 struct LimitCount {
     quota: Arc<Quota>,
     window: Duration,
     sliding: bool,
-    key: KeyFrom,
+    key: Key,
     group: Option<String>,
     redis: Option<Arc<RedisCounter>>,
 }
@@ -125,12 +104,11 @@ struct LimitCount {
 #[derive(Debug)]
 struct Quota {
     count: u64,
-    rejected: StatusCode,
-    rejected_msg: Option<String>,
+    rejected: Rejection,
     show_headers: bool,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.count == 0 {
         return Err("count: must be above 0".into());
@@ -138,15 +116,8 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     if c.time_window == 0 {
         return Err("time_window: must be above 0".into());
     }
-    let rejected = StatusCode::from_u16(c.rejected_code)
-        .ok()
-        .filter(|s| (200..600).contains(&s.as_u16()))
-        .ok_or_else(|| format!("rejected_code: {} is not within 200-599", c.rejected_code))?;
-    let key = match c.key_type {
-        KeyType::Var => KeyFrom::Var(Var::parse(&c.key).map_err(|e| format!("key: {e}"))?),
-        KeyType::VarCombination => KeyFrom::Combination(Template::parse(&c.key)?),
-        KeyType::Constant => KeyFrom::Constant(c.key.clone()),
-    };
+    let rejected = Rejection::new(c.rejected_code, c.rejected_msg)?;
+    let key = Key::parse(c.key_type, &c.key)?;
     let redis = match c.policy {
         Policy::Local => None,
         Policy::RedisCluster => return Err("policy: redis-cluster is not supported yet".into()),
@@ -182,7 +153,6 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         quota: Arc::new(Quota {
             count: c.count,
             rejected,
-            rejected_msg: c.rejected_msg,
             show_headers: c.show_limit_quota_header,
         }),
         window: Duration::from_secs(c.time_window),
@@ -206,15 +176,7 @@ impl LimitCount {
     /// The counter this request counts against: the group or the route, and the key's value
     /// (the client address when the variable is empty).
     fn counter(&self, ctx: &Ctx) -> String {
-        let vars = ctx.vars();
-        let value = match &self.key {
-            KeyFrom::Var(var) => var.read(&vars).map(|v| v.into_owned()),
-            KeyFrom::Combination(template) => Some(template.render(&vars, &[])),
-            KeyFrom::Constant(c) => Some(c.clone()),
-        };
-        let value = value
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| ctx.remote_addr.to_string());
+        let value = self.key.read(ctx);
         match &self.group {
             Some(group) => format!("group:{group}:{value}"),
             None => format!("route:{}:{value}", ctx.route_id),
@@ -242,14 +204,7 @@ impl Quota {
         if allowed {
             return Ok(headers);
         }
-        let mut reply = match &self.rejected_msg {
-            Some(msg) => Reply::json(self.rejected, &serde_json::json!({ "error_msg": msg })),
-            None => Reply {
-                status: self.rejected,
-                headers: HeaderMap::new(),
-                body: Default::default(),
-            },
-        };
+        let mut reply = self.rejected.reply();
         reply.headers.extend(headers);
         Err(reply)
     }

@@ -1,0 +1,98 @@
+//! The traffic limits: `limit-count` (requests per window), `limit-req` (a request rate, as a
+//! leaky bucket) and `limit-conn` (requests in flight). Each counts per key — a variable, a
+//! combination of variables, or a constant — per route, and answers the requests over its limit
+//! with `rejected_code` and `rejected_msg`.
+
+pub mod conn;
+pub mod count;
+pub mod req;
+
+use http::StatusCode;
+use serde::Deserialize;
+
+use super::{Ctx, Reply, Template};
+use crate::vars::Var;
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum KeyType {
+    #[default]
+    Var,
+    VarCombination,
+    Constant,
+}
+
+/// What a limit counts by.
+#[derive(Debug)]
+pub(super) enum Key {
+    Var(Var),
+    Combination(Template),
+    Constant(String),
+}
+
+impl Key {
+    pub(super) fn parse(key_type: KeyType, key: &str) -> Result<Key, String> {
+        Ok(match key_type {
+            KeyType::Var => Key::Var(Var::parse(key).map_err(|e| format!("key: {e}"))?),
+            KeyType::VarCombination => Key::Combination(Template::parse(key)?),
+            KeyType::Constant => Key::Constant(key.to_string()),
+        })
+    }
+
+    /// The key's value for this request: the client address when the variable is empty.
+    pub(super) fn read(&self, ctx: &Ctx) -> String {
+        let vars = ctx.vars();
+        let value = match self {
+            Key::Var(var) => var.read(&vars).map(|v| v.into_owned()),
+            Key::Combination(template) => Some(template.render(&vars, &[])),
+            Key::Constant(c) => Some(c.clone()),
+        };
+        value
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| ctx.remote_addr.to_string())
+    }
+}
+
+/// How a request over the limit is answered: `rejected_code`, and `{"error_msg": …}` when
+/// `rejected_msg` is set.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    code: StatusCode,
+    msg: Option<String>,
+}
+
+impl Rejection {
+    pub(super) fn new(code: u16, msg: Option<String>) -> Result<Rejection, String> {
+        let code = StatusCode::from_u16(code)
+            .ok()
+            .filter(|s| (200..600).contains(&s.as_u16()))
+            .ok_or_else(|| format!("rejected_code: {code} is not within 200-599"))?;
+        Ok(Rejection { code, msg })
+    }
+
+    pub(super) fn reply(&self) -> Reply {
+        match &self.msg {
+            Some(msg) => Reply::json(self.code, &serde_json::json!({ "error_msg": msg })),
+            None => Reply {
+                status: self.code,
+                headers: http::HeaderMap::new(),
+                body: Default::default(),
+            },
+        }
+    }
+}
+
+/// APISIX's default `rejected_code`.
+pub(super) fn default_code() -> u16 {
+    503
+}
+
+/// The `policy` of limit-req and limit-conn: they count in this gateway process only, for now.
+pub(super) fn check_local(policy: Option<&str>) -> Result<(), String> {
+    match policy {
+        None | Some("local") => Ok(()),
+        Some(other) => Err(format!(
+            "policy: {other:?} is not supported by this plugin yet; only \"local\" is"
+        )),
+    }
+}

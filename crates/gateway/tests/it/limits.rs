@@ -1,0 +1,340 @@
+//! The traffic limits through the data plane: limit-count (local and in Redis), limit-req and
+//! limit-conn.
+
+use std::time::{Duration, Instant};
+
+use axle_core::testing::Backends;
+use serde_json::json;
+
+use crate::helpers::{get, spawn_gateway, spawn_upstream};
+
+#[tokio::test]
+async fn limit_count_counts_per_route_or_group_and_says_what_is_left() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // APISIX's example: 2 requests per 60 s per client address, then 503.
+    let limit = json!({"count": 2, "time_window": 60, "rejected_code": 503, "key_type": "var", "key": "remote_addr"});
+    for id in ["a", "b"] {
+        gw.put(
+            &format!("/apisix/admin/routes/{id}"),
+            json!({"uri": format!("/{id}"), "plugins": {"limit-count": limit},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    let grouped = json!({"count": 3, "time_window": 60, "group": "shared", "key_type": "constant",
+                         "key": "all", "rejected_code": 429, "rejected_msg": "slow down"});
+    for id in ["g1", "g2"] {
+        gw.put(
+            &format!("/apisix/admin/routes/{id}"),
+            json!({"uri": format!("/{id}"), "plugins": {"limit-count": grouped},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    gw.wait_for("/g2", 200).await; // the last route is in; that request counted against the group
+
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &headers["x-ratelimit-limit"],
+            &headers["x-ratelimit-remaining"]
+        ),
+        (&"2".parse().unwrap(), &"1".parse().unwrap())
+    );
+    let reset: u64 = headers["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&reset), "{reset}");
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(
+        (status, &headers["x-ratelimit-remaining"]),
+        (200, &"0".parse().unwrap())
+    );
+    let (status, _, headers) = get(&gw, "/a", &[]).await;
+    assert_eq!(
+        (status, &headers["x-ratelimit-remaining"]),
+        (503, &"0".parse().unwrap())
+    );
+    // Route b has its own counter.
+    assert_eq!(get(&gw, "/b", &[]).await.0, 200);
+    // A configuration change keeps the counters.
+    gw.put(
+        "/apisix/admin/routes/other",
+        json!({"uri": "/other", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/other", 200).await;
+    assert_eq!(get(&gw, "/a", &[]).await.0, 503);
+    // The group's 3 are shared by g1 and g2 (one went on wait_for above).
+    assert_eq!(get(&gw, "/g1", &[]).await.0, 200);
+    assert_eq!(get(&gw, "/g2", &[]).await.0, 200);
+    let (status, body, _) = get(&gw, "/g1", &[]).await;
+    assert_eq!((status, body), (429, json!({"error_msg": "slow down"})));
+}
+
+#[tokio::test]
+async fn limit_count_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
+    let Some(redis_url) = std::env::var("AXLE_TEST_REDIS_URL").ok() else {
+        return;
+    };
+    let redis_addr = redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let (host, port) = redis_addr.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let one = spawn_gateway(Backends::embedded()).await;
+    let two = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // A key of this run's own, so earlier runs' counters do not count.
+    let key = format!("run-{}", uuid::Uuid::new_v4());
+    let limit = json!({"count": 5, "time_window": 60, "key_type": "constant", "key": key,
+        "policy": "redis", "redis_host": host, "redis_port": port, "redis_timeout": 1000, "group": "shared"});
+    let down = |degrade: bool| {
+        json!({"count": 1, "time_window": 60, "policy": "redis",
+        "redis_host": "127.0.0.1", "redis_port": 1, "redis_timeout": 200, "allow_degradation": degrade})
+    };
+    for gw in [&one, &two] {
+        gw.put(
+            "/apisix/admin/routes/limited",
+            json!({"uri": "/limited", "plugins": {"limit-count": limit},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.put(
+            "/apisix/admin/routes/degrade",
+            json!({"uri": "/degrade", "plugins": {"limit-count": down(true)},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.put(
+            "/apisix/admin/routes/strict",
+            json!({"uri": "/strict", "plugins": {"limit-count": down(false)},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.wait_for("/strict", 500).await;
+    }
+    // 5 requests in all pass, alternating between the gateways; the rest are refused by both.
+    let mut passed = 0;
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        match get(gw, "/limited", &[]).await.0 {
+            200 => passed += 1,
+            503 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(passed, 5);
+    assert_eq!(get(&one, "/limited", &[]).await.0, 503);
+    assert_eq!(get(&two, "/limited", &[]).await.0, 503);
+    // Redis unreachable: pass uncounted with allow_degradation, else 500; never a hang.
+    for _ in 0..3 {
+        assert_eq!(get(&one, "/degrade", &[]).await.0, 200);
+    }
+    let (status, body, _) = get(&one, "/strict", &[]).await;
+    assert_eq!(
+        (status, body),
+        (500, json!({"message": "failed to limit count"}))
+    );
+}
+
+#[tokio::test]
+async fn limit_req_delays_up_to_burst_and_refuses_the_rest() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    let route = |id: &str, limit: serde_json::Value| {
+        json!({"uri": format!("/{id}"), "plugins": {"limit-req": limit},
+               "upstream": {"nodes": {up.to_string(): 1}}})
+    };
+    // APISIX's example: 1 request per second, no burst, refused with a message.
+    gw.put(
+        "/apisix/admin/routes/strict",
+        route(
+            "strict",
+            json!({"rate": 1, "burst": 0, "rejected_code": 429,
+            "rejected_msg": "Requests are too frequent, please try again later.",
+            "key_type": "var", "key": "remote_addr"}),
+        ),
+    )
+    .await;
+    // 2 per second; 2 more may queue, delayed until their turn.
+    gw.put(
+        "/apisix/admin/routes/queue",
+        route(
+            "queue",
+            json!({"rate": 2, "burst": 2, "key": "remote_addr"}),
+        ),
+    )
+    .await;
+    // The same, sent at once, per user.
+    gw.put(
+        "/apisix/admin/routes/nodelay",
+        route(
+            "nodelay",
+            json!({"rate": 0.1, "burst": 2, "nodelay": true,
+            "key_type": "var_combination", "key": "$http_x_user"}),
+        ),
+    )
+    .await;
+    gw.wait_for("/nodelay", 200).await; // anonymous: keyed by the client address
+
+    let (status, _, _) = get(&gw, "/strict", &[]).await;
+    assert_eq!(status, 200);
+    let (status, body, _) = get(&gw, "/strict", &[]).await;
+    assert_eq!(
+        (status, body),
+        (
+            429,
+            json!({"error_msg": "Requests are too frequent, please try again later."})
+        )
+    );
+
+    // Four at once: one now, one after 0.5 s, one after 1 s, one refused.
+    let started = Instant::now();
+    let requests = (0..4).map(|_| {
+        let gw = &gw;
+        async move {
+            let (status, _, _) = get(gw, "/queue", &[]).await;
+            (status, started.elapsed())
+        }
+    });
+    let mut results = futures::future::join_all(requests).await;
+    results.sort();
+    let statuses: Vec<_> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 200, 503]);
+    let slowest = results[..3].iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        slowest >= Duration::from_millis(900),
+        "the last queued request waited its turn: {slowest:?}"
+    );
+
+    for user in ["ann", "bob"] {
+        let headers = [("x-user", user)];
+        let statuses: Vec<_> =
+            futures::future::join_all((0..4).map(|_| get(&gw, "/nodelay", &headers)))
+                .await
+                .into_iter()
+                .map(|(s, _, _)| s)
+                .collect();
+        let passed = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(passed, 3, "{user}: {statuses:?}");
+    }
+
+    // Bad configurations are refused when written, naming the field.
+    for (limit, field) in [
+        (json!({"rate": 0, "burst": 1, "key": "remote_addr"}), "rate"),
+        (json!({"rate": 1, "key": "remote_addr"}), "burst"),
+        (json!({"rate": 1, "burst": 1, "key": "no_such_var"}), "key"),
+        (
+            json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_code": 99}),
+            "rejected_code",
+        ),
+        (
+            json!({"rate": 1, "burst": 1, "key": "remote_addr", "policy": "redis"}),
+            "policy",
+        ),
+    ] {
+        let message = gw
+            .refused(
+                reqwest::Method::PUT,
+                "/apisix/admin/routes/bad",
+                route("bad", limit),
+            )
+            .await;
+        assert!(message.contains(field), "{field}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn limit_conn_holds_places_until_the_response_is_done() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // APISIX's example: one request in flight per client, none waiting.
+    gw.put(
+        "/apisix/admin/routes/one",
+        json!({"uri": "/one", "plugins": {"limit-conn": {"conn": 1, "burst": 0,
+            "default_conn_delay": 0.1, "rejected_code": 503, "key_type": "var",
+            "key": "remote_addr"}},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    // One in flight, one more after a delay.
+    gw.put(
+        "/apisix/admin/routes/burst",
+        json!({"uri": "/burst", "plugins": {"limit-conn": {"conn": 1, "burst": 1,
+            "default_conn_delay": 0.2, "only_use_default_delay": true,
+            "key": "remote_addr", "rejected_msg": "busy"}},
+            "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/burst", 200).await;
+
+    let slow = "/one?sleep_ms=600";
+    let (first, second) = tokio::join!(get(&gw, slow, &[]), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        get(&gw, slow, &[]).await
+    });
+    assert_eq!((first.0, second.0), (200, 503));
+    // The place was given back with the response.
+    assert_eq!(get(&gw, "/one", &[]).await.0, 200);
+    // It is held while the body is still on its way.
+    let dripping = gw
+        .client
+        .get(gw.url("/one?drip_ms=600"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dripping.status(), 200);
+    assert_eq!(get(&gw, "/one", &[]).await.0, 503);
+    assert!(dripping.text().await.unwrap().contains("upstream"));
+    assert_eq!(get(&gw, "/one", &[]).await.0, 200);
+
+    // A client that goes away gives its place back too, while the upstream still works.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .get(gw.url("/one?sleep_ms=3000"))
+            .send()
+            .await
+            .is_err()
+    );
+    let again = async {
+        loop {
+            if get(&gw, "/one", &[]).await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), again)
+        .await
+        .expect("the place is free again before the upstream would have answered");
+
+    // Burst: the second waits a unit delay, the third is refused.
+    let slow = "/burst?sleep_ms=800";
+    let started = Instant::now();
+    let results = futures::future::join_all((0..3).map(|i| {
+        let gw = &gw;
+        async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let (status, body, _) = get(gw, slow, &[]).await;
+            (status, body, started.elapsed())
+        }
+    }))
+    .await;
+    let statuses: Vec<_> = results.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 503]);
+    assert_eq!(results[2].1, json!({"error_msg": "busy"}));
+    assert!(
+        results[1].2 >= Duration::from_millis(1000),
+        "the second waited its delay: {:?}",
+        results[1].2
+    );
+}
