@@ -8,6 +8,7 @@
 //! checked when written ([`check_all`], so the Admin API refuses bad plugin configs with a 400)
 //! and built into trait objects when the snapshot is compiled, so nothing is parsed per request.
 
+mod api_breaker;
 mod basic_auth;
 mod consumer_restriction;
 mod cors;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub buckets: limit::req::Buckets,
     /// `limit-conn`'s requests in flight.
     pub connections: limit::conn::Connections,
+    /// `api-breaker`'s circuit breakers.
+    pub breakers: api_breaker::Breakers,
     /// `jwt-auth`'s fetched JWKS key sets.
     pub key_sets: jwt_auth::KeySets,
     /// The gateway's Prometheus metrics, `prometheus`'s among them.
@@ -63,6 +66,9 @@ pub struct Log {
     pub route_name: Option<Arc<str>>,
     pub service: Option<Arc<str>>,
     pub consumer: Option<Arc<Consumer>>,
+    /// The request's host (without port) and path, as the client sent them.
+    pub host: String,
+    pub uri: String,
     /// The route's `uris` and `hosts` entries the request matched.
     pub matched_uri: Arc<str>,
     pub matched_host: Arc<str>,
@@ -265,6 +271,12 @@ struct Authentication {
 
 /// Every plugin this gateway knows, by APISIX name.
 const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "api-breaker",
+        build: api_breaker::build,
+        authentication: None,
+        metadata: None,
+    },
     Registered {
         name: "request-id",
         build: request_id::build,

@@ -322,6 +322,8 @@ impl DataPlane {
             reply = plugins.access(&mut ctx).await;
         }
         let mut answered_by = None;
+        // As nginx's `$upstream_status`: the gateway's 502 or 504 when no node answered.
+        let mut upstream_status = None;
         // A plugin's choice (traffic-split) wins over the route's upstream.
         let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone());
         let response = match (reply, &upstream) {
@@ -337,11 +339,8 @@ impl DataPlane {
                     .await
                 {
                     Ok((mut response, node, took)) => {
-                        answered_by = Some((
-                            upstream.targets[node].host.as_str(),
-                            response.status().as_u16(),
-                            took,
-                        ));
+                        answered_by = Some((upstream.targets[node].host.as_str(), took));
+                        upstream_status = Some(response.status().as_u16());
                         if let Some(client) = websocket
                             && response.status() == StatusCode::SWITCHING_PROTOCOLS
                         {
@@ -349,7 +348,10 @@ impl DataPlane {
                         }
                         response
                     }
-                    Err(status) => error_page(status),
+                    Err(status) => {
+                        upstream_status = Some(status.as_u16());
+                        error_page(status)
+                    }
                 }
             }
         };
@@ -385,11 +387,13 @@ impl DataPlane {
             route_name: route.labels.name.clone(),
             service: route.service_id.clone(),
             consumer,
+            host: std::mem::take(&mut ctx.host),
+            uri: std::mem::take(&mut ctx.original_path),
             matched_uri,
             matched_host,
-            node: answered_by.map(|(node, _, _)| node.to_string()),
-            upstream_status: answered_by.map(|(_, status, _)| status),
-            upstream_time: answered_by.map(|(_, _, took)| took),
+            node: answered_by.map(|(node, _)| node.to_string()),
+            upstream_status,
+            upstream_time: answered_by.map(|(_, took)| took),
             status: parts.status.as_u16(),
             request_time: Duration::ZERO,
             request_bytes: request_size(&ctx),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod admin;
+mod api_breaker;
 mod health;
 mod helpers;
 mod jwt_auth;
