@@ -18,6 +18,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit;
 mod prometheus;
+mod proxy_mirror;
 mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
@@ -58,6 +59,7 @@ pub struct Shared {
 }
 
 pub use prometheus::Metrics;
+pub use proxy_mirror::Mirror;
 
 /// What the log phase knows of a finished request.
 #[derive(Debug)]
@@ -117,6 +119,8 @@ pub struct Ctx {
     /// What the request holds until its response has been sent or the client has gone away
     /// (limit-conn's place); dropping it gives it back.
     pub held: Vec<Box<dyn Any + Send + Sync>>,
+    /// Where proxy-mirror sends a copy of this request.
+    pub mirror: Option<Mirror>,
 }
 
 impl Ctx {
@@ -361,6 +365,12 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "traffic-split",
         build: traffic_split::build,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "proxy-mirror",
+        build: proxy_mirror::build,
         authentication: None,
         metadata: None,
     },

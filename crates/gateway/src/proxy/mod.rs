@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::plugins::{Ctx, Log, Plugin, Reply, ResponseHead, Shared};
+use crate::plugins::{Ctx, Log, Mirror, Plugin, Reply, ResponseHead, Shared};
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
@@ -289,6 +289,7 @@ impl DataPlane {
             shared: self.runtime.shared.clone(),
             response_headers: HeaderMap::new(),
             held: Vec::new(),
+            mirror: None,
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
@@ -334,8 +335,13 @@ impl DataPlane {
             ),
             (None, Some(upstream)) => {
                 let websocket = client_upgrade.filter(|_| route.enable_websocket);
+                let replayable = hyper::body::Body::is_end_stream(&body);
+                let mut body = self.limited(body);
+                if let Some(mirror) = ctx.mirror.take() {
+                    body = self.mirror(mirror, &ctx, body, replayable);
+                }
                 match self
-                    .forward(route, upstream, &ctx, body, websocket.is_some())
+                    .forward(route, upstream, &ctx, body, replayable, websocket.is_some())
                     .await
                 {
                     Ok((mut response, node, took)) => {
@@ -416,16 +422,16 @@ impl DataPlane {
         route: &Route,
         upstream: &Arc<Upstream>,
         ctx: &Ctx,
-        body: Incoming,
+        body: Body,
+        replayable: bool,
         upgrade: bool,
     ) -> Result<(Response<Body>, usize, Duration), StatusCode> {
-        let replayable = hyper::body::Body::is_end_stream(&body);
         let timeouts = route
             .timeout
             .map(|t| Timeouts::from_config(Some(&t)))
             .unwrap_or(upstream.timeouts);
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
-        let mut body = Some(self.limited(body));
+        let mut body = Some(body);
         let mut tried = Vec::new();
         loop {
             let Some(node) = upstream.pick(&tried, &ctx.vars()) else {
@@ -492,6 +498,45 @@ impl DataPlane {
             0 => body.map_err(BoxError::from).boxed(),
             max => http_body_util::Limited::new(body, max as usize).boxed(),
         }
+    }
+
+    /// Sends a copy of the request to `mirror` in the background (proxy-mirror), and returns
+    /// the body to send upstream, which feeds the copy as it is read. The copy gets what it
+    /// can: it is dropped when the mirror falls behind, and its answer is thrown away.
+    fn mirror(&self, mirror: Mirror, ctx: &Ctx, body: Body, bodiless: bool) -> Body {
+        let Some(node) = mirror.upstream.pick(&[], &ctx.vars()) else {
+            return body;
+        };
+        let (copy, body) = if bodiless { (empty(), body) } else { tee(body) };
+        let Ok((key, mut request)) = upstream_request(ctx, &mirror.upstream, node, copy, false)
+        else {
+            return body;
+        };
+        let Ok(uri) = Uri::try_from(mirror.path_and_query) else {
+            return body;
+        };
+        *request.uri_mut() = uri;
+        let pool = self.pool.clone();
+        let upstream = mirror.upstream;
+        let timeouts = upstream.timeouts;
+        tokio::spawn(async move {
+            let budget = timeouts.connect + timeouts.send + timeouts.read;
+            let sent = pool.send(&key, &upstream.keepalive, timeouts.connect, request);
+            let answered = tokio::time::timeout(budget, async {
+                // Read to the end, so the connection goes back to the pool.
+                let response = sent.await.map_err(|e| e.to_string())?;
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            if let Err(error) = answered.unwrap_or_else(|_| Err("timed out".into())) {
+                tracing::debug!(mirror = %upstream.targets[node].authority, error, "proxy-mirror: the copy failed");
+            }
+        });
+        body
     }
 }
 
@@ -708,6 +753,28 @@ fn strip_port(host: &str) -> &str {
             .map_or(host, |(h, _)| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// `body` and a copy of it: the copy gets each chunk as `body` is read, and ends early
+/// (failing a declared length) when it falls more than a few chunks behind.
+fn tee(body: Body) -> (Body, Body) {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let mut sender = Some(sender);
+    let body = body
+        .map_frame(move |frame| {
+            if let (Some(data), Some(to)) = (frame.data_ref(), &sender)
+                && to.try_send(data.clone()).is_err()
+            {
+                sender = None;
+            }
+            frame
+        })
+        .boxed();
+    let chunks = futures::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((Ok::<_, BoxError>(hyper::body::Frame::data(chunk)), receiver))
+    });
+    (http_body_util::StreamBody::new(chunks).boxed(), body)
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {

@@ -12,6 +12,7 @@ mod limits;
 mod plugins;
 mod prometheus;
 mod proxy;
+mod proxy_mirror;
 mod stores;
 mod tls;
 mod traffic_split;
