@@ -13,6 +13,7 @@ pub fn axle(dir: &Path) -> Command {
         "AXLE__SERVICES__GATEWAY__LISTEN",
         "AXLE__SERVICES__GATEWAY__TLS_LISTEN",
         "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+        "AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN",
     ] {
         cmd.env(key, format!("127.0.0.1:{}", free_port()));
     }

@@ -1,0 +1,86 @@
+//! The gateway of two `axle serve` processes sharing one Redis.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// One `axle serve` with its gateway's Admin API on a port of the test's choosing.
+async fn serve_gateway(dir: &std::path::Path) -> (Server, u16) {
+    let admin = free_port();
+    let server = Server::serve(
+        dir,
+        free_port(),
+        &[
+            (
+                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin}"),
+            ),
+            ("AXLE__SERVICES__GATEWAY__ADMIN_KEY", ADMIN_KEY.into()),
+        ],
+    )
+    .await;
+    (server, admin)
+}
+
+const ADMIN_KEY: &str = "two-processes-admin-key";
+
+#[tokio::test]
+async fn limit_count_in_redis_holds_across_two_axle_processes() {
+    let Ok(redis_url) = std::env::var("AXLE_TEST_REDIS_URL") else {
+        eprintln!("AXLE_TEST_REDIS_URL is not set: skipped");
+        return;
+    };
+    let (host, port) = redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(upstream, app).await.unwrap() });
+
+    let (dir_one, dir_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, admin_one) = serve_gateway(dir_one.path()).await;
+    let (two, admin_two) = serve_gateway(dir_two.path()).await;
+    // A key of this run's own, so earlier runs' counters do not count.
+    let key = format!("two-processes-{}", std::process::id());
+    let route = json!({"uri": "/limited", "upstream": {"nodes": {upstream_addr.to_string(): 1}},
+        "plugins": {"limit-count": {"count": 5, "time_window": 60, "key_type": "constant",
+            "key": key, "policy": "redis", "redis_host": host, "redis_port": port.parse::<u16>().unwrap()}}});
+    let client = reqwest::Client::new();
+    for admin in [admin_one, admin_two] {
+        let r = client
+            .put(format!(
+                "http://127.0.0.1:{admin}/apisix/admin/routes/limited"
+            ))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&route)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let through = |server: &Server| {
+        let url = format!("http://127.0.0.1:{}/limited", server.gateway_port);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    // The routes reach the data planes (each process compiles its own store's change).
+    for server in [&one, &two] {
+        for _ in 0..100 {
+            if through(server).await != 404 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // Two requests went through while waiting; alternating, three more pass in all.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(through(if i % 2 == 0 { &one } else { &two }).await);
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(passed, 3, "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 503), "{statuses:?}");
+}
