@@ -93,6 +93,7 @@ pub fn router(state: AdminState) -> Router {
             get(get_one).put(put).patch(patch).delete(delete),
         )
         .route("/apisix/admin/plugins/list", get(plugins_list))
+        .route("/apisix/admin/schema/plugins/{name}", get(plugin_schema))
         .route("/apisix/admin/{kind}/{id}/{*path}", any(nested))
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
@@ -104,6 +105,36 @@ pub fn router(state: AdminState) -> Router {
 /// `GET /apisix/admin/plugins/list`: the names of the plugins this gateway runs.
 async fn plugins_list() -> axum::Json<Vec<&'static str>> {
     axum::Json(crate::plugins::names())
+}
+
+#[derive(Debug, Deserialize)]
+struct SchemaQuery {
+    schema_type: Option<String>,
+}
+
+/// `GET /apisix/admin/schema/plugins/{name}[?schema_type=consumer]`: the JSON Schema of a
+/// plugin's configuration on a route (or, for authentication plugins, on a consumer).
+async fn plugin_schema(
+    Path(name): Path<String>,
+    Query(q): Query<SchemaQuery>,
+) -> Result<axum::Json<Value>> {
+    use crate::plugins::SchemaType;
+    let side = match q.schema_type.as_deref() {
+        None | Some("route") => SchemaType::Route,
+        Some("consumer") => SchemaType::Consumer,
+        Some(other) => {
+            return Err(AdminError::Bad(format!(
+                "schema_type: {other:?} is not one of route, consumer"
+            )));
+        }
+    };
+    match crate::plugins::schema(&name, side) {
+        Some(schema) => Ok(axum::Json(schema)),
+        None if crate::plugins::names().contains(&name.as_str()) => Err(AdminError::Bad(format!(
+            "plugin {name} has no configuration on a consumer"
+        ))),
+        None => Err(AdminError::Bad(format!("not found plugin {name}"))),
+    }
 }
 
 /// `allow_admin`, then the key from `X-API-KEY` (or the `api_key` query parameter).

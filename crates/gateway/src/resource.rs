@@ -224,6 +224,21 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
+impl schemars::JsonSchema for Id {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Id".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[a-zA-Z0-9-_.]+$"},
+                {"type": "integer", "minimum": 1}
+            ]
+        })
+    }
+}
+
 pub type Labels = BTreeMap<String, String>;
 /// Plugin name → its configuration, checked against the plugin's own schema.
 pub type Plugins = BTreeMap<String, Value>;

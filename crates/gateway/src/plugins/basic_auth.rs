@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use base64::Engine;
 use http::{HeaderValue, StatusCode, header};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Reply};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default)]
     hide_credentials: bool,
     anonymous_consumer: Option<String>,
@@ -26,9 +27,9 @@ struct BasicAuth {
     challenge: HeaderValue,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct OnConsumer {
+pub(crate) struct OnConsumer {
     username: String,
     password: String,
 }

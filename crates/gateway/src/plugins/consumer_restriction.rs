@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Reply};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum On {
     ConsumerName,
@@ -30,9 +31,9 @@ impl On {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default = "default_on", rename = "type")]
     on: On,
     whitelist: Option<Vec<String>>,
@@ -43,7 +44,7 @@ struct Config {
     allowed_by_methods: Option<Vec<MethodsFor>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MethodsFor {
     user: String,

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Reply};
 use crate::resource::parse_cidr;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     whitelist: Option<Vec<String>>,
     blacklist: Option<Vec<String>>,
     message: Option<String>,

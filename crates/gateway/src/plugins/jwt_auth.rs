@@ -20,14 +20,15 @@ use base64::Engine;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Prepared, Reply};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default = "default_header")]
     header: String,
     #[serde(default = "default_jwt")]
@@ -62,7 +63,7 @@ fn default_claims() -> Vec<Claim> {
     vec![Claim::Exp, Claim::Nbf]
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Claim {
     Exp,
@@ -82,9 +83,9 @@ struct JwtAuth {
 }
 
 /// The consumer side, as APISIX has it, plus the JWKS fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct OnConsumer {
+pub(crate) struct OnConsumer {
     key: String,
     secret: Option<String>,
     public_key: Option<String>,
@@ -107,7 +108,7 @@ struct OnConsumer {
     audience: Option<OneOrMany>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),

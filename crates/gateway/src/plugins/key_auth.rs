@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use http::{HeaderName, StatusCode};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Reply};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default = "default_name")]
     header: String,
     #[serde(default = "default_name")]
@@ -35,9 +36,9 @@ struct KeyAuth {
     anonymous_consumer: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct OnConsumer {
+pub(crate) struct OnConsumer {
     key: String,
 }
 

@@ -258,6 +258,8 @@ pub type Prepared = Option<Arc<dyn Any + Send + Sync>>;
 struct Registered {
     name: &'static str,
     build: Factory,
+    /// The JSON Schema of the plugin's configuration on a route, service or consumer.
+    schema: fn() -> schemars::Schema,
     /// For authentication plugins, the consumer side of their configuration.
     authentication: Option<Authentication>,
     /// Checks the plugin's `plugin_metadata` (settings shared by every instance of it); none
@@ -270,6 +272,8 @@ struct Registered {
 /// `username`).
 struct Authentication {
     prepare: fn(&Value) -> Result<Prepared, String>,
+    /// The JSON Schema of the consumer side.
+    schema: fn() -> schemars::Schema,
     identity: &'static str,
 }
 
@@ -278,38 +282,45 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "api-breaker",
         build: api_breaker::build,
+        schema: schema_of::<api_breaker::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "request-id",
         build: request_id::build,
+        schema: schema_of::<request_id::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "fault-injection",
         build: fault_injection::build,
+        schema: schema_of::<fault_injection::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "cors",
         build: cors::build,
+        schema: schema_of::<cors::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "ip-restriction",
         build: ip_restriction::build,
+        schema: schema_of::<ip_restriction::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "basic-auth",
         build: basic_auth::build,
+        schema: schema_of::<basic_auth::Config>,
         authentication: Some(Authentication {
             prepare: basic_auth::check_consumer,
+            schema: schema_of::<basic_auth::OnConsumer>,
             identity: "username",
         }),
         metadata: None,
@@ -317,8 +328,10 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "jwt-auth",
         build: jwt_auth::build,
+        schema: schema_of::<jwt_auth::Config>,
         authentication: Some(Authentication {
             prepare: jwt_auth::prepare,
+            schema: schema_of::<jwt_auth::OnConsumer>,
             identity: "key",
         }),
         metadata: None,
@@ -326,8 +339,10 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "key-auth",
         build: key_auth::build,
+        schema: schema_of::<key_auth::Config>,
         authentication: Some(Authentication {
             prepare: key_auth::check_consumer,
+            schema: schema_of::<key_auth::OnConsumer>,
             identity: "key",
         }),
         metadata: None,
@@ -335,54 +350,63 @@ const REGISTRY: &[Registered] = &[
     Registered {
         name: "consumer-restriction",
         build: consumer_restriction::build,
+        schema: schema_of::<consumer_restriction::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "limit-conn",
         build: limit::conn::build,
+        schema: schema_of::<limit::conn::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "limit-count",
         build: limit::count::build,
+        schema: schema_of::<limit::count::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "limit-req",
         build: limit::req::build,
+        schema: schema_of::<limit::req::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "prometheus",
         build: prometheus::build,
+        schema: schema_of::<prometheus::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "traffic-split",
         build: traffic_split::build,
+        schema: schema_of::<traffic_split::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "proxy-mirror",
         build: proxy_mirror::build,
+        schema: schema_of::<proxy_mirror::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "proxy-rewrite",
         build: proxy_rewrite::build,
+        schema: schema_of::<proxy_rewrite::Config>,
         authentication: None,
         metadata: None,
     },
     Registered {
         name: "response-rewrite",
         build: response_rewrite::build,
+        schema: schema_of::<response_rewrite::Config>,
         authentication: None,
         metadata: None,
     },
@@ -393,6 +417,34 @@ pub fn names() -> Vec<&'static str> {
     let mut names: Vec<_> = REGISTRY.iter().map(|r| r.name).collect();
     names.sort_unstable();
     names
+}
+
+/// Which side of a plugin's configuration a schema describes (APISIX's `schema_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    /// On a route, service, plugin config or global rule.
+    Route,
+    /// On a consumer or credential (authentication plugins).
+    Consumer,
+}
+
+/// The JSON Schema of the plugin `name`'s configuration; none for an unknown plugin, or for
+/// the consumer side of a plugin that has none.
+pub fn schema(name: &str, side: SchemaType) -> Option<Value> {
+    let plugin = registered(name).ok()?;
+    let schema = match side {
+        SchemaType::Route => (plugin.schema)(),
+        SchemaType::Consumer => (plugin.authentication.as_ref()?.schema)(),
+    };
+    serde_json::to_value(schema).ok()
+}
+
+/// `T`'s schema, whole: nested types inline, as APISIX's schemas are.
+fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
 }
 
 fn registered(name: &str) -> Result<&'static Registered, Invalid> {

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -15,9 +16,9 @@ use super::{Ctx, Flow, Plugin};
 use crate::resource;
 use crate::runtime::upstream::Upstream;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     host: String,
     path: Option<String>,
     #[serde(default)]
@@ -26,7 +27,7 @@ struct Config {
     sample_ratio: f64,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum ConcatMode {
     #[default]

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use http::Method;
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, HeaderEdits, Plugin, Template};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     uri: Option<String>,
     method: Option<String>,
     regex_uri: Option<Vec<String>>,

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use rand::Rng;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, ResponseHead};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default = "default_header")]
     header_name: String,
     #[serde(default = "yes")]
@@ -24,7 +25,7 @@ struct Config {
     range_id: Option<RangeId>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Algorithm {
     #[default]
@@ -33,7 +34,7 @@ enum Algorithm {
     RangeId,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RangeId {
     #[serde(default = "default_char_set")]

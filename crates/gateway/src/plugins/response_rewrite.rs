@@ -6,15 +6,16 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use http::StatusCode;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, HeaderEdits, Plugin, ResponseHead};
 use crate::vars::Vars;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     status_code: Option<u16>,
     body: Option<String>,
     #[serde(default)]

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -18,14 +19,14 @@ use crate::resource;
 use crate::runtime::upstream::{Upstream, smooth_weighted};
 use crate::vars::Vars;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     #[serde(default)]
     rules: Vec<RuleConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleConfig {
     #[serde(default, rename = "match")]
@@ -33,13 +34,13 @@ struct RuleConfig {
     weighted_upstreams: Vec<WeightedConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MatchConfig {
     vars: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WeightedConfig {
     upstream_id: Option<resource::Id>,

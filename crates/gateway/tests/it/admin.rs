@@ -421,7 +421,7 @@ async fn credentials_and_plugin_metadata_have_their_own_paths(backends: Backends
 }
 
 #[tokio::test]
-async fn the_plugin_list_names_every_plugin_and_needs_the_key() {
+async fn the_plugin_list_and_schemas_name_every_plugin_and_need_the_key() {
     let gw = spawn_gateway(Backends::embedded()).await;
     let (status, list) = gw
         .admin(Method::GET, "/apisix/admin/plugins/list", None)
@@ -443,6 +443,56 @@ async fn the_plugin_list_names_every_plugin_and_needs_the_key() {
         assert!(names.contains(&plugin), "{names:?}");
     }
     let anonymous = reqwest::get(gw.admin.url("/apisix/admin/plugins/list"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    // Every plugin has a JSON Schema of its configuration.
+    for name in &names {
+        let (status, schema) = gw
+            .admin(
+                Method::GET,
+                &format!("/apisix/admin/schema/plugins/{name}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {schema}");
+        assert_eq!(schema["type"], "object", "{name}: {schema}");
+        assert!(schema["properties"].is_object(), "{name}: {schema}");
+    }
+    let (_, limit) = gw
+        .admin(
+            Method::GET,
+            "/apisix/admin/schema/plugins/limit-count",
+            None,
+        )
+        .await;
+    assert_eq!(limit["required"], json!(["count", "time_window"]));
+    assert_eq!(limit["additionalProperties"], json!(false));
+    assert_eq!(
+        limit["properties"]["policy"]["enum"],
+        json!(["local", "redis", "redis-cluster"])
+    );
+    // Authentication plugins also describe their consumer side.
+    let (status, consumer) = gw
+        .admin(
+            Method::GET,
+            "/apisix/admin/schema/plugins/key-auth?schema_type=consumer",
+            None,
+        )
+        .await;
+    assert_eq!((status, &consumer["required"]), (200, &json!(["key"])));
+    for (path, message) in [
+        ("/apisix/admin/schema/plugins/nope", "not found plugin nope"),
+        (
+            "/apisix/admin/schema/plugins/cors?schema_type=consumer",
+            "plugin cors has no configuration on a consumer",
+        ),
+    ] {
+        let (status, body) = gw.admin(Method::GET, path, None).await;
+        assert_eq!((status, body), (400, json!({"error_msg": message})));
+    }
+    let anonymous = reqwest::get(gw.admin.url("/apisix/admin/schema/plugins/cors"))
         .await
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);

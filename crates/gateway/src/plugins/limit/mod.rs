@@ -8,12 +8,13 @@ pub mod count;
 pub mod req;
 
 use http::StatusCode;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Ctx, Reply, Template};
 use crate::vars::Var;
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum KeyType {
     #[default]
