@@ -17,6 +17,7 @@ mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
 mod limit;
+mod opentelemetry;
 mod prometheus;
 mod proxy_mirror;
 mod proxy_rewrite;
@@ -52,12 +53,15 @@ pub struct Shared {
     pub connections: limit::conn::Connections,
     /// `api-breaker`'s circuit breakers.
     pub breakers: api_breaker::Breakers,
+    /// `opentelemetry`'s span exporter.
+    pub tracers: opentelemetry::Tracers,
     /// `jwt-auth`'s fetched JWKS key sets.
     pub key_sets: jwt_auth::KeySets,
     /// The gateway's Prometheus metrics, `prometheus`'s among them.
     pub metrics: Metrics,
 }
 
+pub use opentelemetry::Trace;
 pub use prometheus::Metrics;
 pub use proxy_mirror::Mirror;
 
@@ -84,6 +88,8 @@ pub struct Log {
     /// The request's size (request line, headers, body as declared) and the response's.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// The request's span, when opentelemetry traces it.
+    pub trace: Option<Trace>,
 }
 
 /// One request's state as it moves through the phases.
@@ -121,6 +127,8 @@ pub struct Ctx {
     pub held: Vec<Box<dyn Any + Send + Sync>>,
     /// Where proxy-mirror sends a copy of this request.
     pub mirror: Option<Mirror>,
+    /// The request's span, when opentelemetry traces it.
+    pub trace: Option<Trace>,
 }
 
 impl Ctx {
@@ -374,6 +382,13 @@ const REGISTRY: &[Registered] = &[
         schema: schema_of::<limit::req::Config>,
         authentication: None,
         metadata: None,
+    },
+    Registered {
+        name: "opentelemetry",
+        build: opentelemetry::build,
+        schema: schema_of::<opentelemetry::Config>,
+        authentication: None,
+        metadata: Some(opentelemetry::check_metadata),
     },
     Registered {
         name: "prometheus",

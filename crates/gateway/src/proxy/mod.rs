@@ -290,6 +290,7 @@ impl DataPlane {
             response_headers: HeaderMap::new(),
             held: Vec::new(),
             mirror: None,
+            trace: None,
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
@@ -404,6 +405,7 @@ impl DataPlane {
             request_time: Duration::ZERO,
             request_bytes: request_size(&ctx),
             response_bytes: head_size(&parts),
+            trace: ctx.trace.take(),
         };
         let finish = Finish {
             log,

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub consumers: Arc<Consumers>,
     /// The `upstreams` resources by id, for plugins that choose one (traffic-split).
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// `plugin_metadata` by plugin name: settings shared by every instance of a plugin.
+    pub metadata: HashMap<String, Value>,
 }
 
 /// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
@@ -136,6 +138,19 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         of(Kind::Credentials),
         &skip,
     );
+    // Stored metadata carries its id and times beside the plugin's settings.
+    let metadata = of(Kind::PluginMetadata)
+        .iter()
+        .map(|(name, value)| {
+            let mut settings = (*value).clone();
+            if let Some(fields) = settings.as_object_mut() {
+                for field in ["id", "create_time", "update_time"] {
+                    fields.remove(field);
+                }
+            }
+            (name.to_string(), settings)
+        })
+        .collect();
     Snapshot {
         revision,
         router: Router::new(routes),
@@ -146,6 +161,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
             .into_iter()
             .map(|(id, u)| (id.to_string(), u))
             .collect(),
+        metadata,
     }
 }
 

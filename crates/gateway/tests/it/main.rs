@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod jwt_auth;
 mod limits;
+mod opentelemetry;
 mod plugins;
 mod prometheus;
 mod proxy;
