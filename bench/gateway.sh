@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Gateway benchmark: the same upstream reached directly, through nginx (proxy_pass, 1 worker)
-# and through Axle's gateway (1 data-plane thread), driven by the same wrk on loopback.
+# and through Axle's gateway (1 data-plane thread) — as a plain proxy, and with key-auth +
+# limit-count + prometheus on the route — driven by the same wrk on loopback.
 # Usage: [AXLE_BIN=...] bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
 # nginx and Axle are measured in alternating rounds and each reported by its median round, so
 # a slow spell of a shared machine does not land on one of them only.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNECTIONS="${2:-50}"
 ROUNDS="${3:-3}"
-UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183
+UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183 METRICS_PORT=18191
 
 for tool in nginx wrk; do
   if ! command -v "$tool" >/dev/null; then
@@ -71,20 +72,28 @@ AXLE__LOG__LEVEL=warn \
 AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT" \
 AXLE__SERVICES__GATEWAY__TLS_LISTEN="127.0.0.1:$AXLE_TLS_PORT" \
 AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
+AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$METRICS_PORT" \
   $PROXY_CPU "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
 
 wait_for() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes" 2>/dev/null && break; sleep 0.1; done
-curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/bench" \
-  -d "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"
+admin_put() { curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -d "$2"; }
+admin_put routes/bench "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"
+# The API-market route: a consumer's key, a rate limit that is counted but never reached, and
+# Prometheus metrics.
+admin_put consumers '{"username": "bench", "plugins": {"key-auth": {"key": "bench-consumer-key"}}}'
+admin_put routes/plugins "{\"uri\": \"/plugins/*\", \"upstream\": {\"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}},
+  \"plugins\": {\"key-auth\": {}, \"prometheus\": {},
+    \"limit-count\": {\"count\": 1000000000, \"time_window\": 60, \"key_type\": \"var\", \"key\": \"consumer_name\"}}}"
 wait_for "http://127.0.0.1:$AXLE_PORT/"
+for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
 
-# Prints "requests/s p99_ms" for one wrk run.
+# Prints "requests/s p99_ms" for one wrk run of URL $1 (more wrk arguments may follow).
 measure() {
-  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d2s "$1" >/dev/null # warm-up
-  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" | awk '
+  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d2s "${@:2}" "$1" >/dev/null # warm-up
+  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:2}" "$1" | awk '
     /Requests\/sec/ { rps = $2 }
     /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }; p99 = v }
     END { printf "%.0f %.2f\n", rps, p99 }'
@@ -94,17 +103,25 @@ measure() {
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
 read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
-nginx_runs="" axle_runs=""
+nginx_runs="" axle_runs="" plugins_runs=""
 for _ in $(seq 1 "$ROUNDS"); do
   nginx_runs+="$(measure "http://127.0.0.1:$NGINX_PORT/")"$'\n'
   axle_runs+="$(measure "http://127.0.0.1:$AXLE_PORT/")"$'\n'
+  plugins_runs+="$(measure "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"$'\n'
 done
 read -r nginx_rps nginx_p99 < <(printf '%s' "$nginx_runs" | median)
 read -r axle_rps axle_p99 < <(printf '%s' "$axle_runs" | median)
-echo "rounds (req/s p99): nginx [$(printf '%s' "$nginx_runs" | tr '\n' ';')] axle [$(printf '%s' "$axle_runs" | tr '\n' ';')]"
+read -r plugins_rps plugins_p99 < <(printf '%s' "$plugins_runs" | median)
+echo "rounds (req/s p99): nginx [$(printf '%s' "$nginx_runs" | tr '\n' ';')] axle [$(printf '%s' "$axle_runs" | tr '\n' ';')] plugins [$(printf '%s' "$plugins_runs" | tr '\n' ';')]"
+# Every plugin request was counted and authenticated: the exporter must say so.
+curl -fsS "http://127.0.0.1:$METRICS_PORT/apisix/prometheus/metrics" | grep '^apisix_http_status{' \
+  | grep 'route="plugins"' | grep -q 'consumer="bench"' \
+  || { echo "the plugin route's requests are missing from the metrics" >&2; exit 1; }
 
 echo "gateway benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds, $(nproc) cores, proxy pinned: ${PROXY_CPU:-no}"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "direct to the upstream" "$direct_rps" "$direct_p99"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "nginx proxy_pass (1 worker)" "$nginx_rps" "$nginx_p99"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "axle gateway (1 worker thread)" "$axle_rps" "$axle_p99"
+printf "  %-34s %10s req/s   p99 %7s ms\n" "axle + key-auth, limit-count, prom." "$plugins_rps" "$plugins_p99"
 awk -v a="$axle_rps" -v n="$nginx_rps" 'BEGIN { printf "  ratio axle / nginx                 %10.2f\n", a / n }'
+awk -v a="$plugins_rps" -v n="$nginx_rps" 'BEGIN { printf "  ratio axle with plugins / nginx    %10.2f\n", a / n }'

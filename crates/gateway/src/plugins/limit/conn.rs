@@ -97,13 +97,7 @@ impl Plugin for LimitConn {
             delay,
             unit_delay: self.adaptive.then(|| self.unit_delay.clone()),
         }));
-        if delay < Duration::from_millis(1) {
-            return Flow::Next;
-        }
-        Flow::Wait(Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            None
-        }))
+        super::after(delay)
     }
 }
 

@@ -11,7 +11,7 @@ use http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Ctx, Reply, Template};
+use super::{Ctx, Flow, Reply, Template};
 use crate::vars::Var;
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
@@ -81,6 +81,17 @@ impl Rejection {
             },
         }
     }
+}
+
+/// Goes on after `delay` (at once when it is under a millisecond, as nginx's limits do).
+pub(super) fn after(delay: std::time::Duration) -> Flow<'static> {
+    if delay < std::time::Duration::from_millis(1) {
+        return Flow::Next;
+    }
+    Flow::Wait(Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        None
+    }))
 }
 
 /// APISIX's default `rejected_code`.

@@ -76,13 +76,10 @@ impl Plugin for LimitReq {
         };
         // Queued behind `excess` requests, each taking 1/rate seconds to drain.
         let delay = Duration::from_secs_f64(excess / self.rate);
-        if self.nodelay || delay < Duration::from_millis(1) {
+        if self.nodelay {
             return Flow::Next;
         }
-        Flow::Wait(Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            None
-        }))
+        super::after(delay)
     }
 }
 
