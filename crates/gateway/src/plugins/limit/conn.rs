@@ -79,7 +79,7 @@ impl Plugin for LimitConn {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let key = format!("{}:{}", ctx.route_id, self.key.read(ctx));
+        let key = self.key.counter(ctx, None);
         let Some(in_flight) = ctx.shared.connections.enter(&key, self.conn + self.burst) else {
             return Flow::Reply(self.rejected.reply());
         };

@@ -173,18 +173,6 @@ struct Count {
     reset_ms: u64,
 }
 
-impl LimitCount {
-    /// The counter this request counts against: the group or the route, and the key's value
-    /// (the client address when the variable is empty).
-    fn counter(&self, ctx: &Ctx) -> String {
-        let value = self.key.read(ctx);
-        match &self.group {
-            Some(group) => format!("group:{group}:{value}"),
-            None => format!("route:{}:{value}", ctx.route_id),
-        }
-    }
-}
-
 impl Quota {
     /// The reply or the quota headers for `count`.
     #[allow(clippy::result_large_err)] // a refusal is the plugin's reply, built once
@@ -221,7 +209,7 @@ impl Plugin for LimitCount {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let counter = self.counter(ctx);
+        let counter = self.key.counter(ctx, self.group.as_deref());
         let Some(redis) = &self.redis else {
             let count = ctx
                 .shared

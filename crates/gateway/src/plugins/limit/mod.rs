@@ -41,7 +41,7 @@ impl Key {
     }
 
     /// The key's value for this request: the client address when the variable is empty.
-    pub(super) fn read(&self, ctx: &Ctx) -> String {
+    fn read(&self, ctx: &Ctx) -> String {
         let vars = ctx.vars();
         let value = match self {
             Key::Var(var) => var.read(&vars).map(|v| v.into_owned()),
@@ -51,6 +51,16 @@ impl Key {
         value
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| ctx.remote_addr.to_string())
+    }
+
+    /// The counter this request counts against: its route's, or a `group` shared by routes,
+    /// for the key's value.
+    pub(super) fn counter(&self, ctx: &Ctx, group: Option<&str>) -> String {
+        let value = self.read(ctx);
+        match group {
+            Some(group) => format!("group:{group}:{value}"),
+            None => format!("route:{}:{value}", ctx.route_id),
+        }
     }
 }
 

@@ -70,7 +70,7 @@ impl Plugin for LimitReq {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let key = format!("{}:{}", ctx.route_id, self.key.read(ctx));
+        let key = self.key.counter(ctx, None);
         let Some(excess) = ctx.shared.buckets.pour(key, self.rate, self.burst) else {
             return Flow::Reply(self.rejected.reply());
         };
