@@ -255,7 +255,12 @@ impl DataPlane {
             && self.limits.max_body_bytes > 0
             && length > self.limits.max_body_bytes
         {
-            return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+            // The body stays unread, so the connection cannot carry another request.
+            let mut response = error_page(StatusCode::PAYLOAD_TOO_LARGE);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
         let host = parts
             .headers
