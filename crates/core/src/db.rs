@@ -113,7 +113,8 @@ impl Db {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(config.connect_timeout_secs));
+            .acquire_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .test_before_acquire(false);
         match target {
             DbTarget::SqliteFile(path) => {
                 let url = format!("sqlite://{}?mode=rwc", path.display());

@@ -60,6 +60,41 @@ impl Backends {
     pub fn embedded() -> Self {
         Self::default()
     }
+
+    /// PostgreSQL and RabbitMQ, when both test servers are configured.
+    pub fn scaled_out() -> Option<Self> {
+        Some(Self {
+            postgres: Some(postgres_url()?),
+            amqp: Some(amqp_url()?),
+            redis: None,
+        })
+    }
+}
+
+/// Runs an async test body, `async fn body(backends: Backends)`, once on the embedded backends
+/// and once on PostgreSQL + RabbitMQ when those are configured: `on_every_backend!(body)` (or
+/// `on_every_backend!(module, body)`) defines the tests `sqlite_embedded` and
+/// `postgres_rabbitmq` in a module named after it.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($body:ident) => {
+        $crate::on_every_backend!($body, $body);
+    };
+    ($module:ident, $body:ident) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_embedded() {
+                super::$body($crate::testing::Backends::embedded()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_rabbitmq() {
+                let Some(backends) = $crate::testing::Backends::scaled_out() else {
+                    return;
+                };
+                super::$body(backends).await;
+            }
+        }
+    };
 }
 
 /// A platform on fresh, isolated storage. Dropping it removes its PostgreSQL schemas and

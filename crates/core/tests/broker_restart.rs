@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axle_core::events::{CloudEvent, EventBus, Outbox, Subscription};
-use axle_core::testing::{TestPlatform, eventually};
+use axle_core::testing::{Backends, TestPlatform, eventually};
 use helpers::*;
 use prometheus::Registry;
 
@@ -21,7 +21,9 @@ const EVENTS: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_mid_stream() {
-    let Some(backends) = scaled_out() else { return };
+    let Some(backends) = Backends::scaled_out() else {
+        return;
+    };
     let tp = TestPlatform::start(backends).await;
     let bus = tp.platform.bus.clone();
     let shutdown = tp.platform.shutdown.clone();

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, CloudEvent, EventHandler, Subscription, retry_backoff, topic_matches};
+use super::{BusError, CloudEvent, Handler, Subscription, retry_backoff, topic_matches};
 use crate::time::{now_text, text_after};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/bus");
@@ -65,10 +65,13 @@ impl EmbeddedBus {
     }
 
     pub async fn publish(&self, events: &[CloudEvent]) -> Result<(), BusError> {
-        let mut tx = self.inner.pool.begin().await?;
+        // Read before the transaction: one that reads and then writes fails with "database is
+        // locked" (SQLITE_BUSY_SNAPSHOT) when another connection commits in between, where one
+        // that starts with its write waits its turn.
         let bindings: Vec<(String, String)> = sqlx::query_as("SELECT queue, pattern FROM bindings")
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.inner.pool)
             .await?;
+        let mut tx = self.inner.pool.begin().await?;
         let mut touched: Vec<&str> = Vec::new();
         let now = now_text();
         for event in events {
@@ -101,10 +104,10 @@ impl EmbeddedBus {
         Ok(())
     }
 
-    pub async fn subscribe(
+    pub(super) async fn subscribe(
         &self,
         subscription: Subscription,
-        handler: Arc<dyn EventHandler>,
+        handler: Handler,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, BusError> {
         for pattern in &subscription.patterns {
@@ -120,15 +123,10 @@ impl EmbeddedBus {
         }))
     }
 
-    async fn consume(
-        self,
-        queue: String,
-        handler: Arc<dyn EventHandler>,
-        shutdown: CancellationToken,
-    ) {
+    async fn consume(self, queue: String, handler: Handler, shutdown: CancellationToken) {
         let waker = self.waker(&queue);
         while !shutdown.is_cancelled() {
-            match self.deliver_next(&queue, handler.as_ref()).await {
+            match self.deliver_next(&queue, &handler).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(queue, error = %e, "embedded bus: delivery failed"),
@@ -142,11 +140,7 @@ impl EmbeddedBus {
     }
 
     /// Delivers the oldest visible message of `queue`; false when there was none.
-    async fn deliver_next(
-        &self,
-        queue: &str,
-        handler: &dyn EventHandler,
-    ) -> Result<bool, BusError> {
+    async fn deliver_next(&self, queue: &str, handler: &Handler) -> Result<bool, BusError> {
         let pool = &self.inner.pool;
         let row = sqlx::query(
             "SELECT id, payload, attempts FROM messages WHERE queue = ? AND visible_at <= ? \
@@ -162,10 +156,13 @@ impl EmbeddedBus {
         let attempts = row.get::<i64, _>("attempts") as u32 + 1;
 
         let (outcome, unreadable) = match CloudEvent::from_json(payload.as_bytes()) {
-            Ok(event) => (
-                handler.handle(event).await.map_err(|e| format!("{e:#}")),
-                false,
-            ),
+            Ok(event) => {
+                let outcome = handler.run(vec![event]).await.pop();
+                (
+                    outcome.unwrap_or(Ok(())).map_err(|e| format!("{e:#}")),
+                    false,
+                )
+            }
             // An unreadable message can never succeed: dead-letter it at once.
             Err(e) => (Err(e.to_string()), true),
         };

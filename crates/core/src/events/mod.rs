@@ -18,6 +18,7 @@ pub mod inbox;
 pub mod outbox;
 mod rabbitmq;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -94,18 +96,29 @@ impl CloudEvent {
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
         let event: CloudEvent =
             serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
-        if event.specversion != "1.0" {
+        event.checked()
+    }
+
+    /// Reads a batch in the JSON batch format (an array of events), checking each.
+    pub fn batch_from_json(bytes: &[u8]) -> Result<Vec<Self>, EventError> {
+        let events: Vec<CloudEvent> =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
+        events.into_iter().map(CloudEvent::checked).collect()
+    }
+
+    fn checked(self) -> Result<Self, EventError> {
+        if self.specversion != "1.0" {
             return Err(EventError::Malformed(format!(
                 "specversion {}",
-                event.specversion
+                self.specversion
             )));
         }
-        if event.id.is_empty() || event.source.is_empty() || event.ty.is_empty() {
+        if self.id.is_empty() || self.source.is_empty() || self.ty.is_empty() {
             return Err(EventError::Malformed(
                 "id, source and type must not be empty".into(),
             ));
         }
-        Ok(event)
+        Ok(self)
     }
 
     pub fn to_json(&self) -> String {
@@ -153,6 +166,81 @@ where
     }
 }
 
+/// What a consumer does with several events at once, in their delivery order and all or
+/// nothing — typically one database transaction for the lot, which is what makes a consumer
+/// fast. An error fails the whole batch; the bus then hands each of its events over alone, so
+/// one bad event is retried and dead-lettered by itself.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle_batch(&self, events: Vec<CloudEvent>) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(Vec<CloudEvent>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    fn handle_batch(&self, events: Vec<CloudEvent>) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self(events))
+    }
+}
+
+/// A subscription's handler, as the buses call it.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Each(Arc<dyn EventHandler>),
+    Batch(Arc<dyn BatchHandler>),
+}
+
+/// Events of different aggregates one handler works on at once.
+const CONCURRENT_AGGREGATES: usize = 64;
+
+impl Handler {
+    /// Handles `events` (in delivery order) and tells how each one ended.
+    ///
+    /// One at a time per aggregate (`subject`), in order: a per-event handler works on up to
+    /// [`CONCURRENT_AGGREGATES`] aggregates at once; a batch handler gets them all in one
+    /// call, and after a failure each one alone.
+    pub(crate) async fn run(&self, events: Vec<CloudEvent>) -> Vec<anyhow::Result<()>> {
+        match self {
+            Handler::Batch(handler) => {
+                if events.len() > 1 && handler.handle_batch(events.clone()).await.is_ok() {
+                    return events.iter().map(|_| Ok(())).collect();
+                }
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in events {
+                    outcomes.push(handler.handle_batch(vec![event]).await);
+                }
+                outcomes
+            }
+            Handler::Each(handler) => {
+                let mut lanes: Vec<Vec<(usize, CloudEvent)>> = Vec::new();
+                let mut lane_of: HashMap<String, usize> = HashMap::new();
+                for (i, event) in events.into_iter().enumerate() {
+                    let lane = *lane_of.entry(event.subject.clone()).or_insert_with(|| {
+                        lanes.push(Vec::new());
+                        lanes.len() - 1
+                    });
+                    lanes[lane].push((i, event));
+                }
+                let mut outcomes: Vec<(usize, anyhow::Result<()>)> = stream::iter(lanes)
+                    .map(|lane| async move {
+                        let mut done = Vec::with_capacity(lane.len());
+                        for (i, event) in lane {
+                            done.push((i, handler.handle(event).await));
+                        }
+                        done
+                    })
+                    .buffer_unordered(CONCURRENT_AGGREGATES)
+                    .flat_map(stream::iter)
+                    .collect()
+                    .await;
+                outcomes.sort_by_key(|(i, _)| *i);
+                outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("event bus storage: {0}")]
@@ -161,6 +249,8 @@ pub enum BusError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not answer within {0:?}")]
+    Unanswered(Duration),
     #[error("RabbitMQ closed the consumer")]
     ConsumerClosed,
     #[error("RabbitMQ did not confirm the publish of event {0}")]
@@ -203,14 +293,34 @@ impl EventBus {
     }
 
     /// Declares the subscription's queue and bindings (durable from now on) and consumes it in
-    /// a background task until `shutdown`. Deliveries are sequential, at least once.
+    /// a background task until `shutdown`, at least once, one event at a time per aggregate.
     pub async fn subscribe(
         &self,
         subscription: Subscription,
         handler: impl EventHandler,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, BusError> {
-        let handler: Arc<dyn EventHandler> = Arc::new(handler);
+        self.consume(subscription, Handler::Each(Arc::new(handler)), shutdown)
+            .await
+    }
+
+    /// As [`EventBus::subscribe`], handing the handler every event waiting at once.
+    pub async fn subscribe_batch(
+        &self,
+        subscription: Subscription,
+        handler: impl BatchHandler,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
+        self.consume(subscription, Handler::Batch(Arc::new(handler)), shutdown)
+            .await
+    }
+
+    async fn consume(
+        &self,
+        subscription: Subscription,
+        handler: Handler,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
         match self {
             EventBus::Embedded(bus) => bus.subscribe(subscription, handler, shutdown).await,
             EventBus::RabbitMq(bus) => bus.subscribe(subscription, handler, shutdown).await,

@@ -21,7 +21,7 @@ use super::{BusError, CloudEvent, EventBus, retry_backoff};
 use crate::db::{Db, Engine};
 
 /// Events moved to the bus per round trip.
-const BATCH: i64 = 256;
+const BATCH: i64 = 1024;
 /// How often an idle relay looks for events written by other processes.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long the relay keeps trying to flush at shutdown.

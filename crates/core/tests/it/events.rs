@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axle_core::events::{CloudEvent, EventBus, Outbox, Subscription};
+use axle_core::on_every_backend;
 use axle_core::testing::{Backends, TestPlatform, eventually};
 use prometheus::Registry;
 
@@ -127,33 +128,121 @@ async fn poison_goes_to_dead_letters_and_replays(backends: Backends) {
     cleanup(&bus, &queue).await;
 }
 
+/// A batch handler gets many events in one call and one transaction; an event that fails
+/// is retried and dead-lettered alone, and the others of its batch are applied.
+async fn batches_apply_together_and_fail_alone(backends: Backends) {
+    let tp = TestPlatform::start(backends).await;
+    let bus = tp.platform.bus.clone();
+    let consumer = consumer_db(&tp).await;
+    let queue = format!("{}.batch", tp.tag);
+    let largest = Arc::new(AtomicUsize::new(0));
+    let (db, largest_seen) = (consumer.clone(), largest.clone());
+    bus.subscribe_batch(
+        Subscription::new(&queue, &["axle.test.#"]),
+        move |events: Vec<CloudEvent>| {
+            let (db, largest_seen) = (db.clone(), largest_seen.clone());
+            async move {
+                largest_seen.fetch_max(events.len(), Ordering::SeqCst);
+                let mut tx = db.begin().await?;
+                for event in &events {
+                    if event.subject == "agg-13" {
+                        anyhow::bail!("agg-13 is poison");
+                    }
+                    apply_in(&mut tx, event).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        },
+        tp.platform.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let events: Vec<CloudEvent> = (0..100).map(event).collect();
+    bus.publish(&events).await.unwrap();
+    eventually(30, "all but the poison applied", || async {
+        (count(&consumer, "effects").await == 99).then_some(())
+    })
+    .await;
+    eventually(30, "the poison alone dead-lettered", || async {
+        (bus.dead_letter_count(&queue).await.unwrap() == 1).then_some(())
+    })
+    .await;
+    if matches!(bus, EventBus::RabbitMq(_)) {
+        // One message carried the hundred events, and the handler had them in one call.
+        assert_eq!(largest.load(Ordering::SeqCst), 100);
+    }
+    cleanup(&bus, &queue).await;
+}
+
+/// Events of several types, interleaved across aggregates, reach a consumer in each
+/// aggregate's order although the bus packs them by type.
+async fn each_aggregate_keeps_its_order(backends: Backends) {
+    let tp = TestPlatform::start(backends).await;
+    let bus = tp.platform.bus.clone();
+    let queue = format!("{}.order", tp.tag);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let log = seen.clone();
+    bus.subscribe(
+        Subscription::new(&queue, &["axle.test.#"]),
+        move |event: CloudEvent| {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push((event.subject.clone(), event.aggregateversion));
+                Ok(())
+            }
+        },
+        tp.platform.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let types = [
+        "axle.test.created.v1",
+        "axle.test.changed.v1",
+        "axle.test.closed.v1",
+    ];
+    let mut events = Vec::new();
+    for version in 1..=30_i64 {
+        for aggregate in 0..5 {
+            let ty = types[(version as usize * 7 + aggregate) % 3];
+            let e = CloudEvent::new("test", ty, format!("agg-{aggregate}"), version, &version);
+            events.push(e.unwrap());
+        }
+    }
+    bus.publish(&events).await.unwrap();
+    eventually(30, "every event delivered", || async {
+        (seen.lock().unwrap().len() == events.len()).then_some(())
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    for aggregate in 0..5 {
+        let subject = format!("agg-{aggregate}");
+        let versions: Vec<i64> = seen
+            .iter()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(versions, (1..=30).collect::<Vec<_>>(), "{subject} in order");
+    }
+    cleanup(&bus, &queue).await;
+}
+
+on_every_backend!(batches, batches_apply_together_and_fail_alone);
+
+on_every_backend!(order_per_aggregate, each_aggregate_keeps_its_order);
+
 async fn cleanup(bus: &EventBus, queue: &str) {
     if let EventBus::RabbitMq(rabbit) = bus {
         rabbit.delete_queue(queue).await.unwrap();
     }
 }
 
-#[tokio::test]
-async fn outbox_to_consumer_embedded() {
-    outbox_reaches_consumer_once(Backends::embedded()).await;
-}
+on_every_backend!(outbox_to_consumer, outbox_reaches_consumer_once);
 
-#[tokio::test]
-async fn outbox_to_consumer_postgres_rabbitmq() {
-    let Some(backends) = scaled_out() else { return };
-    outbox_reaches_consumer_once(backends).await;
-}
-
-#[tokio::test]
-async fn poison_embedded() {
-    poison_goes_to_dead_letters_and_replays(Backends::embedded()).await;
-}
-
-#[tokio::test]
-async fn poison_rabbitmq() {
-    let Some(backends) = scaled_out() else { return };
-    poison_goes_to_dead_letters_and_replays(backends).await;
-}
+on_every_backend!(poison, poison_goes_to_dead_letters_and_replays);
 
 #[tokio::test]
 async fn embedded_queues_survive_a_restart() {

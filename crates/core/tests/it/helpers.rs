@@ -2,7 +2,8 @@
 
 use axle_core::db::{Db, Migrations};
 use axle_core::events::{CloudEvent, Outbox, inbox};
-use axle_core::testing::{Backends, TestPlatform, amqp_url, postgres_url};
+use axle_core::testing::TestPlatform;
+use sqlx::AnyConnection;
 use sqlx::migrate::Migrator;
 
 /// Only core's own tables.
@@ -11,15 +12,6 @@ pub fn core_only() -> Migrations {
         sqlite: Migrator::DEFAULT,
         postgres: Migrator::DEFAULT,
     }
-}
-
-/// PostgreSQL + RabbitMQ when both are configured.
-pub fn scaled_out() -> Option<Backends> {
-    Some(Backends {
-        postgres: Some(postgres_url()?),
-        amqp: Some(amqp_url()?),
-        redis: None,
-    })
 }
 
 /// An event of the test's own type.
@@ -47,7 +39,15 @@ pub async fn consumer_db(tp: &TestPlatform) -> Db {
 /// The idempotent handler pattern: claim and effect in one transaction.
 pub async fn apply_once(db: &Db, event: &CloudEvent) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
-    let fresh = inbox::claim(&mut tx, "consumer.test", &event.id).await?;
+    let fresh = apply_in(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(fresh)
+}
+
+/// Claims `event` and writes its effect inside the caller's transaction; false if it was
+/// already applied.
+pub async fn apply_in(tx: &mut AnyConnection, event: &CloudEvent) -> anyhow::Result<bool> {
+    let fresh = inbox::claim(tx, "consumer.test", &event.id).await?;
     if fresh {
         sqlx::query("INSERT INTO effects (event_id, subject) VALUES ($1, $2)")
             .bind(&event.id)
@@ -55,7 +55,6 @@ pub async fn apply_once(db: &Db, event: &CloudEvent) -> anyhow::Result<bool> {
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(fresh)
 }
 

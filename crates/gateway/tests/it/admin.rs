@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{KEY, spawn_gateway, spawn_upstream};
-use crate::on_every_backend;
+use axle_core::on_every_backend;
 
 on_every_backend!(apisix_examples, apisix_examples_work_as_written);
 async fn apisix_examples_work_as_written(backends: Backends) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axle_core::config::Config;
 use axle_core::platform::Platform;
-use axle_core::testing::{Backends, TestPlatform, TestServer, postgres_url};
+use axle_core::testing::{Backends, TestPlatform, TestServer};
 use axle_gateway::Listener;
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -19,37 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 pub const KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
-
-/// Which backends a test runs on; `None` when the environment does not provide them.
-pub fn backends(scaled_out: bool) -> Option<Backends> {
-    if !scaled_out {
-        return Some(Backends::embedded());
-    }
-    Some(Backends {
-        postgres: Some(postgres_url()?),
-        amqp: None,
-        redis: None,
-    })
-}
-
-/// Runs an async test body once per backend set (SQLite, then PostgreSQL when configured).
-#[macro_export]
-macro_rules! on_every_backend {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$body($crate::helpers::backends(false).unwrap()).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(b) = $crate::helpers::backends(true) {
-                    super::$body(b).await;
-                }
-            }
-        }
-    };
-}
 
 pub struct Gateway {
     pub admin: TestServer,

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use axle_core::events::{CloudEvent, Subscription};
 use axle_core::platform::Service;
-use axle_core::testing::{Backends, TestPlatform, TestServer, amqp_url, postgres_url};
+use axle_core::testing::{Backends, TestPlatform, TestServer};
 use serde_json::{Value, json};
 
 pub struct TestApp {
@@ -14,18 +14,6 @@ pub struct TestApp {
     pub service: Service,
     /// Kept alive for the test's duration: dropping it removes the test's schemas.
     pub _platform: TestPlatform,
-}
-
-/// Which backends a test runs on; `None` when the environment does not provide them.
-pub fn backends(scaled_out: bool) -> Option<Backends> {
-    if !scaled_out {
-        return Some(Backends::embedded());
-    }
-    Some(Backends {
-        postgres: Some(postgres_url()?),
-        amqp: Some(amqp_url()?),
-        redis: None,
-    })
 }
 
 pub async fn spawn_app(backends: Backends) -> TestApp {
