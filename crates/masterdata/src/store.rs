@@ -56,58 +56,21 @@ impl GoldenStore {
         Self { db }
     }
 
-    /// Records a vehicle event once: timeline entry and golden record in one transaction.
-    /// Returns false for an event already recorded.
+    /// Records vehicle events, each once, in order and in one transaction: all of them or
+    /// none. Returns how many were new.
     pub async fn record(
         &self,
-        event: &CloudEvent,
-        change: &VehicleChanged,
-    ) -> Result<bool, StoreError> {
+        changes: &[(CloudEvent, VehicleChanged)],
+    ) -> Result<usize, StoreError> {
         let mut tx = self.db.begin().await?;
-        if !inbox::claim(&mut tx, CONSUMER, &event.id).await? {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO timeline (event_id, vehicle_id, version, event_type, time, actor, source, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(&event.id)
-        .bind(change.vehicle.id.to_string())
-        .bind(event.aggregateversion)
-        .bind(&event.ty)
-        .bind(to_text(event.time))
-        .bind(&change.actor)
-        .bind(&event.source)
-        .bind(serde_json::to_string(change).unwrap_or_default())
-        .execute(&mut *tx)
-        .await?;
-        let seen = Observation {
-            vehicle: &change.vehicle,
-            source: &event.source,
-            time: event.time,
-            version: event.aggregateversion,
-        };
-        let current = golden_in(&mut tx, change.vehicle.id).await?;
-        let next = match &current {
-            // A late event may tell when a current value was really set: fold the vehicle's
-            // whole timeline again, in version order, for exact provenance.
-            Some(c) if c.version > seen.version => {
-                let rows = sqlx::query(
-                    "SELECT event_id, time, source, data FROM timeline WHERE vehicle_id = $1 \
-                     ORDER BY version, time",
-                )
-                .bind(change.vehicle.id.to_string())
-                .fetch_all(&mut *tx)
-                .await?;
-                fold_timeline(&rows)?.pop()
+        let mut fresh = 0;
+        for (event, change) in changes {
+            if record_in(&mut tx, event, change).await? {
+                fresh += 1;
             }
-            _ => GoldenVehicle::fold(current.as_ref(), &seen),
-        };
-        if let Some(next) = next {
-            upsert(&mut tx, &next).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(fresh)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<GoldenVehicle>, StoreError> {
@@ -198,6 +161,58 @@ impl GoldenStore {
         tx.commit().await?;
         Ok(built)
     }
+}
+
+/// Records one vehicle event once inside `tx`: its timeline entry and the golden record it
+/// leads to. False for an event already recorded.
+async fn record_in(
+    tx: &mut AnyConnection,
+    event: &CloudEvent,
+    change: &VehicleChanged,
+) -> Result<bool, StoreError> {
+    if !inbox::claim(tx, CONSUMER, &event.id).await? {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO timeline (event_id, vehicle_id, version, event_type, time, actor, source, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(change.vehicle.id.to_string())
+    .bind(event.aggregateversion)
+    .bind(&event.ty)
+    .bind(to_text(event.time))
+    .bind(&change.actor)
+    .bind(&event.source)
+    .bind(serde_json::to_string(change).unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    let seen = Observation {
+        vehicle: &change.vehicle,
+        source: &event.source,
+        time: event.time,
+        version: event.aggregateversion,
+    };
+    let current = golden_in(tx, change.vehicle.id).await?;
+    let next = match &current {
+        // A late event may tell when a current value was really set: fold the vehicle's
+        // whole timeline again, in version order, for exact provenance.
+        Some(c) if c.version > seen.version => {
+            let rows = sqlx::query(
+                "SELECT event_id, time, source, data FROM timeline WHERE vehicle_id = $1 \
+                 ORDER BY version, time",
+            )
+            .bind(change.vehicle.id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            fold_timeline(&rows)?.pop()
+        }
+        _ => GoldenVehicle::fold(current.as_ref(), &seen),
+    };
+    if let Some(next) = next {
+        upsert(tx, &next).await?;
+    }
+    Ok(true)
 }
 
 /// Golden records from timeline rows (`event_id, time, source, data`) ordered by vehicle, then

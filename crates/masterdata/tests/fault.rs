@@ -16,7 +16,7 @@ use std::time::Duration;
 use axle_core::platform::Platform;
 use axle_core::testing::{Backends, TestPlatform, TestServer, eventually};
 use futures::StreamExt;
-use helpers::{backends, pointed_at, vin};
+use helpers::{pointed_at, vin};
 use serde_json::{Value, json};
 
 const VEHICLES: u32 = 1_000;
@@ -94,12 +94,12 @@ async fn converges_after_outage(backends: Backends, restart_broker: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masterdata_outage_embedded() {
-    converges_after_outage(backends(false).unwrap(), false).await;
+    converges_after_outage(Backends::embedded(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masterdata_outage_and_broker_restart_postgres_rabbitmq() {
-    let Some(backends) = backends(true) else {
+    let Some(backends) = Backends::scaled_out() else {
         return;
     };
     converges_after_outage(backends, true).await;

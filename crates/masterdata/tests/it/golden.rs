@@ -1,30 +1,13 @@
 //! A vehicle's whole life as master data sees it, and the faults it must absorb.
 
 use axle_core::events::{CloudEvent, EventBus};
+use axle_core::on_every_backend;
 use axle_core::testing::{Backends, eventually};
 use axle_vehicle_api::{VehicleChanged, types};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-macro_rules! on_every_backend {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite_embedded() {
-                super::$name(crate::helpers::backends(false).unwrap()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_rabbitmq() {
-                let Some(backends) = crate::helpers::backends(true) else {
-                    return;
-                };
-                super::$name(backends).await;
-            }
-        }
-    };
-}
 
 on_every_backend!(whole_life);
 async fn whole_life(backends: Backends) {

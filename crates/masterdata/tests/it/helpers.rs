@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axle_core::platform::{Platform, Service};
-use axle_core::testing::{Backends, TestPlatform, TestServer, amqp_url, eventually, postgres_url};
+use axle_core::testing::{Backends, TestPlatform, TestServer, eventually};
 use serde_json::{Value, json};
 
 pub struct Stack {
@@ -13,17 +13,6 @@ pub struct Stack {
     pub _services: (Service, Service),
     pub platform: TestPlatform,
     pub client: reqwest::Client,
-}
-
-pub fn backends(scaled_out: bool) -> Option<Backends> {
-    if !scaled_out {
-        return Some(Backends::embedded());
-    }
-    Some(Backends {
-        postgres: Some(postgres_url()?),
-        amqp: Some(amqp_url()?),
-        redis: None,
-    })
 }
 
 /// `platform` with master data pointed at the vehicle service listening at `vehicle_url`.
