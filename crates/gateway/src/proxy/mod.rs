@@ -353,9 +353,9 @@ impl DataPlane {
                     Ok((mut response, node, took)) => {
                         answered_by = Some((upstream.targets[node].host.as_str(), took));
                         upstream_status = Some(response.status().as_u16());
-                        if let Some(client) = websocket
-                            && response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        {
+                        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                            strip_hop_by_hop(response.headers_mut());
+                        } else if let Some(client) = websocket {
                             tunnel(client, hyper::upgrade::on(&mut response));
                         }
                         response

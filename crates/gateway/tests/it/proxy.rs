@@ -250,6 +250,59 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     assert!(answer.contains("connection: close\r\n"), "{answer}");
 }
 
+/// The upstream's connection headers are its own: a `Connection: close` from a node ends that
+/// upstream connection, not the client's, and names no header the client gets.
+#[tokio::test]
+async fn hop_by_hop_response_headers_stay_upstream() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = node.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = node.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                let answer = "HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: node-only\r\n\
+                              Keep-Alive: timeout=5\r\nx-end: kept\r\nContent-Length: 2\r\n\r\nok";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/closing", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/closing", 200).await;
+
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = http::Request::get("/closing")
+            .header("host", "a")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = client
+            .send_request(request)
+            .await
+            .expect("the connection stays open");
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        for name in ["connection", "x-hop", "keep-alive"] {
+            assert!(headers.get(name).is_none(), "{name} forwarded: {headers:?}");
+        }
+        assert_eq!(headers["x-end"], "kept");
+    }
+}
+
 #[tokio::test]
 async fn chash_sends_each_key_to_one_node_and_least_conn_serves() {
     let gw = spawn_gateway(Backends::embedded()).await;
