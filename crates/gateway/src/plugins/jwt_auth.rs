@@ -9,7 +9,8 @@
 //! service or any OIDC provider — and check `issuer` and `audience`. Key sets are cached for
 //! the whole process (they outlive configuration changes), refreshed in the background once
 //! older than `jwks_cache_ttl`, fetched at once for a key id not yet seen (a rotation), and kept
-//! when the endpoint is down.
+//! when the endpoint is down. An `https` key set's certificate must chain to the system's roots
+//! unless `jwks_ssl_verify` is false; fetches go over the gateway's own upstream client.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemars::JsonSchema;
@@ -25,6 +27,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Ctx, Flow, Plugin, Prepared, Reply};
+use crate::proxy::pool::{self, Pool};
+use crate::resource::KeepalivePool;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +108,9 @@ pub(crate) struct OnConsumer {
     jwks_uri: Option<String>,
     #[serde(default = "default_jwks_ttl")]
     jwks_cache_ttl: u64,
+    /// Whether an `https` key set's certificate is verified (system roots, host name).
+    #[serde(default = "default_true")]
+    jwks_ssl_verify: bool,
     issuer: Option<String>,
     audience: Option<OneOrMany>,
 }
@@ -121,6 +128,10 @@ fn default_algorithm() -> String {
 
 fn default_jwks_ttl() -> u64 {
     300
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A credential's compiled verification: the algorithm it insists on, its key or key set, and
@@ -150,7 +161,11 @@ impl std::fmt::Debug for Key {
 #[derive(Debug)]
 enum Keys {
     Fixed(Key),
-    Jwks { uri: String, ttl: Duration },
+    Jwks {
+        uri: String,
+        ttl: Duration,
+        verify: bool,
+    },
 }
 
 /// Checks and compiles a consumer's or credential's jwt-auth configuration.
@@ -185,6 +200,7 @@ pub(super) fn prepare(config: &Value) -> Result<Prepared, String> {
             Keys::Jwks {
                 uri: parsed.to_string(),
                 ttl: Duration::from_secs(c.jwks_cache_ttl),
+                verify: c.jwks_ssl_verify,
             }
         }
         (None, true) => {
@@ -348,11 +364,11 @@ impl JwtAuth {
         let validation = verifier.validation(self.verify_exp, self.verify_nbf);
         let verified = match &verifier.keys {
             Keys::Fixed(key) => check(&token, key, validation),
-            Keys::Jwks { uri, ttl } => {
+            Keys::Jwks { uri, ttl, verify } => {
                 let keys = ctx
                     .shared
                     .key_sets
-                    .keys(uri, *ttl, head.kid.as_deref())
+                    .keys(uri, *verify, *ttl, head.kid.as_deref())
                     .await?;
                 keys.iter().any(|key| check(&token, key, validation))
             }
@@ -435,27 +451,18 @@ fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
     }
 }
 
-/// Fetched JWKS key sets by URL, for the whole process.
-#[derive(Debug)]
+/// Fetched JWKS key sets by URL (and whether its certificate is verified), for the whole
+/// process, with the connections they are fetched over.
+#[derive(Debug, Default)]
 pub struct KeySets {
-    sets: Mutex<HashMap<String, Arc<KeySet>>>,
-    client: reqwest::Client,
-}
-
-impl Default for KeySets {
-    fn default() -> KeySets {
-        KeySets {
-            sets: Mutex::default(),
-            client: reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
-        }
-    }
+    sets: Mutex<HashMap<(String, bool), Arc<KeySet>>>,
+    pool: Arc<Pool>,
 }
 
 /// How long one fetch of a key set may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest key set taken.
+const MAX_SET_BYTES: usize = 1024 * 1024;
 /// The least time between two fetches of a key set for key ids it does not have, so tokens
 /// with made-up key ids cannot make the gateway hammer the identity provider.
 const MIN_REFETCH: Duration = Duration::from_secs(5);
@@ -495,13 +502,15 @@ impl KeySets {
     async fn keys(
         &self,
         uri: &str,
+        verify: bool,
         ttl: Duration,
         kid: Option<&str>,
     ) -> Result<Vec<Arc<Key>>, Failure> {
         let set = {
             let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
-            sets.entry(uri.to_string()).or_default().clone()
+            sets.entry((uri.to_string(), verify)).or_default().clone()
         };
+        let source = KeySource { uri, verify };
         let (known, stale, never_fetched, tried_lately) = {
             let state = set.state.read().unwrap_or_else(|e| e.into_inner());
             (
@@ -514,13 +523,16 @@ impl KeySets {
         if !known.is_empty() {
             if stale && !tried_lately {
                 // Serve from the cache; refresh behind this request.
-                let (set, client, uri) = (set.clone(), self.client.clone(), uri.to_string());
-                tokio::spawn(async move { set.refresh(&client, &uri, MIN_REFETCH).await });
+                let (set, pool, uri) = (set.clone(), self.pool.clone(), uri.to_string());
+                tokio::spawn(async move {
+                    let source = KeySource { uri: &uri, verify };
+                    set.refresh(&pool, source, MIN_REFETCH).await
+                });
             }
             return Ok(known);
         }
         // A key id not seen yet (the provider rotated its keys), or nothing fetched so far.
-        set.refresh(&self.client, uri, MIN_REFETCH).await;
+        set.refresh(&self.pool, source, MIN_REFETCH).await;
         let state = set.state.read().unwrap_or_else(|e| e.into_inner());
         let known = state.matching(kid);
         match (
@@ -536,7 +548,7 @@ impl KeySets {
 
 impl KeySet {
     /// Fetches the set again unless another request did within `period`.
-    async fn refresh(&self, client: &reqwest::Client, uri: &str, period: Duration) {
+    async fn refresh(&self, pool: &Arc<Pool>, source: KeySource<'_>, period: Duration) {
         let Ok(_fetching) = self.fetching.try_lock() else {
             // Another request is fetching: wait for it and use what it got.
             let _ = self.fetching.lock().await;
@@ -550,7 +562,10 @@ impl KeySet {
         {
             return;
         }
-        let fetched = fetch(client, uri).await;
+        let uri = source.uri;
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(pool, source))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.tried_at = Some(Instant::now());
         match fetched {
@@ -572,15 +587,62 @@ impl KeySet {
     }
 }
 
+/// Where a key set is fetched from.
+#[derive(Debug, Clone, Copy)]
+struct KeySource<'a> {
+    uri: &'a str,
+    /// Whether an `https` server's certificate is verified.
+    verify: bool,
+}
+
 async fn fetch(
-    client: &reqwest::Client,
-    uri: &str,
+    pool: &Arc<Pool>,
+    source: KeySource<'_>,
 ) -> Result<Vec<(Option<String>, Arc<Key>)>, String> {
-    let response = client.get(uri).send().await.map_err(|e| e.to_string())?;
+    let url = reqwest::Url::parse(source.uri).map_err(|e| e.to_string())?;
+    let host = url.host_str().ok_or("no host")?;
+    let port = url.port_or_known_default().ok_or("no port")?;
+    let tls = match url.scheme() {
+        "https" => Some(pool::Tls {
+            config: crate::tls::client_config(source.verify, None)?,
+            name: crate::tls::server_name(host).ok_or("not a server name")?,
+        }),
+        _ => None,
+    };
+    let key = pool::Key {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        tls,
+    };
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let request = http::Request::get(path)
+        .header(header::HOST, authority)
+        .header(header::ACCEPT, "application/json")
+        .body(crate::proxy::empty())
+        .map_err(|e| e.to_string())?;
+    let response = pool
+        .send(&key, &KeepalivePool::default(), FETCH_TIMEOUT, request)
+        .await
+        .map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let set: JwkSet = response.json().await.map_err(|e| e.to_string())?;
+    let body = http_body_util::Limited::new(response.into_body(), MAX_SET_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     let keys: Vec<_> = set
         .keys
         .iter()

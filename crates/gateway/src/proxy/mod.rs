@@ -790,7 +790,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 

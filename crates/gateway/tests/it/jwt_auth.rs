@@ -291,8 +291,51 @@ struct Idp {
 
 impl Idp {
     async fn spawn(&self) -> SocketAddr {
+        let app = self.app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// The endpoint over TLS, with a self-signed certificate for 127.0.0.1.
+    async fn spawn_tls(&self) -> SocketAddr {
+        use tower::Service;
+        let certified = rcgen::generate_simple_self_signed(["127.0.0.1".to_string()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = self.app();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |r| app.clone().call(r));
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn app(&self) -> axum::Router {
         let idp = self.clone();
-        let app = axum::Router::new().route(
+        axum::Router::new().route(
             "/jwks",
             axum::routing::get(move || {
                 let idp = idp.clone();
@@ -304,11 +347,7 @@ impl Idp {
                     Ok(axum::Json(idp.keys.lock().unwrap().clone()))
                 }
             }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
+        )
     }
 
     fn serve(&self, keys: &[(&str, &rcgen::KeyPair)]) {
@@ -454,4 +493,60 @@ async fn jwt_auth_follows_a_jwks_through_rotation_and_outage() {
     gw.wait_for("/partner", 401).await;
     let (status, body, _) = get(&gw, "/partner", &[("Authorization", &partner)]).await;
     assert_eq!(status, 503, "{body}");
+}
+
+/// Key sets served over https: fetched when `jwks_ssl_verify` is off; by default the
+/// certificate must chain to a trusted root, and a self-signed one gets no keys.
+#[tokio::test]
+async fn jwt_auth_fetches_key_sets_over_https() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    let idp = Idp::default();
+    let idp_addr = idp.spawn_tls().await;
+    let signer = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    idp.serve(&[("k1", &signer)]);
+    let jwks_uri = format!("https://{idp_addr}/jwks");
+    for (username, verify) in [("lenient", false), ("strict", true)] {
+        let mut credential = json!({"key": username, "algorithm": "ES256", "jwks_uri": jwks_uri});
+        if !verify {
+            credential["jwks_ssl_verify"] = json!(false);
+        }
+        gw.put(
+            "/apisix/admin/consumers",
+            json!({"username": username, "plugins": {"jwt-auth": credential}}),
+        )
+        .await;
+    }
+    gw.put(
+        "/apisix/admin/routes/tls-idp",
+        json!({"uri": "/me", "plugins": {"jwt-auth": {}},
+               "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/me", 401).await;
+    let key = EncodingKey::from_ec_pem(signer.serialize_pem().as_bytes()).unwrap();
+    let token = |consumer: &str| {
+        sign(
+            Algorithm::ES256,
+            &key,
+            Some("k1"),
+            json!({"key": consumer, "exp": now() + 600}),
+        )
+    };
+
+    let (status, seen, _) = get(&gw, "/me", &[("Authorization", &token("lenient"))]).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["headers"]["x-consumer-username"], "lenient");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+
+    let (status, body, _) = get(&gw, "/me", &[("Authorization", &token("strict"))]).await;
+    assert_eq!(
+        status, 503,
+        "the untrusted certificate yields no key set: {body}"
+    );
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        1,
+        "refused in the handshake"
+    );
 }
