@@ -16,7 +16,7 @@ pub mod store;
 pub mod tls;
 pub mod vars;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -151,10 +151,20 @@ fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> 
             }
             _ => None,
         };
+        let snapshot = runtime.snapshot();
+        let routes: HashSet<&str> = snapshot
+            .router
+            .routes()
+            .iter()
+            .flat_map(|route| [Some(&*route.id), route.labels.name.as_deref()])
+            .flatten()
+            .collect();
         let text = runtime
             .shared
             .metrics
-            .render(&runtime.checks.statuses(), etcd);
+            .render(&runtime.checks.statuses(), etcd, &|route| {
+                routes.contains(route)
+            });
         async move { ([("content-type", prometheus::TEXT_FORMAT)], text) }
     };
     axum::Router::new().route("/apisix/prometheus/metrics", axum::routing::get(scrape))

@@ -8,10 +8,13 @@
 //! when scraped, `apisix_upstream_status` from the health checks, `apisix_etcd_reachable` and
 //! `apisix_node_info`. Every label comes from configuration (route, its matched uri and host,
 //! service, consumer, upstream node) or is a status code, so the number of series is bounded
-//! by the configuration, never by what clients send.
+//! by the configuration, never by what clients send; the series of a route that is gone from
+//! the configuration are dropped at the next scrape.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -223,8 +226,17 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the health of `upstreams` (key, `host:port`,
-    /// healthy) and, for an etcd store, whether etcd is reachable.
-    pub fn render(&self, upstreams: &[(String, String, bool)], etcd: Option<bool>) -> String {
+    /// healthy) and, for an etcd store, whether etcd is reachable. Series of routes for which
+    /// `configured` (given the `route` label: an id, or a name) is false are dropped first.
+    pub fn render(
+        &self,
+        upstreams: &[(String, String, bool)],
+        etcd: Option<bool>,
+        configured: &dyn Fn(&str) -> bool,
+    ) -> String {
+        forget_routes(&self.status, configured);
+        forget_routes(&self.latency, configured);
+        forget_routes(&self.bandwidth, configured);
         self.upstream_status.reset();
         for (name, node, healthy) in upstreams {
             let (ip, port) = node.rsplit_once(':').unwrap_or((node, ""));
@@ -259,6 +271,22 @@ impl Metrics {
     }
 }
 
+/// Removes the series of `metrics` whose `route` is no longer `configured`.
+fn forget_routes<T: MetricVecBuilder>(metrics: &MetricVec<T>, configured: &dyn Fn(&str) -> bool) {
+    for family in metrics.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get("route").is_some_and(|route| !configured(route)) {
+                let _ = metrics.remove(&labels);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +297,7 @@ mod tests {
         let text = metrics.render(
             &[("/apisix/upstreams/1".into(), "10.0.0.1:80".into(), false)],
             Some(true),
+            &|_| true,
         );
         assert!(
             text.contains(
@@ -277,6 +306,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("apisix_etcd_reachable 1"), "{text}");
-        assert!(!metrics.render(&[], None).contains("apisix_etcd_reachable"));
+        assert!(
+            !metrics
+                .render(&[], None, &|_| true)
+                .contains("apisix_etcd_reachable")
+        );
     }
 }

@@ -235,6 +235,10 @@ impl Router {
         self.routes.len()
     }
 
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }

@@ -200,3 +200,38 @@ async fn prometheus_counts_routes_with_apisix_names_and_promtool_accepts_the_scr
         Err(_) => eprintln!("AXLE_TEST_PROMTOOL unset: promtool check metrics not run"),
     }
 }
+
+/// A deleted route's series leave the scrape; the others keep counting where they were.
+#[tokio::test]
+async fn prometheus_drops_the_series_of_deleted_routes() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    for id in ["gone", "kept"] {
+        gw.put(
+            &format!("/apisix/admin/routes/{id}"),
+            json!({"uri": format!("/{id}"), "plugins": {"prometheus": {}},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+        gw.wait_for(&format!("/{id}"), 200).await;
+    }
+    let ok = |route: &'static str| [("code", "200"), ("route", route)];
+    let (_, before) = scrape(&gw).await;
+    assert!(value(&before, "apisix_http_status", &ok("gone")).is_some());
+    let kept = value(&before, "apisix_http_status", &ok("kept")).unwrap();
+
+    let (status, _) = gw
+        .admin(reqwest::Method::DELETE, "/apisix/admin/routes/gone", None)
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_for("/gone", 404).await;
+    let (text, after) = scrape(&gw).await;
+    assert!(!text.contains(r#"route="gone""#), "{text}");
+    assert_eq!(value(&after, "apisix_http_status", &ok("kept")), Some(kept));
+    assert!(
+        after
+            .iter()
+            .any(|(name, labels, _)| name == "apisix_http_latency_count"
+                && labels.get("route").map(String::as_str) == Some("kept"))
+    );
+}
