@@ -120,6 +120,12 @@ impl Gateway {
         body["error_msg"].as_str().unwrap_or_default().to_string()
     }
 
+    /// A PUT that must be refused with a 400 whose `error_msg` names `field`.
+    pub async fn refused_naming(&self, path: &str, body: Value, field: &str) {
+        let message = self.refused(Method::PUT, path, body).await;
+        assert!(message.contains(field), "{field}: {message}");
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> Value {
         let (status, body) = self.admin(Method::PUT, path, Some(body)).await;
         assert!(

@@ -180,14 +180,9 @@ async fn proxy_mirror_copies_requests_without_delaying_them() {
             "path_concat_mode",
         ),
     ] {
-        let message = gw
-            .refused(
-                reqwest::Method::PUT,
-                "/apisix/admin/routes/bad",
-                json!({"uri": "/bad", "plugins": {"proxy-mirror": mirror},
-                       "upstream": {"nodes": {up.to_string(): 1}}}),
-            )
+        let route = json!({"uri": "/bad", "plugins": {"proxy-mirror": mirror},
+                           "upstream": {"nodes": {up.to_string(): 1}}});
+        gw.refused_naming("/apisix/admin/routes/bad", route, field)
             .await;
-        assert!(message.contains(field), "{field}: {message}");
     }
 }
