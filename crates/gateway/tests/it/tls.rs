@@ -208,12 +208,17 @@ async fn ssls_are_served_by_sni_over_http1_and_http2() {
         json!({"cert": wild_cert, "key": wild_key, "snis": ["*.example.com"]}),
     )
     .await;
-    let seen = eventually(10, "the certificate to be served", || async {
-        https_get(gw.tls_proxy, "test.com", &ca, &[b"http/1.1"], "/get")
+    // The wildcard was written last: once it is served, so is the first.
+    let wild = eventually(10, "the certificates to be served", || async {
+        https_get(gw.tls_proxy, "api.example.com", &ca, &[b"h2"], "/get")
             .await
             .ok()
     })
     .await;
+    assert_eq!(wild.status, 200);
+    let seen = https_get(gw.tls_proxy, "test.com", &ca, &[b"http/1.1"], "/get")
+        .await
+        .unwrap();
     assert_eq!(seen.status, 200);
     assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
     let echoed: Value = serde_json::from_str(&seen.body).unwrap();
@@ -226,10 +231,6 @@ async fn ssls_are_served_by_sni_over_http1_and_http2() {
     assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(h2.status, 200);
 
-    let wild = https_get(gw.tls_proxy, "api.example.com", &ca, &[b"h2"], "/get")
-        .await
-        .unwrap();
-    assert_eq!(wild.status, 200);
     // The client verified the chain and the name: a certificate for test.com would not do.
     assert!(
         https_get(gw.tls_proxy, "other.org", &ca, &[], "/get")
