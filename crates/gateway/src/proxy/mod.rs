@@ -9,6 +9,7 @@
 //! enables them. On the TLS listener the certificate is chosen by SNI from the snapshot's
 //! `ssls`, and ALPN offers HTTP/2.
 
+mod http1;
 pub mod pool;
 
 use std::convert::Infallible;
@@ -350,15 +351,15 @@ impl DataPlane {
                     .forward(route, upstream, &ctx, body, replayable, websocket.is_some())
                     .await
                 {
-                    Ok((mut response, node, took)) => {
-                        answered_by = Some((upstream.targets[node].host.as_str(), took));
-                        upstream_status = Some(response.status().as_u16());
-                        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                            strip_hop_by_hop(response.headers_mut());
-                        } else if let Some(client) = websocket {
-                            tunnel(client, hyper::upgrade::on(&mut response));
+                    Ok(mut answer) => {
+                        let node = upstream.targets[answer.node].host.as_str();
+                        answered_by = Some((node, answer.took));
+                        upstream_status = Some(answer.response.status().as_u16());
+                        match (websocket, answer.upgraded) {
+                            (Some(client), Some(upgraded)) => tunnel(client, upgraded),
+                            _ => strip_hop_by_hop(answer.response.headers_mut()),
                         }
-                        response
+                        answer.response
                     }
                     Err(status) => {
                         upstream_status = Some(status.as_u16());
@@ -432,7 +433,7 @@ impl DataPlane {
         body: Body,
         replayable: bool,
         upgrade: bool,
-    ) -> Result<(Response<Body>, usize, Duration), StatusCode> {
+    ) -> Result<Answer, StatusCode> {
         let timeouts = route
             .timeout
             .map(|t| Timeouts::from_config(Some(&t)))
@@ -467,8 +468,9 @@ impl DataPlane {
                 );
             }
             let failure = match outcome {
-                Ok(response) => {
+                Ok(mut response) => {
                     let took = sent_at.elapsed();
+                    let upgraded = response.body_mut().upgraded();
                     let body = response.map(|b| b.map_err(BoxError::from));
                     let response = match in_flight {
                         // In flight until the body has been read (or dropped).
@@ -481,7 +483,12 @@ impl DataPlane {
                         }),
                         None => body.map(BodyExt::boxed),
                     };
-                    return Ok((response, node, took));
+                    return Ok(Answer {
+                        response,
+                        node,
+                        took,
+                        upgraded,
+                    });
                 }
                 Err(failure) => failure,
             };
@@ -545,6 +552,15 @@ impl DataPlane {
         });
         body
     }
+}
+
+/// An upstream's answer: the response, the node that gave it and how long it took, and the
+/// connection itself when it switched protocols (101).
+struct Answer {
+    response: Response<Body>,
+    node: usize,
+    took: Duration,
+    upgraded: Option<http1::Connection>,
 }
 
 /// What happens once a response body has been sent, or the client has gone away: the log
@@ -708,18 +724,17 @@ fn upstream_request(
     Ok((key, request))
 }
 
-/// Joins the client's and the upstream's upgraded connections once both are ready.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins the client's upgraded connection, once the 101 has reached it, to the upstream's.
+fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: http1::Connection) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     });
 }

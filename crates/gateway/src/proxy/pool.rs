@@ -1,9 +1,11 @@
-//! Upstream connections: HTTP/1.1 over TCP or TLS, kept alive between requests as the
-//! upstream's `keepalive_pool` allows (size per node, idle timeout, requests per connection).
+//! Upstream connections, kept alive between requests as the upstream's `keepalive_pool` allows
+//! (size per node, idle timeout, requests per connection), speaking HTTP/1.1 over TCP or TLS
+//! through [`http1`](super::http1) in the task of the request that uses them.
 //!
-//! Each data-plane worker has its own pool, so a connection is driven by the thread that
-//! uses it. A connection goes back to the pool when its response body has been read to the
-//! end; one whose body was dropped half-read is closed, as it cannot carry another request.
+//! Each data-plane worker has its own pool. A connection goes back to the pool as soon as its
+//! response body has been read to the end; one whose body was dropped half-read is closed, as
+//! it cannot carry another request. A request without a body that finds its reused connection
+//! closed by the node (the race every keepalive pool has) is sent again on another one.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body as _, Frame, SizeHint};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::Body;
+use super::http1::{self, Connection, Framing, Stream};
 use crate::resource::KeepalivePool;
 
 /// Where a connection goes: a node, and the TLS identity it is reached with.
@@ -64,7 +65,7 @@ pub enum Failure {
     ConnectTimeout,
     /// The connection failed while the request or response was on it.
     #[error("{0}")]
-    Upstream(hyper::Error),
+    Upstream(http1::Error),
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +75,7 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Body>,
+    connection: Connection,
     expires: Instant,
     /// Requests this connection has carried.
     used: u64,
@@ -82,39 +83,46 @@ struct Idle {
 
 impl Pool {
     /// Sends `request` (origin-form, with its `Host`) on an idle connection to `key`, else on a
-    /// new one; the response's body returns the connection to the pool once read.
+    /// new one; the response's body gives the connection back once read.
     pub async fn send(
         self: &Arc<Self>,
         key: &Key,
         keepalive: &KeepalivePool,
         connect_timeout: Duration,
-        mut request: Request<Body>,
+        request: Request<Body>,
     ) -> Result<Response<PooledBody>, Failure> {
-        while let Some(mut idle) = self.take(key) {
-            if idle.sender.ready().await.is_err() {
-                continue; // closed by the node while idle
-            }
-            match idle.sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.lend(key, keepalive, idle, response)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(Failure::Upstream(e.into_error())),
-                },
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(512);
+        let chunked = http1::write_head(&parts.method, target, &parts.headers, &body, &mut head);
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
+        loop {
+            let (mut idle, reused) = match self.take(key) {
+                Some(idle) => (idle, true),
+                None => {
+                    let connection = tokio::time::timeout(connect_timeout, connect(key))
+                        .await
+                        .map_err(|_| Failure::ConnectTimeout)??;
+                    let idle = Idle {
+                        connection,
+                        expires: Instant::now(),
+                        used: 0,
+                    };
+                    (idle, false)
+                }
+            };
+            let sent = body.take().unwrap_or_else(super::empty);
+            match idle
+                .connection
+                .exchange(&head, sent, chunked, &parts.method)
+                .await
+            {
+                Ok(answer) => return Ok(self.lend(key, keepalive, idle, answer)),
+                Err(http1::Error::Closed) if reused && replayable => continue,
+                Err(e) => return Err(Failure::Upstream(e)),
             }
         }
-        let mut sender = tokio::time::timeout(connect_timeout, connect(key))
-            .await
-            .map_err(|_| Failure::ConnectTimeout)??;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(Failure::Upstream)?;
-        let idle = Idle {
-            sender,
-            expires: Instant::now(),
-            used: 0,
-        };
-        Ok(self.lend(key, keepalive, idle, response))
     }
 
     /// Drops the connections that were closed or idle too long.
@@ -122,7 +130,7 @@ impl Pool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
-            list.retain(|c| c.expires > now && !c.sender.is_closed());
+            list.retain(|c| c.expires > now && !c.connection.hung_up());
             !list.is_empty()
         });
     }
@@ -133,7 +141,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(c) = list.pop() {
-            if c.expires > now && !c.sender.is_closed() {
+            if c.expires > now && !c.connection.hung_up() {
                 return Some(c);
             }
         }
@@ -145,79 +153,71 @@ impl Pool {
         key: &Key,
         keepalive: &KeepalivePool,
         mut idle: Idle,
-        response: Response<Incoming>,
+        head: http1::Head,
     ) -> Response<PooledBody> {
         idle.used += 1;
-        // A switched protocol takes the connection over; a connection past its request
-        // budget is not reused.
-        let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            && idle.used < keepalive.requests
-            && keepalive.size > 0;
+        // A connection past its request budget is not reused.
+        let reusable = head.keep_alive && idle.used < keepalive.requests && keepalive.size > 0;
         let give_back = reusable.then(|| GiveBack {
             pool: Arc::downgrade(self),
             key: key.clone(),
-            idle,
             idle_timeout: Duration::try_from_secs_f64(keepalive.idle_timeout)
                 .unwrap_or(Duration::from_secs(60)),
             size: keepalive.size,
         });
-        response.map(|body| PooledBody {
-            body,
-            done: false,
+        let mut body = PooledBody {
+            idle: Some(idle),
+            framing: head.framing,
             give_back,
-        })
+        };
+        if body.framing == Framing::Empty {
+            body.finish();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        response
     }
 
-    fn put(&self, mut give_back: GiveBack) {
-        give_back.idle.expires = Instant::now() + give_back.idle_timeout;
+    fn put(&self, mut connection: Idle, give_back: GiveBack) {
+        connection.expires = Instant::now() + give_back.idle_timeout;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(give_back.key).or_default();
-        list.push(give_back.idle);
+        list.push(connection);
         if list.len() > give_back.size {
             list.remove(0); // the least recently used
         }
     }
 }
 
-/// Opens a connection to `key` and spawns the task that drives it.
-async fn connect(key: &Key) -> Result<SendRequest<Body>, Failure> {
+/// Opens a connection to `key`.
+async fn connect(key: &Key) -> Result<Connection, Failure> {
     let tcp = TcpStream::connect((key.host.as_str(), key.port))
         .await
         .map_err(Failure::Connect)?;
     let _ = tcp.set_nodelay(true);
-    match &key.tls {
-        None => handshake(TokioIo::new(tcp)).await,
+    let stream = match &key.tls {
+        None => Stream::Tcp(tcp),
         Some(tls) => {
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
             let stream = connector
                 .connect(tls.name.clone(), tcp)
                 .await
                 .map_err(Failure::Connect)?;
-            handshake(TokioIo::new(stream)).await
+            Stream::Tls(Box::new(stream))
         }
-    }
+    };
+    Ok(Connection::new(stream))
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<Body>, Failure>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| Failure::Connect(std::io::Error::other(e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection closed");
-        }
-    });
-    Ok(sender)
-}
-
-/// A response body that gives its connection back to the pool once read to the end.
+/// A response body read straight from its connection, which goes back to the pool once the
+/// body has been read to the end (and is closed if the body is dropped before).
 #[derive(Debug)]
 pub struct PooledBody {
-    body: Incoming,
-    done: bool,
+    /// The connection, until the body's end.
+    idle: Option<Idle>,
+    framing: Framing,
     give_back: Option<GiveBack>,
 }
 
@@ -225,46 +225,65 @@ pub struct PooledBody {
 struct GiveBack {
     pool: Weak<Pool>,
     key: Key,
-    idle: Idle,
     idle_timeout: Duration,
     size: usize,
 }
 
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.done = true,
-            Poll::Ready(Some(Err(_))) => self.give_back = None,
-            _ => {}
+impl PooledBody {
+    /// The connection of a switched protocol (101), for the tunnel.
+    pub fn upgraded(&mut self) -> Option<Connection> {
+        if self.framing != Framing::Upgrade {
+            return None;
         }
-        polled
+        self.idle.take().map(|idle| idle.connection)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.done || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if !(self.done || self.body.is_end_stream()) {
-            return;
-        }
+    fn finish(&mut self) {
+        let Some(idle) = self.idle.take() else { return };
         if let Some(give_back) = self.give_back.take()
             && let Some(pool) = give_back.pool.upgrade()
         {
-            pool.put(give_back);
+            pool.put(idle, give_back);
+        }
+    }
+
+    fn ended(&self) -> bool {
+        matches!(self.framing, Framing::Empty | Framing::Length(0))
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = http1::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, http1::Error>>> {
+        let this = self.get_mut();
+        let Some(idle) = &mut this.idle else {
+            return Poll::Ready(None);
+        };
+        let polled = idle.connection.poll_body(&mut this.framing, cx);
+        match polled {
+            Poll::Ready(Some(Err(_))) => this.idle = None,
+            // The last bytes of a sized body: the connection is free before they are sent on.
+            Poll::Ready(_) if this.ended() => this.finish(),
+            _ => {}
+        }
+        polled.map_ok(Frame::data)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.idle.is_none() || self.ended() || self.framing == Framing::Upgrade
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            _ if self.idle.is_none() => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Empty | Framing::Upgrade => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
         }
     }
 }

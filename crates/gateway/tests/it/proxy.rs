@@ -340,3 +340,208 @@ async fn chash_sends_each_key_to_one_node_and_least_conn_serves() {
         gw.wait_for("/lc", 200).await;
     }
 }
+
+/// A node speaking raw HTTP/1.1 as servers do in the wild, one script per path; counts the
+/// connections it accepts.
+async fn spawn_scripted_node() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = node.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = node.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                for served in 0.. {
+                    let Some((head, body)) = read_request(&mut stream, &mut read).await else {
+                        return;
+                    };
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    let w = |s: &str| s.as_bytes().to_vec();
+                    let answer = match path.as_str() {
+                        "/chunked" => {
+                            let start =
+                                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
+                            let _ = stream.write_all(start.as_bytes()).await;
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            w("lo\r\n6;x=y\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n")
+                        }
+                        "/until-close" => {
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await;
+                            let _ = stream.write_all(b"the end").await;
+                            return;
+                        }
+                        // Closes a reused connection on the request, as a node whose idle
+                        // timeout fires just then does.
+                        "/flaky" if served > 0 => return,
+                        "/flaky" => w("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"),
+                        "/echo" => {
+                            let mut a = w(&format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            ));
+                            a.extend_from_slice(&body);
+                            a
+                        }
+                        "/interim" => w("HTTP/1.1 100 Continue\r\n\r\n\
+                                         HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+                        "/head" => w("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+                        "/short" => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                                .await;
+                            return;
+                        }
+                        _ => w("NOT HTTP AT ALL\r\n\r\n"),
+                    };
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// One request off `stream` (head, and its body by `Content-Length` or chunked); `read` keeps
+/// what came after it.
+async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    read: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    let mut fill = async |read: &mut Vec<u8>| {
+        let mut buf = [0u8; 8192];
+        let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+        read.extend_from_slice(&buf[..n]);
+        Some(())
+    };
+    let end = loop {
+        if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(read).await?;
+    };
+    let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+    read.drain(..end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|n| n.trim().parse::<usize>().unwrap());
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            while !read.windows(2).any(|w| w == b"\r\n") {
+                fill(read).await?;
+            }
+            let line = read.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&read[..line]).unwrap(), 16).unwrap();
+            while read.len() < line + 2 + size + 2 {
+                fill(read).await?;
+            }
+            body.extend_from_slice(&read[line + 2..line + 2 + size]);
+            read.drain(..line + 2 + size + 2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        let length = length.unwrap_or(0);
+        while read.len() < length {
+            fill(read).await?;
+        }
+        read.drain(..length).collect()
+    };
+    Some((head, body))
+}
+
+/// The gateway's own HTTP/1.1 client against what nodes send: chunked bodies split anywhere,
+/// bodies that end at the close, interim 1xx answers, HEAD, cut-short and malformed answers;
+/// request bodies of known and unknown length; connections reused, and a request whose reused
+/// connection the node closes is sent again on a new one.
+#[tokio::test]
+async fn upstream_answers_are_framed_and_their_connections_reused() {
+    use std::sync::atomic::Ordering;
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let (node, accepted) = spawn_scripted_node().await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/*", "upstream": {"nodes": {node.to_string(): 1}}}),
+    )
+    .await;
+    // (wait_for leaves its body unread, which closes that connection.)
+    let r = gw.wait_for("/chunked", 200).await;
+    assert_eq!(r.text().await.unwrap(), "hello world");
+
+    let before = accepted.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        let r = gw.client.get(gw.url("/chunked")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "hello world");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before,
+        "sequential requests reuse the pooled connection"
+    );
+
+    let r = gw.client.get(gw.url("/until-close")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "until the end");
+    let r = gw.client.get(gw.url("/interim")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "ok".into())
+    );
+    let r = gw.client.head(gw.url("/head")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1000");
+
+    for _ in 0..3 {
+        let r = gw.client.get(gw.url("/flaky")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "sent again on a new connection");
+        assert_eq!(r.text().await.unwrap(), "fresh");
+    }
+
+    let sized = "s".repeat(300_000);
+    let r = gw
+        .client
+        .post(gw.url("/echo"))
+        .body(sized.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), sized);
+    // A body of unknown length (chunked from the client) goes upstream chunked.
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let frames = ["first part, ", "second part"].map(|p| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(p)))
+    });
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let request = http::Request::post("/echo")
+        .header("host", "a")
+        .body(body)
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    let echoed = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(echoed.to_bytes(), "first part, second part");
+
+    let r = gw.client.get(gw.url("/garbage")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let cut = match gw.client.get(gw.url("/short")).send().await {
+        Ok(r) => r.text().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(cut, "a body cut short is not passed off as whole");
+    let r = gw.client.get(gw.url("/chunked")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello world");
+}

@@ -1,0 +1,654 @@
+//! HTTP/1.1 on an upstream connection, driven by the request that uses it: the request head is
+//! written in one buffer, the response head parsed in place (httparse), and the response body
+//! read from the socket by whoever reads the body — no connection task and no channel between
+//! the request and its connection, which is where a general-purpose client spends its time.
+//!
+//! Framing follows RFC 9112 §6: no body for `HEAD`, 1xx, 204 and 304; `Transfer-Encoding`
+//! ending in `chunked` is decoded; else `Content-Length`; else the body runs to the close.
+//! Only a message read to its end leaves the connection fit for the next one.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use hyper::body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{Body, BoxError};
+
+/// The largest response head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header lines accepted in a response head.
+const MAX_HEADERS: usize = 128;
+/// How much room a read asks for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// An upstream connection: plain TCP or TLS over it.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Whether the node closed (or wrote on) this idle connection: it is then unfit for a
+    /// request. Asks the reactor only, no system call.
+    pub fn hung_up(&self) -> bool {
+        let tcp = match self {
+            Stream::Tcp(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_read_ready(&mut cx).is_ready()
+    }
+}
+
+/// A connection and what has been read from it but not yet used.
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+    read: BytesMut,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection closed before a byte of the response came: a reused connection the node
+    /// had closed while it was idle.
+    #[error("connection closed before the response")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("request body: {0}")]
+    Body(BoxError),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// A response head, and how its body is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    Empty,
+    /// This many bytes.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the node closes.
+    Close,
+    /// A switched protocol (101): the connection is the tunnel's now.
+    Upgrade,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailer,
+}
+
+impl Connection {
+    pub fn new(stream: Stream) -> Connection {
+        Connection {
+            stream,
+            read: BytesMut::new(),
+        }
+    }
+
+    pub fn hung_up(&self) -> bool {
+        !self.read.is_empty() || self.stream.hung_up()
+    }
+
+    /// Writes a request (`head` as [`write_head`] made it, then `body`) and reads the response
+    /// head. The body is written while the response is awaited, so a node that answers early
+    /// (a 413, say) is heard; the connection then cannot be reused.
+    pub async fn exchange(
+        &mut self,
+        head: &[u8],
+        body: Body,
+        chunked: bool,
+        method: &Method,
+    ) -> Result<Head, Error> {
+        if body.is_end_stream() {
+            if let Err(e) = self.stream.write_all(head).await {
+                return Err(match e.kind() {
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
+                    _ => e.into(),
+                });
+            }
+            return read_head(&mut self.stream, &mut self.read, method).await;
+        }
+        let (mut reader, mut writer) = tokio::io::split(&mut self.stream);
+        let write = async {
+            writer.write_all(head).await?;
+            write_body(&mut writer, body, chunked).await
+        };
+        let read = read_head(&mut reader, &mut self.read, method);
+        tokio::pin!(write, read);
+        let mut written = false;
+        loop {
+            tokio::select! {
+                biased;
+                head = &mut read => {
+                    let mut head = head?;
+                    head.keep_alive &= written;
+                    return Ok(head);
+                }
+                done = &mut write, if !written => {
+                    done?;
+                    written = true;
+                }
+            }
+        }
+    }
+
+    /// The next frame of a body framed as `framing` (which it advances), or `None` at its end.
+    pub fn poll_body(
+        &mut self,
+        framing: &mut Framing,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Error>>> {
+        loop {
+            match framing {
+                Framing::Empty | Framing::Upgrade | Framing::Length(0) => {
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !self.read.is_empty() {
+                        let n = (*left).min(self.read.len() as u64);
+                        *left -= n;
+                        return Poll::Ready(Some(Ok(self.read.split_to(n as usize).freeze())));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Invalid("body cut short"))));
+                    }
+                }
+                Framing::Close => {
+                    if !self.read.is_empty() {
+                        return Poll::Ready(Some(Ok(self.read.split().freeze())));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        *framing = Framing::Empty;
+                    }
+                }
+                Framing::Chunked(chunk) => {
+                    if let Some(data) = decode_chunk(&mut self.read, chunk)? {
+                        if data.is_empty() {
+                            *framing = Framing::Empty; // the trailers' end
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Invalid("chunked body cut short"))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+    }
+}
+
+/// Decodes what has been read of a chunked body: `Some(data)` when a chunk's bytes are
+/// ready (empty at the body's end), `None` when more must be read.
+fn decode_chunk(read: &mut BytesMut, chunk: &mut Chunk) -> Result<Option<Bytes>, Error> {
+    loop {
+        match chunk {
+            Chunk::Size => match httparse::parse_chunk_size(read) {
+                Ok(httparse::Status::Complete((line, 0))) => {
+                    read.advance(line);
+                    *chunk = Chunk::Trailer;
+                }
+                Ok(httparse::Status::Complete((line, size))) => {
+                    read.advance(line);
+                    *chunk = Chunk::Data(size);
+                }
+                Ok(httparse::Status::Partial) if read.len() < 1024 => return Ok(None),
+                _ => return Err(Error::Invalid("bad chunk size")),
+            },
+            Chunk::Data(left) => {
+                if read.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*left).min(read.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *chunk = Chunk::DataEnd;
+                }
+                return Ok(Some(read.split_to(n as usize).freeze()));
+            }
+            Chunk::DataEnd => match read.first() {
+                None => return Ok(None),
+                Some(b'\n') => {
+                    read.advance(1);
+                    *chunk = Chunk::Size;
+                }
+                Some(b'\r') if read.len() < 2 => return Ok(None),
+                Some(b'\r') if read[1] == b'\n' => {
+                    read.advance(2);
+                    *chunk = Chunk::Size;
+                }
+                Some(_) => return Err(Error::Invalid("chunk data overruns its size")),
+            },
+            Chunk::Trailer => {
+                // Trailer fields are not forwarded.
+                let Some(end) = read.iter().position(|&b| b == b'\n') else {
+                    if read.len() > MAX_HEAD {
+                        return Err(Error::Invalid("trailers too large"));
+                    }
+                    return Ok(None);
+                };
+                let blank = read[..end].iter().all(|&b| b == b'\r');
+                read.advance(end + 1);
+                if blank {
+                    return Ok(Some(Bytes::new()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a request head into `out`: `method target HTTP/1.1`, the headers, and the framing
+/// for `body` — its declared `Content-Length` if the headers have one, else its exact size
+/// when known, else chunked. Returns whether the body is to be sent chunked.
+pub fn write_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &Body,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut chunked = false;
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        match body.size_hint().exact() {
+            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(length.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+async fn write_body<W>(writer: &mut W, mut body: Body, chunked: bool) -> Result<(), Error>
+where
+    W: AsyncWrite + Unpin,
+{
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Error::Body)?.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            writer
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            writer.write_all(&data).await?;
+            writer.write_all(b"\r\n").await?;
+        } else {
+            writer.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        writer.write_all(b"0\r\n\r\n").await?;
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Reads up to a complete response head (skipping interim 1xx answers other than 101) and
+/// leaves what follows it in `read`.
+async fn read_head<R>(reader: &mut R, read: &mut BytesMut, method: &Method) -> Result<Head, Error>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut got_any = !read.is_empty();
+    loop {
+        if !read.is_empty() {
+            if let Some(head) = parse_head(read, method)? {
+                return Ok(head);
+            }
+            if read.len() >= MAX_HEAD {
+                return Err(Error::Invalid("response head too large"));
+            }
+        }
+        read.reserve(READ_SIZE);
+        let n = std::future::poll_fn(|cx| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, read)
+        })
+        .await;
+        match n {
+            Ok(0) if !got_any => return Err(Error::Closed),
+            Ok(0) => return Err(Error::Invalid("head cut short")),
+            Err(e) if !got_any && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(Error::Closed);
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => got_any = true,
+        }
+    }
+}
+
+/// The response head at the start of `read`, taken off it; `None` while it is incomplete.
+fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        let length = match response.parse(read) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
+            Err(_) => return Err(Error::Invalid("malformed head")),
+        };
+        let code = response.code.unwrap_or_default();
+        if (100..200).contains(&code) && code != 101 {
+            read.advance(length); // interim: 100 Continue, 103 Early Hints
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status"))?;
+        let version = match response.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Header values share the head's bytes instead of each being copied.
+        let base = read.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(response.headers.len());
+        for line in response.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes())
+                .map_err(|_| Error::Invalid("bad header name"))?;
+            let start = line.value.as_ptr() as usize - base;
+            fields.push((name, start..start + line.value.len()));
+        }
+        let bytes = read.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, value) in fields {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
+                .map_err(|_| Error::Invalid("bad header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(method, status, &headers)?;
+        let keep_alive = framing != Framing::Close
+            && match version {
+                Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
+                _ => !has_token(&headers, header::CONNECTION, "close"),
+            };
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Framing::Upgrade);
+    }
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let value = value
+            .to_str()
+            .map_err(|_| Error::Invalid("bad content-length"))?;
+        for part in value.split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| Error::Invalid("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// Whether a comma-separated header (`Connection`) names `token`.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection taken over by a switched protocol reads what was already buffered first.
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: Method) -> Result<Option<Head>, Error> {
+        parse_head(&mut BytesMut::from(text), &method)
+    }
+
+    #[test]
+    fn bodies_are_framed_as_rfc_9112_says() {
+        let framing = |text: &str, method| head(text, method).unwrap().unwrap().framing;
+        let ok = "HTTP/1.1 200 OK\r\n";
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5\r\n\r\n"), Method::GET),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5\r\n\r\n"), Method::HEAD),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}transfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n"),
+                Method::GET
+            ),
+            Framing::Chunked(Chunk::Size)
+        );
+        assert_eq!(
+            framing(&format!("{ok}transfer-encoding: gzip\r\n\r\n"), Method::GET),
+            Framing::Close
+        );
+        assert_eq!(framing(&format!("{ok}\r\n"), Method::GET), Framing::Close);
+        assert_eq!(
+            framing(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
+            Framing::Upgrade
+        );
+        assert!(matches!(
+            head(
+                &format!("{ok}content-length: 5\r\ncontent-length: 6\r\n\r\n"),
+                Method::GET
+            ),
+            Err(Error::Invalid(_))
+        ));
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-le", Method::GET)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_the_reads_split_them() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 0..wire.len() {
+            let (mut read, mut chunk) = (BytesMut::new(), Chunk::Size);
+            let (mut body, mut ended) = (Vec::new(), false);
+            for part in [&wire[..split], &wire[split..]] {
+                read.extend_from_slice(part);
+                while !ended && let Some(data) = decode_chunk(&mut read, &mut chunk).unwrap() {
+                    ended = data.is_empty();
+                    body.extend_from_slice(&data);
+                }
+            }
+            assert!(ended, "split at {split}");
+            assert_eq!(body, b"hello world");
+            assert!(read.is_empty());
+        }
+        let bad = decode_chunk(&mut BytesMut::from("zz\r\n"), &mut Chunk::Size);
+        assert!(bad.is_err());
+        let overrun = decode_chunk(&mut BytesMut::from("xx"), &mut Chunk::DataEnd);
+        assert!(overrun.is_err());
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_keep_alive_follows_the_version() {
+        let h = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert!(h.keep_alive);
+        let closing = "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n";
+        assert!(!head(closing, Method::GET).unwrap().unwrap().keep_alive);
+        let old = "HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert!(!head(old, Method::GET).unwrap().unwrap().keep_alive);
+        let old_kept = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
+        assert!(head(old_kept, Method::GET).unwrap().unwrap().keep_alive);
+    }
+}
