@@ -631,7 +631,12 @@ async fn fetch(
         .body(crate::proxy::empty())
         .map_err(|e| e.to_string())?;
     let response = pool
-        .send(&key, &KeepalivePool::default(), FETCH_TIMEOUT, request)
+        .send(
+            &key,
+            &KeepalivePool::default(),
+            FETCH_TIMEOUT,
+            request.into(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     if !response.status().is_success() {

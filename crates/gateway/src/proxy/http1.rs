@@ -119,15 +119,15 @@ impl Connection {
         !self.read.is_empty() || self.stream.hung_up()
     }
 
-    /// Writes a request (`head` as [`write_head`] made it, then `body`) and reads the response
-    /// head. The body is written while the response is awaited, so a node that answers early
-    /// (a 413, say) is heard; the connection then cannot be reused.
+    /// Writes a request (`head` as [`Request`] made it, then `body`) and reads the response
+    /// head. A body is written while the response is awaited, so a node that answers early (a
+    /// 413, say) is heard; the connection then cannot be reused.
     pub async fn exchange(
         &mut self,
+        method: &Method,
         head: &[u8],
         body: Body,
         chunked: bool,
-        method: &Method,
     ) -> Result<Head, Error> {
         if body.is_end_stream() {
             if let Err(e) = self.stream.write_all(head).await {
@@ -272,43 +272,72 @@ fn decode_chunk(read: &mut BytesMut, chunk: &mut Chunk) -> Result<Option<Bytes>,
     }
 }
 
-/// Writes a request head into `out`: `method target HTTP/1.1`, the headers, and the framing
-/// for `body` — its declared `Content-Length` if the headers have one, else its exact size
-/// when known, else chunked. Returns whether the body is to be sent chunked.
-pub fn write_head(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body: &Body,
-    out: &mut Vec<u8>,
-) -> bool {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let mut chunked = false;
-    if !headers.contains_key(header::CONTENT_LENGTH) {
-        match body.size_hint().exact() {
-            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
-            Some(length) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            None => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                chunked = true;
-            }
+/// A request ready for a connection: its head already written, and its body.
+pub struct Request {
+    pub method: Method,
+    pub head: Vec<u8>,
+    pub body: Body,
+    /// Whether the body is sent chunked (its length unknown).
+    pub chunked: bool,
+}
+
+impl Request {
+    /// Starts a head: the request line (`target` in origin form).
+    pub fn start(method: Method, target: &str, body: Body) -> Request {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        Request {
+            method,
+            head,
+            body,
+            chunked: false,
         }
     }
-    out.extend_from_slice(b"\r\n");
-    chunked
+
+    /// Adds a header line; a value with control characters (a CR LF that would start a line of
+    /// its own) is left out.
+    pub fn header(&mut self, name: &str, value: &[u8]) {
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return;
+        }
+        self.head.extend_from_slice(name.as_bytes());
+        self.head.extend_from_slice(b": ");
+        self.head.extend_from_slice(value);
+        self.head.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head with the body's framing: none when `declared` (the headers carry a
+    /// `Content-Length`), else its exact size when known, else chunked.
+    pub fn end(mut self, declared: bool) -> Request {
+        if !declared {
+            match self.body.size_hint().exact() {
+                Some(0) if !matches!(self.method, Method::POST | Method::PUT | Method::PATCH) => {}
+                Some(length) => self.header("content-length", length.to_string().as_bytes()),
+                None => {
+                    self.header("transfer-encoding", b"chunked");
+                    self.chunked = true;
+                }
+            }
+        }
+        self.head.extend_from_slice(b"\r\n");
+        self
+    }
+}
+
+/// A request made with the `http` types (origin-form URI, with its `Host`).
+impl From<http::Request<Body>> for Request {
+    fn from(request: http::Request<Body>) -> Request {
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = Request::start(parts.method, target, body);
+        for (name, value) in &parts.headers {
+            out.header(name.as_str(), value.as_bytes());
+        }
+        out.end(parts.headers.contains_key(header::CONTENT_LENGTH))
+    }
 }
 
 async fn write_body<W>(writer: &mut W, mut body: Body, chunked: bool) -> Result<(), Error>
@@ -632,6 +661,18 @@ mod tests {
         assert!(bad.is_err());
         let overrun = decode_chunk(&mut BytesMut::from("xx"), &mut Chunk::DataEnd);
         assert!(overrun.is_err());
+    }
+
+    #[test]
+    fn request_heads_are_written_whole_and_keep_out_injected_lines() {
+        let mut get = Request::start(Method::GET, "/a?b=1", crate::proxy::empty());
+        get.header("x-ok", b"1");
+        get.header("x-evil", b"1\r\nx-injected: 2");
+        assert_eq!(get.end(false).head, b"GET /a?b=1 HTTP/1.1\r\nx-ok: 1\r\n\r\n");
+        let post = Request::start(Method::POST, "/", crate::proxy::empty()).end(false);
+        assert!(post.head.ends_with(b"\r\ncontent-length: 0\r\n\r\n"));
+        let declared = Request::start(Method::POST, "/", crate::proxy::empty()).end(true);
+        assert_eq!(declared.head, b"POST / HTTP/1.1\r\n\r\n");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! enables them. On the TLS listener the certificate is chosen by SNI from the snapshot's
 //! `ssls`, and ALPN offers HTTP/2.
 
-mod http1;
+pub mod http1;
 pub mod pool;
 
 use std::convert::Infallible;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -448,7 +448,11 @@ impl DataPlane {
             let in_flight = upstream.start(node);
             tried.push(node);
             let body = body.take().unwrap_or_else(empty);
-            let (key, request) = upstream_request(ctx, upstream, node, body, upgrade)?;
+            let target = match &ctx.query {
+                Some(query) => format!("{}?{query}", ctx.path),
+                None => ctx.path.clone(),
+            };
+            let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)?;
             let budget = timeouts.connect + timeouts.send + timeouts.read;
             let sent = self
                 .pool
@@ -522,14 +526,11 @@ impl DataPlane {
             return body;
         };
         let (copy, body) = if bodiless { (empty(), body) } else { tee(body) };
-        let Ok((key, mut request)) = upstream_request(ctx, &mirror.upstream, node, copy, false)
+        let target = &mirror.path_and_query;
+        let Ok((key, request)) = upstream_request(ctx, &mirror.upstream, node, target, copy, false)
         else {
             return body;
         };
-        let Ok(uri) = Uri::try_from(mirror.path_and_query) else {
-            return body;
-        };
-        *request.uri_mut() = uri;
         let pool = self.pool.clone();
         let upstream = mirror.upstream;
         let timeouts = upstream.timeouts;
@@ -624,52 +625,48 @@ fn headers_size(headers: &HeaderMap) -> usize {
     lines + 2
 }
 
-/// The request as the upstream node sees it (origin-form, with its `Host`), and the pool key
-/// of the connection it goes on.
+/// The request as the upstream node sees it — origin-form `target`, the client's headers but
+/// the connection's own, the `Host` `pass_host` says, `X-Forwarded-*`, `X-Real-IP` and the
+/// consumer's headers — written straight into its head; and the pool key of the connection it
+/// goes on.
 fn upstream_request(
     ctx: &Ctx,
     upstream: &Upstream,
     node: usize,
+    target: &str,
     body: Body,
     upgrade: bool,
-) -> Result<(pool::Key, Request<Body>), StatusCode> {
-    let target = &upstream.targets[node];
-    let path_and_query = match &ctx.query {
-        Some(q) => format!("{}?{q}", ctx.path),
-        None => ctx.path.clone(),
-    };
-    let uri = Uri::try_from(path_and_query).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let mut headers = ctx.headers.clone();
-    strip_hop_by_hop(&mut headers);
+) -> Result<(pool::Key, http1::Request), StatusCode> {
+    // Spaces or control characters would end the request line early: a smuggled request.
+    if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let target_node = &upstream.targets[node];
     let node_host = || {
         let default_port = if upstream.tls.is_some() { 443 } else { 80 };
-        if target.port == default_port {
-            target.host.clone()
+        if target_node.port == default_port {
+            target_node.host.clone()
         } else {
-            target.authority.to_string()
+            target_node.authority.to_string()
         }
     };
-    let host = match (&ctx.upstream_host, upstream.pass_host) {
+    let chosen = match (&ctx.upstream_host, upstream.pass_host) {
         (Some(host), _) => Some(host.clone()),
         (None, PassHost::Pass) => None,
         (None, PassHost::Node) => Some(node_host()),
         (None, PassHost::Rewrite) => upstream.upstream_host.clone(),
     };
-    if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert(header::HOST, host);
-    }
-    if !headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&node_host())
-    {
-        headers.insert(header::HOST, host);
-    }
+    let client_host = ctx.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = match (chosen, client_host) {
+        (Some(host), _) => std::borrow::Cow::Owned(host),
+        (None, Some(host)) => std::borrow::Cow::Borrowed(host),
+        (None, None) => std::borrow::Cow::Owned(node_host()),
+    };
     // TLS names the host the request is for, as APISIX's `proxy_ssl_name $upstream_host`.
     let tls = match &upstream.tls {
         Some(config) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let name = host
-                .and_then(|h| crate::tls::server_name(strip_port(h)))
-                .or_else(|| crate::tls::server_name(&target.host))
+            let name = crate::tls::server_name(strip_port(&host))
+                .or_else(|| crate::tls::server_name(&target_node.host))
                 .ok_or(StatusCode::BAD_REQUEST)?;
             Some(pool::Tls {
                 config: config.clone(),
@@ -679,49 +676,65 @@ fn upstream_request(
         None => None,
     };
     let key = pool::Key {
-        host: target.host.clone(),
-        port: target.port,
+        host: target_node.host.clone(),
+        port: target_node.port,
         tls,
     };
-    let remote = ctx.remote_addr.to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {remote}"),
-        None => remote.clone(),
-    };
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set("x-forwarded-for", &forwarded_for);
-    set("x-real-ip", &remote);
-    set("x-forwarded-proto", ctx.scheme);
-    set("x-forwarded-host", &ctx.host);
-    set("x-forwarded-port", &ctx.server_port.to_string());
-    if let Some((consumer, credential)) = &ctx.consumer {
-        let values = [
+
+    let mut request = http1::Request::start(ctx.method.clone(), target, body);
+    request.header("host", host.as_bytes());
+    let named = connection_tokens(&ctx.headers);
+    let consumer = ctx.consumer.as_ref().map(|(consumer, credential)| {
+        [
             Some(consumer.username.as_str()),
             credential.as_deref(),
             consumer.custom_id.as_deref(),
             consumer.group_id.as_deref(),
-        ];
-        for (name, value) in CONSUMER_HEADERS.into_iter().zip(values) {
-            if let Some(value) = value {
-                set(name, value);
-            }
+        ]
+    });
+    for (name, value) in &ctx.headers {
+        let set_here = matches!(
+            name.as_str(),
+            "host"
+                | "x-forwarded-for"
+                | "x-real-ip"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-forwarded-port"
+        ) || (consumer.is_some() && CONSUMER_HEADERS.contains(&name.as_str()));
+        if set_here || HOP_BY_HOP.contains(name) || named.contains(name) {
+            continue;
+        }
+        request.header(name.as_str(), value.as_bytes());
+    }
+    let remote = ctx.remote_addr.to_string();
+    match ctx.headers.get("x-forwarded-for") {
+        Some(earlier) => {
+            let mut forwarded = earlier.as_bytes().to_vec();
+            forwarded.extend_from_slice(b", ");
+            forwarded.extend_from_slice(remote.as_bytes());
+            request.header("x-forwarded-for", &forwarded);
+        }
+        None => request.header("x-forwarded-for", remote.as_bytes()),
+    }
+    request.header("x-real-ip", remote.as_bytes());
+    request.header("x-forwarded-proto", ctx.scheme.as_bytes());
+    request.header("x-forwarded-host", ctx.host.as_bytes());
+    request.header("x-forwarded-port", ctx.server_port.to_string().as_bytes());
+    for (name, value) in CONSUMER_HEADERS
+        .into_iter()
+        .zip(consumer.into_iter().flatten())
+    {
+        if let Some(value) = value {
+            request.header(name, value.as_bytes());
         }
     }
     if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        request.header("connection", b"upgrade");
+        request.header("upgrade", b"websocket");
     }
-    let mut request = Request::builder()
-        .method(ctx.method.clone())
-        .uri(uri)
-        .body(body)
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
-    *request.headers_mut() = headers;
-    Ok((key, request))
+    let declared = ctx.headers.contains_key(header::CONTENT_LENGTH);
+    Ok((key, request.end(declared)))
 }
 
 /// Joins the client's upgraded connection, once the 101 has reached it, to the upstream's.
@@ -740,16 +753,20 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: http1::Connection) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    for name in connection_tokens(headers).iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The headers `Connection` names as the connection's own.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {

@@ -15,13 +15,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use hyper::body::{Body as _, Frame, SizeHint};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::Body;
 use super::http1::{self, Connection, Framing, Stream};
 use crate::resource::KeepalivePool;
 
@@ -82,19 +81,21 @@ struct Idle {
 }
 
 impl Pool {
-    /// Sends `request` (origin-form, with its `Host`) on an idle connection to `key`, else on a
-    /// new one; the response's body gives the connection back once read.
+    /// Sends `request` on an idle connection to `key`, else on a new one; the response's body
+    /// gives the connection back once read.
     pub async fn send(
         self: &Arc<Self>,
         key: &Key,
         keepalive: &KeepalivePool,
         connect_timeout: Duration,
-        request: Request<Body>,
+        request: http1::Request,
     ) -> Result<Response<PooledBody>, Failure> {
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = Vec::with_capacity(512);
-        let chunked = http1::write_head(&parts.method, target, &parts.headers, &body, &mut head);
+        let http1::Request {
+            method,
+            head,
+            body,
+            chunked,
+        } = request;
         let replayable = body.is_end_stream();
         let mut body = Some(body);
         loop {
@@ -115,7 +116,7 @@ impl Pool {
             let sent = body.take().unwrap_or_else(super::empty);
             match idle
                 .connection
-                .exchange(&head, sent, chunked, &parts.method)
+                .exchange(&method, &head, sent, chunked)
                 .await
             {
                 Ok(answer) => return Ok(self.lend(key, keepalive, idle, answer)),
