@@ -668,7 +668,10 @@ mod tests {
         let mut get = Request::start(Method::GET, "/a?b=1", crate::proxy::empty());
         get.header("x-ok", b"1");
         get.header("x-evil", b"1\r\nx-injected: 2");
-        assert_eq!(get.end(false).head, b"GET /a?b=1 HTTP/1.1\r\nx-ok: 1\r\n\r\n");
+        assert_eq!(
+            get.end(false).head,
+            b"GET /a?b=1 HTTP/1.1\r\nx-ok: 1\r\n\r\n"
+        );
         let post = Request::start(Method::POST, "/", crate::proxy::empty()).end(false);
         assert!(post.head.ends_with(b"\r\ncontent-length: 0\r\n\r\n"));
         let declared = Request::start(Method::POST, "/", crate::proxy::empty()).end(true);

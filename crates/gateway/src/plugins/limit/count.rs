@@ -174,12 +174,14 @@ struct Count {
 }
 
 impl Quota {
-    /// The reply or the quota headers for `count`.
+    /// Whether `count` is within the quota; the quota headers go on the response (`headers`)
+    /// or on the refusal.
     #[allow(clippy::result_large_err)] // a refusal is the plugin's reply, built once
-    fn judge(&self, count: Count) -> Result<HeaderMap, Reply> {
-        let mut headers = HeaderMap::new();
+    fn judge(&self, count: Count, headers: &mut HeaderMap) -> Result<(), Reply> {
         let allowed = count.used <= self.count as f64;
+        let mut reply = (!allowed).then(|| self.rejected.reply());
         if self.show_headers {
+            let headers = reply.as_mut().map_or(headers, |r| &mut r.headers);
             let remaining = (self.count as f64 - count.used).max(0.0).floor() as u64;
             let reset = count.reset_ms.div_ceil(1000);
             for (name, value) in [
@@ -190,12 +192,7 @@ impl Quota {
                 headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
             }
         }
-        if allowed {
-            return Ok(headers);
-        }
-        let mut reply = self.rejected.reply();
-        reply.headers.extend(headers);
-        Err(reply)
+        reply.map_or(Ok(()), Err)
     }
 }
 
@@ -215,30 +212,21 @@ impl Plugin for LimitCount {
                 .shared
                 .counters
                 .count(counter, self.window, self.sliding);
-            return match self.quota.judge(count) {
-                Ok(headers) => {
-                    ctx.response_headers.extend(headers);
-                    Flow::Next
-                }
+            return match self.quota.judge(count, &mut ctx.response_headers) {
+                Ok(()) => Flow::Next,
                 Err(reply) => Flow::Reply(reply),
             };
         };
         Flow::Wait(Box::pin(async move {
             let judged = match redis.count(&counter, self.window, self.sliding).await {
-                Some(count) => self.quota.judge(count),
-                None if redis.allow_degradation => Ok(HeaderMap::new()),
+                Some(count) => self.quota.judge(count, &mut ctx.response_headers),
+                None if redis.allow_degradation => Ok(()),
                 None => Err(Reply::message(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed to limit count",
                 )),
             };
-            match judged {
-                Ok(headers) => {
-                    ctx.response_headers.extend(headers);
-                    None
-                }
-                Err(reply) => Some(reply),
-            }
+            judged.err()
         }))
     }
 }
