@@ -3,6 +3,10 @@
 # and through Axle's gateway (1 data-plane thread) — as a plain proxy, and with key-auth +
 # limit-count + prometheus on the route — driven by the same wrk on loopback.
 # Usage: [AXLE_BIN=...] bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
+#        [AXLE_BIN=...] COUNT_INSTRUCTIONS=1 bench/gateway.sh [SECONDS]
+# The second form runs Axle under valgrind's callgrind and prints the instructions (user space,
+# all threads) it spends per request on each route: steady where throughput swings with the
+# machine, for comparing two builds.
 # nginx and Axle are measured in alternating rounds and each reported by its median round, so
 # a slow spell of a shared machine does not land on one of them only.
 # Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
@@ -13,9 +17,14 @@ CONNECTIONS="${2:-50}"
 ROUNDS="${3:-3}"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183 METRICS_PORT=18191
 
-for tool in nginx wrk; do
+TOOLS="nginx wrk"; WRAP=""
+if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
+  TOOLS="$TOOLS valgrind"
+  WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$(mktemp -u /tmp/axle-callgrind.XXXX).%p"
+fi
+for tool in $TOOLS; do
   if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+    apt-get update -qq && apt-get install -y -qq nginx wrk valgrind >/dev/null
   fi
 done
 # AXLE_BIN=path/to/axle measures that build instead (to compare two builds).
@@ -73,12 +82,12 @@ AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT" \
 AXLE__SERVICES__GATEWAY__TLS_LISTEN="127.0.0.1:$AXLE_TLS_PORT" \
 AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
 AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$METRICS_PORT" \
-  $PROXY_CPU "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+  $PROXY_CPU $WRAP "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
 
-wait_for() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
+wait_for() { for _ in $(seq 1 600); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
-for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes" 2>/dev/null && break; sleep 0.1; done
 admin_put() { curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -d "$2"; }
 admin_put routes/bench "{\"uri\": \"/*\", \"upstream\": {\"type\": \"roundrobin\", \"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"
 # The API-market route: a consumer's key, a rate limit that is counted but never reached, and
@@ -88,7 +97,7 @@ admin_put routes/plugins "{\"uri\": \"/plugins/*\", \"upstream\": {\"nodes\": {\
   \"plugins\": {\"key-auth\": {}, \"prometheus\": {},
     \"limit-count\": {\"count\": 1000000000, \"time_window\": 60, \"key_type\": \"var\", \"key\": \"consumer_name\"}}}"
 wait_for "http://127.0.0.1:$AXLE_PORT/"
-for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
+for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
 
 # Prints "requests/s p99_ms" for one wrk run of URL $1 (more wrk arguments may follow).
 measure() {
@@ -101,6 +110,26 @@ measure() {
 
 # The median of a list of "requests/s p99_ms" lines, by requests/s.
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
+
+# Prints the instructions per request of URL $1 (more wrk arguments may follow) under callgrind.
+instructions() {
+  local pid out requests
+  pid=$(pgrep -f "valgrind.*callgrind.*$AXLE" | head -1)
+  $LOAD_CPU wrk -t1 -c10 -d3s "${@:2}" "$1" >/dev/null # warm-up
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  requests=$($LOAD_CPU wrk -t1 -c10 -d"${DURATION}s" "${@:2}" "$1" | awk '/requests in/ { print $1 }')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  out=$(ls -t /tmp/axle-callgrind.*."$pid".* | head -1)
+  awk -v n="$requests" '/^totals:/ { printf "%.0f instructions per request (%d requests)\n", $2 / n, n }' "$out"
+  rm -f /tmp/axle-callgrind.*."$pid"*
+}
+if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
+  callgrind_control -i on "$(pgrep -f "valgrind.*callgrind.*$AXLE" | head -1)" >/dev/null 2>&1
+  echo "axle under callgrind, wrk -t1 -c10 -d${DURATION}s per route"
+  echo "  plain route:   $(instructions "http://127.0.0.1:$AXLE_PORT/")"
+  echo "  plugin route:  $(instructions "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"
+  exit 0
+fi
 
 read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
 nginx_runs="" axle_runs="" plugins_runs=""
