@@ -439,6 +439,10 @@ impl DataPlane {
             .map(|t| Timeouts::from_config(Some(&t)))
             .unwrap_or(upstream.timeouts);
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
+        let target = match &ctx.query {
+            Some(query) => format!("{}?{query}", ctx.path),
+            None => ctx.path.clone(),
+        };
         let mut body = Some(body);
         let mut tried = Vec::new();
         loop {
@@ -448,10 +452,6 @@ impl DataPlane {
             let in_flight = upstream.start(node);
             tried.push(node);
             let body = body.take().unwrap_or_else(empty);
-            let target = match &ctx.query {
-                Some(query) => format!("{}?{query}", ctx.path),
-                None => ctx.path.clone(),
-            };
             let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)?;
             let budget = timeouts.connect + timeouts.send + timeouts.read;
             let sent = self

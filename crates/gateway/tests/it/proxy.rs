@@ -6,7 +6,7 @@ use axle_core::testing::Backends;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Load, spawn_gateway, spawn_upstream, spawn_ws_echo};
+use crate::helpers::{Gateway, Load, spawn_gateway, spawn_upstream, spawn_ws_echo};
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -260,12 +260,7 @@ async fn hop_by_hop_response_headers_stay_upstream() {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = node.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1
-                {
-                    head.push(byte[0]);
-                }
+                let _ = read_request(&mut stream, &mut Vec::new()).await;
                 let answer = "HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: node-only\r\n\
                               Keep-Alive: timeout=5\r\nx-end: kept\r\nContent-Length: 2\r\n\r\nok";
                 let _ = stream.write_all(answer.as_bytes()).await;
@@ -279,12 +274,7 @@ async fn hop_by_hop_response_headers_stay_upstream() {
     .await;
     gw.wait_for("/closing", 200).await;
 
-    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    let (mut client, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut client = http1_client(&gw).await;
     for _ in 0..2 {
         let request = http::Request::get("/closing")
             .header("host", "a")
@@ -339,6 +329,22 @@ async fn chash_sends_each_key_to_one_node_and_least_conn_serves() {
     for _ in 0..5 {
         gw.wait_for("/lc", 200).await;
     }
+}
+
+/// An HTTP/1.1 connection of its own to the gateway's data plane.
+async fn http1_client<B>(gw: &Gateway) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (client, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 /// A node speaking raw HTTP/1.1 as servers do in the wild, one script per path; counts the
@@ -515,12 +521,7 @@ async fn upstream_answers_are_framed_and_their_connections_reused() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), sized);
     // A body of unknown length (chunked from the client) goes upstream chunked.
-    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-    let (mut client, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut client = http1_client(&gw).await;
     let frames = ["first part, ", "second part"].map(|p| {
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(p)))
     });
