@@ -8,6 +8,8 @@
 //! Only a message read to its end leaves the connection fit for the next one.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -26,7 +28,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines accepted in a response head.
 const MAX_HEADERS: usize = 128;
 /// How much room a read asks for.
-const READ_SIZE: usize = 16 * 1024;
+pub(super) const READ_SIZE: usize = 16 * 1024;
 
 /// An upstream connection: plain TCP or TLS over it.
 #[derive(Debug)]
@@ -405,9 +407,14 @@ where
 /// The response head at the start of `read`, taken off it; `None` while it is incomplete.
 fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut lines);
-        let length = match response.parse(read) {
+        let mut lines = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut lines,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
@@ -423,22 +430,9 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Header values share the head's bytes instead of each being copied.
-        let base = read.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(response.headers.len());
-        for line in response.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes())
-                .map_err(|_| Error::Invalid("bad header name"))?;
-            let start = line.value.as_ptr() as usize - base;
-            fields.push((name, start..start + line.value.len()));
-        }
-        let bytes = read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
-        for (name, value) in fields {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-                .map_err(|_| Error::Invalid("bad header value"))?;
-            headers.append(name, value);
-        }
+        let fields = Fields::of(response.headers, read).ok_or(Error::Invalid("bad header name"))?;
+        let (_, headers) = fields.split_off(read, length);
+        let headers = headers.ok_or(Error::Invalid("bad header value"))?;
         let framing = framing(method, status, &headers)?;
         let keep_alive = framing != Framing::Close
             && match version {
@@ -452,6 +446,45 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             framing,
             keep_alive,
         }));
+    }
+}
+
+/// The header lines httparse found in a read buffer, by name and where each value lies in it.
+pub(super) struct Fields(Vec<(HeaderName, Range<usize>)>);
+
+impl Fields {
+    /// `lines` as parsed from `read`; none when a name is not a valid header name.
+    pub(super) fn of(lines: &[httparse::Header<'_>], read: &[u8]) -> Option<Fields> {
+        let base = read.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(lines.len());
+        for line in lines {
+            let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
+            let start = line.value.as_ptr() as usize - base;
+            fields.push((name, start..start + line.value.len()));
+        }
+        Some(Fields(fields))
+    }
+
+    pub(super) fn has(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// Splits the head (its first `length` bytes) off `read`, with the header map whose values
+    /// share those bytes rather than each being copied (none when a value is invalid).
+    pub(super) fn split_off(
+        self,
+        read: &mut BytesMut,
+        length: usize,
+    ) -> (Bytes, Option<HeaderMap>) {
+        let head = read.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(self.0.len());
+        for (name, value) in self.0 {
+            match HeaderValue::from_maybe_shared(head.slice(value)) {
+                Ok(value) => headers.append(name, value),
+                Err(_) => return (head, None),
+            };
+        }
+        (head, Some(headers))
     }
 }
 
@@ -499,7 +532,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
 }
 
 /// Whether a comma-separated header (`Connection`) names `token`.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

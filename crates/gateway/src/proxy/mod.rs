@@ -1,4 +1,4 @@
-//! The data plane: a hyper server that matches each request against the current snapshot, runs
+//! The data plane: a server that matches each request against the current snapshot, runs
 //! the plugin phases and forwards it to an upstream node over a keepalive pool.
 //!
 //! One request, top to bottom in [`DataPlane::handle`]: context → route match (404 when none)
@@ -7,12 +7,13 @@
 //! `X-Real-IP`, retrying other nodes when a connection fails and the request has no body →
 //! response phases → stream the body back. WebSocket upgrades are proxied when the route
 //! enables them. On the TLS listener the certificate is chosen by SNI from the snapshot's
-//! `ssls`, and ALPN offers HTTP/2.
+//! `ssls`, and ALPN offers HTTP/2. Clients are served HTTP/1.1 by [`server`], which hands
+//! what it does not take (bodies still arriving, upgrades, HTTP/2) to hyper's server.
 
 pub mod http1;
 pub mod pool;
+mod server;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -83,13 +83,23 @@ pub struct Listener {
     pub tls: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DataPlane {
     runtime: Arc<Runtime>,
     pool: Arc<Pool>,
     limits: Limits,
+    /// hyper's server, for the connections [`server`] hands over.
+    hyper: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     /// The certificate's name for TLS clients that send no SNI (APISIX's `fallback_sni`).
     fallback_sni: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who is on the other end of a client connection.
@@ -102,10 +112,18 @@ struct Peer {
 
 impl DataPlane {
     pub fn new(runtime: Arc<Runtime>, limits: Limits, fallback_sni: Option<String>) -> DataPlane {
+        let mut hyper = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        hyper
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .header_read_timeout(server::HEAD_TIMEOUT);
+        hyper.http2().timer(TokioTimer::new());
         DataPlane {
             runtime,
             pool: Arc::default(),
             limits,
+            hyper: Arc::new(hyper),
             fallback_sni: fallback_sni.map(Arc::from),
         }
     }
@@ -128,33 +146,25 @@ impl DataPlane {
                 }
             }
         });
-        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let connections = tokio_util::task::TaskTracker::new();
         let accepting = listeners.into_iter().map(|listener| {
-            let (plane, graceful, shutdown) = (plane.clone(), graceful.clone(), shutdown.clone());
-            async move { plane.accept(listener, &graceful, shutdown).await }
+            let (plane, connections, shutdown) =
+                (plane.clone(), connections.clone(), shutdown.clone());
+            async move { plane.accept(listener, &connections, shutdown).await }
         });
         futures::future::join_all(accepting).await;
         drop(plane);
-        if let Some(graceful) = Arc::into_inner(graceful) {
-            let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
-        }
+        connections.close();
+        let _ = tokio::time::timeout(Duration::from_secs(30), connections.wait()).await;
     }
 
     async fn accept(
         &self,
         listener: Listener,
-        graceful: &hyper_util::server::graceful::GracefulShutdown,
+        connections: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) {
         let local_port = listener.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .max_buf_size(self.limits.max_header_bytes.max(8192))
-            .header_read_timeout(Duration::from_secs(60));
-        builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = listener.tcp.accept() => match accepted {
@@ -173,21 +183,24 @@ impl DataPlane {
                 local_port,
                 scheme: if listener.tls { "https" } else { "http" },
             };
-            let (plane, builder) = (self.clone(), builder.clone());
-            let watcher = graceful.watcher();
+            let plane = self.clone();
+            let shutdown = shutdown.clone();
             let metrics = &self.runtime.shared.metrics;
             metrics.accepted.inc();
             metrics.handled.inc();
             metrics.active.inc();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 if peer.scheme == "https" {
-                    if let Some(tls) = plane.handshake(stream, remote).await {
-                        plane.serve_connection(&builder, watcher, tls, peer).await;
+                    match plane.handshake(stream, remote).await {
+                        // HTTP/2 chosen by ALPN: hyper's from the start.
+                        Some(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            server::hand_over(&plane, tls, Bytes::new(), peer, &shutdown).await;
+                        }
+                        Some(tls) => server::serve(plane.clone(), tls, peer, shutdown).await,
+                        None => {}
                     }
                 } else {
-                    plane
-                        .serve_connection(&builder, watcher, stream, peer)
-                        .await;
+                    server::serve(plane.clone(), stream, peer, shutdown).await;
                 }
                 plane.runtime.shared.metrics.active.dec();
             });
@@ -222,25 +235,7 @@ impl DataPlane {
         }
     }
 
-    async fn serve_connection<I>(
-        &self,
-        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
-        io: I,
-        peer: Peer,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let plane = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let plane = plane.clone();
-            async move { Ok::<_, Infallible>(plane.handle(req, peer).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let _ = watcher.watch(connection).await;
-    }
-
-    async fn handle(&self, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Body>, peer: Peer) -> Response<Body> {
         let started = Instant::now();
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -511,9 +506,9 @@ impl DataPlane {
         }
     }
 
-    fn limited(&self, body: Incoming) -> Body {
+    fn limited(&self, body: Body) -> Body {
         match self.limits.max_body_bytes {
-            0 => body.map_err(BoxError::from).boxed(),
+            0 => body,
             max => http_body_util::Limited::new(body, max as usize).boxed(),
         }
     }
