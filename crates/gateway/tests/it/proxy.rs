@@ -250,6 +250,106 @@ async fn oversized_heads_get_431_and_oversized_bodies_413() {
     assert!(answer.contains("connection: close\r\n"), "{answer}");
 }
 
+/// One client connection carries pipelined requests, a head split across writes, a body sent
+/// with its head, and then a chunked body (which hyper's server takes over) and more requests
+/// after it; HTTP/1.0 clients get their answer and the close.
+#[tokio::test]
+async fn a_client_connection_carries_pipelined_split_and_chunked_requests() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"uri": "/p", "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/p", 200).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let mut read = Vec::new();
+    let get = |n: u32| format!("GET /p?n={n} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream
+        .write_all((get(1) + &get(2)).as_bytes())
+        .await
+        .unwrap();
+    for n in ["n=1", "n=2"] {
+        let (head, seen) = read_response(&mut stream, &mut read).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(seen["query"], n, "answers in order");
+    }
+    let split = get(3);
+    stream.write_all(&split.as_bytes()[..12]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stream.write_all(&split.as_bytes()[12..]).await.unwrap();
+    assert_eq!(
+        read_response(&mut stream, &mut read).await.1["query"],
+        "n=3"
+    );
+    stream
+        .write_all(b"POST /p?n=4 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream, &mut read).await.1["body"], "abc");
+    let chunked = "POST /p?n=5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    stream
+        .write_all((chunked.to_string() + &get(6)).as_bytes())
+        .await
+        .unwrap();
+    let (_, seen) = read_response(&mut stream, &mut read).await;
+    assert_eq!(
+        (&seen["query"], &seen["body"]),
+        (&json!("n=5"), &json!("hello"))
+    );
+    assert_eq!(
+        read_response(&mut stream, &mut read).await.1["query"],
+        "n=6"
+    );
+    stream.write_all(get(7).as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response(&mut stream, &mut read).await.1["query"],
+        "n=7"
+    );
+
+    let mut old = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    old.write_all(b"GET /p?n=8 HTTP/1.0\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    old.read_to_string(&mut answer).await.unwrap(); // the gateway closes the connection
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains(r#""query":"n=8""#), "{answer}");
+}
+
+/// Reads one response with a `Content-Length` body (what the echo upstream sends) off
+/// `stream`, keeping what follows it in `read`: its head, and its body as JSON.
+async fn read_response(stream: &mut tokio::net::TcpStream, read: &mut Vec<u8>) -> (String, Value) {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut lines);
+        if let httparse::Status::Complete(at) = response.parse(read).unwrap() {
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .expect("a content-length");
+            if read.len() >= at + length {
+                let head = String::from_utf8_lossy(&read[..at]).to_string();
+                let body = serde_json::from_slice(&read[at..at + length]).unwrap();
+                read.drain(..at + length);
+                return (head, body);
+            }
+        }
+        let mut more = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut more))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response");
+        read.extend_from_slice(&more[..n]);
+    }
+}
+
 /// The upstream's connection headers are its own: a `Connection: close` from a node ends that
 /// upstream connection, not the client's, and names no header the client gets.
 #[tokio::test]
