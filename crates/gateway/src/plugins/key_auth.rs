@@ -73,11 +73,12 @@ impl Plugin for KeyAuth {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let in_header = ctx.headers.contains_key(&self.header);
-        let key = match ctx.headers.get(&self.header) {
+        let in_header = ctx.headers.get(&self.header);
+        let key = match in_header {
             Some(v) => v.to_str().ok().map(str::to_string),
             None => ctx.vars().arg(&self.query).map(|k| k.into_owned()),
         };
+        let in_header = in_header.is_some();
         let failure = match &key {
             None => "Missing API key in request",
             Some(key) => match ctx.snapshot.clone().consumers.find("key-auth", key) {

@@ -12,11 +12,12 @@
 //! the configuration are dropped at the next scrape.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -35,13 +36,84 @@ pub(crate) struct Config {
 #[derive(Debug)]
 struct Prometheus {
     prefer_name: bool,
+    /// The series this instance has counted in, found again by comparing labels rather than
+    /// by hashing them into each metric family. A snapshot's plugins are built anew with every
+    /// configuration change, so these never outlive the routes they label.
+    series: Mutex<Vec<Series>>,
 }
+
+/// The most series an instance keeps at hand; others are looked up each time.
+const SERIES_KEPT: usize = 64;
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(Prometheus {
         prefer_name: c.prefer_name,
+        series: Mutex::default(),
     }))
+}
+
+/// A request's labels (`status`, `route`, `matched_uri`, `matched_host`, `service`,
+/// `consumer`, `node`) and the metrics they name.
+#[derive(Debug)]
+struct Series {
+    status: u16,
+    labels: [String; 6],
+    requests: IntCounter,
+    request_ms: Histogram,
+    /// Upstream and gateway time: for requests a node answered (`node` is set).
+    upstream_ms: Option<(Histogram, Histogram)>,
+    ingress: IntCounter,
+    egress: IntCounter,
+}
+
+impl Series {
+    fn new(m: &Metrics, status: u16, labels: [&str; 6]) -> Series {
+        let [route, uri, host, service, consumer, node] = labels;
+        let status_text = status.to_string();
+        let by = |kind: &'static str| [kind, route, service, consumer, node];
+        Series {
+            status,
+            labels: labels.map(str::to_string),
+            requests: m.status.with_label_values(&[
+                status_text.as_str(),
+                route,
+                uri,
+                host,
+                service,
+                consumer,
+                node,
+            ]),
+            request_ms: m.latency.with_label_values(&by("request")),
+            upstream_ms: (!node.is_empty()).then(|| {
+                (
+                    m.latency.with_label_values(&by("upstream")),
+                    m.latency.with_label_values(&by("apisix")),
+                )
+            }),
+            ingress: m.bandwidth.with_label_values(&by("ingress")),
+            egress: m.bandwidth.with_label_values(&by("egress")),
+        }
+    }
+
+    fn is(&self, status: u16, labels: &[&str; 6]) -> bool {
+        self.status == status && self.labels.iter().zip(labels).all(|(a, b)| a == b)
+    }
+
+    fn count(&self, log: &Log) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let request = ms(log.request_time);
+        self.requests.inc();
+        self.request_ms.observe(request);
+        if let (Some((upstream_ms, apisix_ms)), Some(upstream)) =
+            (&self.upstream_ms, log.upstream_time.map(ms))
+        {
+            upstream_ms.observe(upstream);
+            apisix_ms.observe((request - upstream).max(0.0));
+        }
+        self.ingress.inc_by(log.request_bytes);
+        self.egress.inc_by(log.response_bytes);
+    }
 }
 
 impl Plugin for Prometheus {
@@ -58,45 +130,27 @@ impl Plugin for Prometheus {
     }
 
     fn log(&self, log: &Log, shared: &Shared) {
-        let m = &shared.metrics;
         let route: &str = match (&log.route_name, self.prefer_name) {
             (Some(name), true) => name,
             _ => &log.route,
         };
-        let service = log.service.as_deref().unwrap_or_default();
-        let consumer = log.consumer.as_ref().map_or("", |c| c.username.as_str());
-        let node = log.node.as_deref().unwrap_or_default();
-        m.status
-            .with_label_values(&[
-                log.status.to_string().as_str(),
-                route,
-                &log.matched_uri,
-                &log.matched_host,
-                service,
-                consumer,
-                node,
-            ])
-            .inc();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let request = ms(log.request_time);
-        let labels = |kind: &'static str| [kind, route, service, consumer, node];
-        m.latency
-            .with_label_values(&labels("request"))
-            .observe(request);
-        if let Some(upstream) = log.upstream_time.map(ms) {
-            m.latency
-                .with_label_values(&labels("upstream"))
-                .observe(upstream);
-            m.latency
-                .with_label_values(&labels("apisix"))
-                .observe((request - upstream).max(0.0));
+        let labels = [
+            route,
+            &log.matched_uri,
+            &log.matched_host,
+            log.service.as_deref().unwrap_or_default(),
+            log.consumer.as_ref().map_or("", |c| c.username.as_str()),
+            log.node.as_deref().unwrap_or_default(),
+        ];
+        let mut kept = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = kept.iter().find(|s| s.is(log.status, &labels)) {
+            return series.count(log);
         }
-        m.bandwidth
-            .with_label_values(&labels("ingress"))
-            .inc_by(log.request_bytes);
-        m.bandwidth
-            .with_label_values(&labels("egress"))
-            .inc_by(log.response_bytes);
+        let series = Series::new(&shared.metrics, log.status, labels);
+        series.count(log);
+        if kept.len() < SERIES_KEPT {
+            kept.push(series);
+        }
     }
 }
 

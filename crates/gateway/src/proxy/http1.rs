@@ -311,6 +311,16 @@ impl Request {
         self.head.extend_from_slice(b"\r\n");
     }
 
+    /// Adds a header line from the `http` types, which keep control characters out of values.
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        self.head.reserve(name.len() + value.len() + 4);
+        self.head.extend_from_slice(name);
+        self.head.extend_from_slice(b": ");
+        self.head.extend_from_slice(value);
+        self.head.extend_from_slice(b"\r\n");
+    }
+
     /// Ends the head with the body's framing: none when `declared` (the headers carry a
     /// `Content-Length`), else its exact size when known, else chunked.
     pub fn end(mut self, declared: bool) -> Request {
@@ -336,7 +346,7 @@ impl From<http::Request<Body>> for Request {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = Request::start(parts.method, target, body);
         for (name, value) in &parts.headers {
-            out.header(name.as_str(), value.as_bytes());
+            out.field(name, value);
         }
         out.end(parts.headers.contains_key(header::CONTENT_LENGTH))
     }
@@ -430,14 +440,24 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let fields = Fields::of(response.headers, read).ok_or(Error::Invalid("bad header name"))?;
+        let mut fields =
+            Fields::of(response.headers, read).ok_or(Error::Invalid("bad header name"))?;
+        // A switched protocol's headers are the client's to see; others' connection fields
+        // are this connection's own.
+        let connection = match status {
+            StatusCode::SWITCHING_PROTOCOLS => ConnectionFields::default(),
+            _ => fields.take_connection(read),
+        };
         let (_, headers) = fields.split_off(read, length);
-        let headers = headers.ok_or(Error::Invalid("bad header value"))?;
+        let mut headers = headers.ok_or(Error::Invalid("bad header value"))?;
         let framing = framing(method, status, &headers)?;
+        if connection.transfer_encoding {
+            headers.remove(header::TRANSFER_ENCODING); // the body is passed on decoded
+        }
         let keep_alive = framing != Framing::Close
             && match version {
-                Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
-                _ => !has_token(&headers, header::CONNECTION, "close"),
+                Version::HTTP_10 => connection.keep_alive,
+                _ => !connection.close,
             };
         return Ok(Some(Head {
             status,
@@ -447,6 +467,14 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             keep_alive,
         }));
     }
+}
+
+/// What a response's connection fields said.
+#[derive(Debug, Default)]
+struct ConnectionFields {
+    close: bool,
+    keep_alive: bool,
+    transfer_encoding: bool,
 }
 
 /// The header lines httparse found in a read buffer, by name and where each value lies in it.
@@ -463,6 +491,37 @@ impl Fields {
             fields.push((name, start..start + line.value.len()));
         }
         Some(Fields(fields))
+    }
+
+    /// Takes out the fields of the connection rather than the message — `Connection`, those it
+    /// names and the other hop-by-hop ones, but `Transfer-Encoding`, which frames the body —
+    /// and says what they asked.
+    fn take_connection(&mut self, read: &[u8]) -> ConnectionFields {
+        let mut connection = ConnectionFields::default();
+        let mut named = Vec::new();
+        for (name, value) in &self.0 {
+            if *name == header::TRANSFER_ENCODING {
+                connection.transfer_encoding = true;
+            }
+            if *name != header::CONNECTION {
+                continue;
+            }
+            for token in read[value.clone()].split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    connection.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    connection.keep_alive = true;
+                } else if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
+        }
+        self.0.retain(|(name, _)| {
+            *name == header::TRANSFER_ENCODING
+                || !(super::HOP_BY_HOP.contains(name) || named.contains(name))
+        });
+        connection
     }
 
     pub(super) fn has(&self, name: &HeaderName) -> bool {
@@ -671,6 +730,21 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_connections_own_fields_stay_out_of_the_response() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nX-Private: 1\r\n\
+            Keep-Alive: timeout=5\r\nX-Kept: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let answer = head(text, Method::GET).unwrap().unwrap();
+        assert_eq!(answer.framing, Framing::Chunked(Chunk::Size));
+        assert!(!answer.keep_alive);
+        assert_eq!(answer.headers.len(), 1);
+        assert!(answer.headers.contains_key("x-kept"));
+        let text =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let answer = head(text, Method::GET).unwrap().unwrap();
+        assert_eq!(answer.headers.len(), 2, "a tunnel's answer is the client's");
     }
 
     #[test]

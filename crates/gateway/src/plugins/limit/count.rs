@@ -105,6 +105,8 @@ struct LimitCount {
 #[derive(Debug)]
 struct Quota {
     count: u64,
+    /// `count` as the `X-RateLimit-Limit` value.
+    limit: HeaderValue,
     rejected: Rejection,
     show_headers: bool,
 }
@@ -153,6 +155,7 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     Ok(Arc::new(LimitCount {
         quota: Arc::new(Quota {
             count: c.count,
+            limit: HeaderValue::from(c.count),
             rejected,
             show_headers: c.show_limit_quota_header,
         }),
@@ -178,19 +181,19 @@ impl Quota {
     /// or on the refusal.
     #[allow(clippy::result_large_err)] // a refusal is the plugin's reply, built once
     fn judge(&self, count: Count, headers: &mut HeaderMap) -> Result<(), Reply> {
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
         let allowed = count.used <= self.count as f64;
         let mut reply = (!allowed).then(|| self.rejected.reply());
         if self.show_headers {
             let headers = reply.as_mut().map_or(headers, |r| &mut r.headers);
             let remaining = (self.count as f64 - count.used).max(0.0).floor() as u64;
             let reset = count.reset_ms.div_ceil(1000);
-            for (name, value) in [
-                ("x-ratelimit-limit", self.count),
-                ("x-ratelimit-remaining", remaining),
-                ("x-ratelimit-reset", reset),
-            ] {
-                headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-            }
+            headers.reserve(3);
+            headers.insert(LIMIT, self.limit.clone());
+            headers.insert(REMAINING, HeaderValue::from(remaining));
+            headers.insert(RESET, HeaderValue::from(reset));
         }
         reply.map_or(Ok(()), Err)
     }

@@ -40,27 +40,28 @@ impl Key {
         })
     }
 
-    /// The key's value for this request: the client address when the variable is empty.
-    fn read(&self, ctx: &Ctx) -> String {
+    /// The counter this request counts against: its route's, or a `group` shared by routes,
+    /// for the key's value (the client address when that is empty).
+    pub(super) fn counter(&self, ctx: &Ctx, group: Option<&str>) -> String {
         let vars = ctx.vars();
         let value = match self {
-            Key::Var(var) => var.read(&vars).map(|v| v.into_owned()),
-            Key::Combination(template) => Some(template.render(&vars, &[])),
-            Key::Constant(c) => Some(c.clone()),
+            Key::Var(var) => var.read(&vars).unwrap_or_default(),
+            Key::Combination(template) => template.render(&vars, &[]).into(),
+            Key::Constant(c) => c.as_str().into(),
         };
-        value
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| ctx.remote_addr.to_string())
-    }
-
-    /// The counter this request counts against: its route's, or a `group` shared by routes,
-    /// for the key's value.
-    pub(super) fn counter(&self, ctx: &Ctx, group: Option<&str>) -> String {
-        let value = self.read(ctx);
-        match group {
-            Some(group) => format!("group:{group}:{value}"),
-            None => format!("route:{}:{value}", ctx.route_id),
+        let (scope, name) = match group {
+            Some(group) => ("group:", group),
+            None => ("route:", &*ctx.route_id),
+        };
+        let mut counter = String::with_capacity(scope.len() + name.len() + 1 + value.len());
+        counter.push_str(scope);
+        counter.push_str(name);
+        counter.push(':');
+        match value.is_empty() {
+            true => counter.push_str(&ctx.remote_addr.to_string()),
+            false => counter.push_str(&value),
         }
+        counter
     }
 }
 
