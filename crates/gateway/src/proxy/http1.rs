@@ -536,7 +536,8 @@ impl Fields {
         length: usize,
     ) -> (Bytes, Option<HeaderMap>) {
         let head = read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(self.0.len());
+        // With room for what plugins add, so that does not grow it.
+        let mut headers = HeaderMap::with_capacity(self.0.len() + 6);
         for (name, value) in self.0 {
             match HeaderValue::from_maybe_shared(head.slice(value)) {
                 Ok(value) => headers.append(name, value),

@@ -7,7 +7,6 @@
 //! it cannot carry another request. A request without a body that finds its reused connection
 //! closed by the node (the race every keepalive pool has) is sent again on another one.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -69,7 +68,7 @@ pub enum Failure {
 
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle: Mutex<crate::FastMap<Key, Vec<Idle>>>,
 }
 
 #[derive(Debug)]

@@ -7,6 +7,8 @@
 //! `username`), so finding the consumer for a request is one hash lookup.
 
 use std::collections::HashMap;
+
+use crate::FastMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -37,9 +39,9 @@ pub struct Credential {
 
 #[derive(Debug, Default)]
 pub struct Consumers {
-    by_name: HashMap<String, Arc<Consumer>>,
+    by_name: FastMap<String, Arc<Consumer>>,
     /// Plugin name → identity → credential.
-    credentials: HashMap<String, HashMap<String, Credential>>,
+    credentials: FastMap<String, FastMap<String, Credential>>,
 }
 
 /// Reports a document left out of the snapshot.

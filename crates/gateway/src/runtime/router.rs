@@ -7,6 +7,8 @@
 //! lets the next one try.
 
 use std::collections::HashMap;
+
+use crate::FastMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -171,19 +173,19 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
-    exact: HashMap<String, Vec<usize>>,
+    exact: FastMap<String, Vec<usize>>,
     /// Path-parameter patterns by their literal lead: `api/v1` for `/api/v1/users/:id`.
-    params: HashMap<String, Vec<(Vec<Segment>, usize)>>,
+    params: FastMap<String, Vec<(Vec<Segment>, usize)>>,
     /// Prefix length → prefix → routes; longest first.
-    prefixes: Vec<(usize, HashMap<String, Vec<usize>>)>,
+    prefixes: Vec<(usize, FastMap<String, Vec<usize>>)>,
 }
 
 impl Router {
     /// Indexes `routes`; their order breaks ties between equal priorities.
     pub fn new(routes: Vec<Route>) -> Router {
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut params: HashMap<String, Vec<(Vec<Segment>, usize)>> = HashMap::new();
-        let mut by_len: HashMap<usize, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut exact: FastMap<String, Vec<usize>> = FastMap::default();
+        let mut params: FastMap<String, Vec<(Vec<Segment>, usize)>> = FastMap::default();
+        let mut by_len: HashMap<usize, FastMap<String, Vec<usize>>> = HashMap::new();
         for (i, route) in routes.iter().enumerate() {
             for uri in &route.uris {
                 match uri {

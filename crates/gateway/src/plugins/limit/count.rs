@@ -9,7 +9,6 @@
 //! passes uncounted with `allow_degradation`; the outage is logged once, and no request waits
 //! longer than `redis_timeout`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -237,7 +236,7 @@ impl Plugin for LimitCount {
 /// Local counters, per gateway process; they outlive snapshots.
 #[derive(Debug, Default)]
 pub struct Counters {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<crate::FastMap<String, Window>>,
     /// The number of counters after the last sweep; the next sweep comes at twice as many.
     swept_at: std::sync::atomic::AtomicUsize,
 }
