@@ -120,8 +120,8 @@ pub struct Ctx {
     pub consumer: Option<(Arc<Consumer>, Option<Arc<str>>)>,
     /// State the plugins keep across requests and snapshots.
     pub shared: Arc<Shared>,
-    /// Headers request plugins add to the response (rate-limit quotas).
-    pub response_headers: HeaderMap,
+    /// Headers request plugins set on the response, whoever answers (rate-limit quotas).
+    pub response_headers: Vec<(http::HeaderName, HeaderValue)>,
     /// What the request holds until its response has been sent or the client has gone away
     /// (limit-conn's place); dropping it gives it back.
     pub held: Vec<Box<dyn Any + Send + Sync>>,

@@ -288,7 +288,7 @@ impl DataPlane {
             upstream: None,
             consumer: None,
             shared: self.runtime.shared.clone(),
-            response_headers: HeaderMap::new(),
+            response_headers: Vec::new(),
             held: Vec::new(),
             mirror: None,
             trace: None,
@@ -364,9 +364,9 @@ impl DataPlane {
         };
         // Response phases, for upstream and plugin responses alike.
         let (mut parts, body) = response.into_parts();
-        parts
-            .headers
-            .extend(std::mem::take(&mut ctx.response_headers));
+        for (name, value) in std::mem::take(&mut ctx.response_headers) {
+            parts.headers.insert(name, value);
+        }
         let mut head = ResponseHead {
             status: parts.status,
             headers: std::mem::take(&mut parts.headers),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -179,20 +179,28 @@ impl Quota {
     /// Whether `count` is within the quota; the quota headers go on the response (`headers`)
     /// or on the refusal.
     #[allow(clippy::result_large_err)] // a refusal is the plugin's reply, built once
-    fn judge(&self, count: Count, headers: &mut HeaderMap) -> Result<(), Reply> {
+    fn judge(
+        &self,
+        count: Count,
+        headers: &mut Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<(), Reply> {
         const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
         const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
         const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
         let allowed = count.used <= self.count as f64;
         let mut reply = (!allowed).then(|| self.rejected.reply());
         if self.show_headers {
-            let headers = reply.as_mut().map_or(headers, |r| &mut r.headers);
             let remaining = (self.count as f64 - count.used).max(0.0).floor() as u64;
             let reset = count.reset_ms.div_ceil(1000);
-            headers.reserve(3);
-            headers.insert(LIMIT, self.limit.clone());
-            headers.insert(REMAINING, HeaderValue::from(remaining));
-            headers.insert(RESET, HeaderValue::from(reset));
+            let quota = [
+                (LIMIT, self.limit.clone()),
+                (REMAINING, HeaderValue::from(remaining)),
+                (RESET, HeaderValue::from(reset)),
+            ];
+            match reply.as_mut() {
+                Some(reply) => reply.headers.extend(quota),
+                None => headers.extend(quota),
+            }
         }
         reply.map_or(Ok(()), Err)
     }
