@@ -764,7 +764,7 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
                     at += 1;
                 }
                 let digits = digits.format(octet).as_bytes();
-                buf[at..at + digits.len()].copy_from_slice(&digits);
+                buf[at..at + digits.len()].copy_from_slice(digits);
                 at += digits.len();
             }
         }
