@@ -121,6 +121,14 @@ impl Connection {
         !self.read.is_empty() || self.stream.hung_up()
     }
 
+    /// The connection as a switched protocol takes it over: what was read already comes first.
+    pub fn into_stream(self) -> Rewind<Stream> {
+        Rewind {
+            read: self.read.freeze(),
+            io: self.stream,
+        }
+    }
+
     /// Writes a request (`head` as [`Request`] made it, then `body`) and reads the response
     /// head. A body is written while the response is awaited, so a node that answers early (a
     /// 413, say) is heard; the connection then cannot be reused.
@@ -641,38 +649,56 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// A connection taken over by a switched protocol reads what was already buffered first.
-impl AsyncRead for Connection {
+/// A connection whose first bytes (`read`) have been read already: they are read again first.
+pub struct Rewind<I> {
+    pub read: Bytes,
+    pub io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read.split_to(n));
-            return Poll::Ready(Ok(()));
+        if this.read.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for Connection {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

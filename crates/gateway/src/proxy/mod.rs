@@ -734,7 +734,8 @@ fn upstream_request(
 }
 
 /// Joins the client's upgraded connection, once the 101 has reached it, to the upstream's.
-fn tunnel(client: hyper::upgrade::OnUpgrade, mut upstream: http1::Connection) {
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: http1::Connection) {
+    let mut upstream = upstream.into_stream();
     tokio::spawn(async move {
         let client = match client.await {
             Ok(client) => client,
