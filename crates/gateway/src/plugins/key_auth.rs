@@ -73,10 +73,10 @@ impl Plugin for KeyAuth {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let in_header = ctx.headers.get(&self.header);
-        let key = match in_header {
-            Some(v) => v.to_str().ok().map(str::to_string),
-            None => ctx.vars().arg(&self.query).map(|k| k.into_owned()),
+        let in_header = ctx.headers.get(&self.header).cloned();
+        let key = match &in_header {
+            Some(v) => v.to_str().ok().map(std::borrow::Cow::Borrowed),
+            None => ctx.vars().arg(&self.query).map(|k| k.into_owned().into()),
         };
         let in_header = in_header.is_some();
         let failure = match &key {

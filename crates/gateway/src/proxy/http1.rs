@@ -599,14 +599,11 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
-/// Whether a comma-separated header (`Connection`) names `token`.
-pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether a comma-separated header value (`Connection`'s) names `token`.
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 impl AsyncRead for Stream {

@@ -686,16 +686,16 @@ fn upstream_request(
             consumer.group_id.as_deref(),
         ]
     });
+    let (mut earlier, mut declared) = (None, false);
     for (name, value) in &ctx.headers {
-        let set_here = matches!(
-            name.as_str(),
-            "host"
-                | "x-forwarded-for"
-                | "x-real-ip"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-                | "x-forwarded-port"
-        ) || (consumer.is_some() && CONSUMER_HEADERS.contains(&name.as_str()));
+        if *name == X_FORWARDED_FOR {
+            earlier.get_or_insert(value);
+            continue;
+        }
+        declared |= *name == header::CONTENT_LENGTH;
+        let set_here = *name == header::HOST
+            || SET_HERE.contains(name)
+            || (consumer.is_some() && CONSUMER_HEADERS.contains(&name.as_str()));
         if set_here || HOP_BY_HOP.contains(name) || named.contains(name) {
             continue;
         }
@@ -703,7 +703,7 @@ fn upstream_request(
     }
     let mut remote = [0; 64];
     let remote = ip_text(ctx.remote_addr, &mut remote);
-    match ctx.headers.get(X_FORWARDED_FOR) {
+    match earlier {
         Some(earlier) => {
             let mut forwarded = earlier.as_bytes().to_vec();
             forwarded.extend_from_slice(b", ");
@@ -729,7 +729,6 @@ fn upstream_request(
         request.header("connection", b"upgrade");
         request.header("upgrade", b"websocket");
     }
-    let declared = ctx.headers.contains_key(header::CONTENT_LENGTH);
     Ok((key, request.end(declared)))
 }
 
@@ -750,6 +749,13 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: http1::Connection) {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The headers the gateway writes itself (with `Host` and `X-Forwarded-For`).
+const SET_HERE: [HeaderName; 4] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 /// `ip` as text in `buf`: an IPv4 address's digits written directly (the standard formatter,
 /// which supports padding, costs more than the rest of the request's head).

@@ -199,9 +199,15 @@ fn parse(read: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     };
     let http10 = minor == 0;
+    let asked = |token: &[u8]| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), token))
+    };
     let keep_alive = match http10 {
-        true => has_token(&headers, header::CONNECTION, "keep-alive"),
-        false => !has_token(&headers, header::CONNECTION, "close"),
+        true => asked(b"keep-alive"),
+        false => !asked(b"close"),
     };
     let head_only = method == Method::HEAD;
     let mut request = Request::new(body);
@@ -257,7 +263,6 @@ where
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
-    let mut keep_alive = how.keep_alive && !has_token(headers, header::CONNECTION, "close");
     let bodiless = how.head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -269,7 +274,6 @@ where
     } else if let Some(length) = body.size_hint().exact() {
         Framing::Length(length)
     } else if how.http10 {
-        keep_alive = false;
         Framing::Close
     } else {
         Framing::Chunked
@@ -281,13 +285,20 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let (mut connection, mut dated) = (None, false);
     for (name, value) in headers {
         // The framing is this connection's own; a bodiless answer keeps its declared length.
         if *name == header::TRANSFER_ENCODING || (*name == header::CONTENT_LENGTH && !bodiless) {
             continue;
         }
+        if *name == header::CONNECTION {
+            connection = Some(connection.unwrap_or(false) || has_token(value.as_bytes(), b"close"));
+        }
+        dated |= *name == header::DATE;
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    let keep_alive =
+        how.keep_alive && connection != Some(true) && !matches!(framing, Framing::Close);
     match framing {
         Framing::Length(length) => {
             put_header(
@@ -299,14 +310,14 @@ where
         Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
         Framing::None | Framing::Close => {}
     }
-    if !headers.contains_key(header::CONNECTION) {
+    if connection.is_none() {
         match (keep_alive, how.http10) {
             (false, _) => put_header(out, b"connection", b"close"),
             (true, true) => put_header(out, b"connection", b"keep-alive"),
             (true, false) => {}
         }
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         DATE.with_borrow_mut(|date| put_header(out, b"date", date.now()));
     }
     out.extend_from_slice(b"\r\n");
@@ -374,7 +385,7 @@ where
     io.write_all(out).await?;
     io.flush().await?;
     out.clear();
-    Ok(finished && keep_alive && !matches!(framing, Framing::Close))
+    Ok(finished && keep_alive)
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
