@@ -313,15 +313,15 @@ impl Request {
         if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return;
         }
-        self.head.extend_from_slice(name.as_bytes());
-        self.head.extend_from_slice(b": ");
-        self.head.extend_from_slice(value);
-        self.head.extend_from_slice(b"\r\n");
+        self.line(name.as_bytes(), value);
     }
 
     /// Adds a header line from the `http` types, which keep control characters out of values.
     pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
-        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        self.line(name.as_str().as_bytes(), value.as_bytes());
+    }
+
+    fn line(&mut self, name: &[u8], value: &[u8]) {
         self.head.reserve(name.len() + value.len() + 4);
         self.head.extend_from_slice(name);
         self.head.extend_from_slice(b": ");

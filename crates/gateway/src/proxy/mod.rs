@@ -235,7 +235,13 @@ impl DataPlane {
         }
     }
 
-    async fn handle(&self, mut req: Request<Body>, peer: Peer) -> Response<Body> {
+    /// One request, top to bottom; `arrived` is its size on the wire when the server knows it.
+    async fn handle(
+        &self,
+        mut req: Request<Body>,
+        peer: Peer,
+        arrived: Option<u64>,
+    ) -> Response<Body> {
         let started = Instant::now();
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -403,7 +409,7 @@ impl DataPlane {
             upstream_time: answered_by.map(|(_, took)| took),
             status: parts.status.as_u16(),
             request_time: Duration::ZERO,
-            request_bytes: request_size(&ctx),
+            request_bytes: arrived.unwrap_or_else(|| request_size(&ctx)),
             response_bytes: head_size(&parts),
             trace: ctx.trace.take(),
         };
@@ -596,7 +602,8 @@ impl Finish {
     }
 }
 
-/// The request's size as it arrived: request line, headers and the declared body.
+/// The request's size as it arrived, from what is left of it: request line, headers and the
+/// declared body.
 fn request_size(ctx: &Ctx) -> u64 {
     let line = ctx.method.as_str().len()
         + ctx.original_path.len()

@@ -72,7 +72,7 @@ where
         };
         // A client that hangs up while its request is handled ends the request (what it holds
         // is given back); what it sends meanwhile waits in `read`.
-        let handled = plane.handle(next.request, peer);
+        let handled = plane.handle(next.request, peer, Some(next.arrived));
         tokio::pin!(handled);
         let response = loop {
             tokio::select! {
@@ -114,7 +114,7 @@ pub(super) async fn hand_over<I>(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let plane = service_plane.clone();
         let request = request.map(|body| body.map_err(BoxError::from).boxed());
-        async move { Ok::<_, Infallible>(plane.handle(request, peer).await) }
+        async move { Ok::<_, Infallible>(plane.handle(request, peer, None).await) }
     });
     let io = TokioIo::new(Rewind { read, io });
     let connection = plane.hyper.serve_connection_with_upgrades(io, service);
@@ -130,6 +130,8 @@ pub(super) async fn hand_over<I>(
 /// A request this path serves, and how its response is to be written.
 struct Next {
     request: Request<Body>,
+    /// The request's size as it arrived: head and body.
+    arrived: u64,
     how: How,
 }
 
@@ -186,12 +188,12 @@ fn parse(read: &mut BytesMut) -> Parsed {
     let body = headers
         .as_ref()
         .and_then(|headers| match declared_length(headers) {
-            Ok(0) => Some(empty()),
-            Ok(n) if n <= read.len() as u64 => Some(full(read.split_to(n as usize).freeze())),
+            Ok(0) => Some((empty(), 0)),
+            Ok(n) if n <= read.len() as u64 => Some((full(read.split_to(n as usize).freeze()), n)),
             _ => None,
         });
     let uri = Uri::from_maybe_shared(head.slice(path_at));
-    let (Some(headers), Some(body), Ok(uri)) = (headers, body, uri) else {
+    let (Some(headers), Some((body, body_length)), Ok(uri)) = (headers, body, uri) else {
         // Given back whole: hyper parses it again.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(read);
@@ -221,6 +223,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
     *request.headers_mut() = headers;
     Parsed::Request(Next {
         request,
+        arrived: length as u64 + body_length,
         how: How {
             head_only,
             http10,
@@ -460,6 +463,7 @@ mod tests {
         };
         assert!(next.how.keep_alive && next.how.http10);
         assert_eq!(next.request.body().size_hint().exact(), Some(3));
+        assert_eq!(next.arrived, 65, "head and body, as they came");
         assert_eq!(&rest[..], b"GET");
 
         for other in [
