@@ -185,14 +185,16 @@ fn parse(read: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     }
     let (head, headers) = fields.split_off(read, length);
+    // The target is checked before the body is taken, so nothing is lost when handed over.
+    let uri = Uri::from_maybe_shared(head.slice(path_at));
     let body = headers
         .as_ref()
+        .filter(|_| uri.is_ok())
         .and_then(|headers| match declared_length(headers) {
             Ok(0) => Some((empty(), 0)),
             Ok(n) if n <= read.len() as u64 => Some((full(read.split_to(n as usize).freeze()), n)),
             _ => None,
         });
-    let uri = Uri::from_maybe_shared(head.slice(path_at));
     let (Some(headers), Some((body, body_length)), Ok(uri)) = (headers, body, uri) else {
         // Given back whole: hyper parses it again.
         let mut whole = BytesMut::from(&head[..]);
@@ -476,6 +478,7 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
             b"G\x01T / HTTP/1.1\r\n\r\n",
+            b"POST a/b HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
         ] {
             let (Parsed::Other, rest) = parsed(other) else {
                 panic!("{:?} is hyper's", String::from_utf8_lossy(other));
