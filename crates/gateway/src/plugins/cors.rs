@@ -167,7 +167,7 @@ impl Plugin for Cors {
         let Some(origin) = self.allowed(ctx.headers.get(header::ORIGIN)) else {
             return;
         };
-        let h = &mut head.headers;
+        let h = head.headers();
         if origin != "*" {
             h.append(header::VARY, HeaderValue::from_static("Origin"));
         }

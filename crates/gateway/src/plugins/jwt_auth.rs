@@ -639,10 +639,10 @@ async fn fetch(
         )
         .await
         .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+    if !response.status.is_success() {
+        return Err(format!("status {}", response.status));
     }
-    let body = http_body_util::Limited::new(response.into_body(), MAX_SET_BYTES)
+    let body = http_body_util::Limited::new(response.body, MAX_SET_BYTES)
         .collect()
         .await
         .map_err(|e| e.to_string())?

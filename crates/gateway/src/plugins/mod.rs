@@ -36,6 +36,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
+use crate::proxy::http1::Lines;
 use crate::resource::Invalid;
 use crate::runtime::Snapshot;
 use crate::runtime::consumer::{Consumer, Credential};
@@ -229,8 +230,33 @@ pub enum Flow<'a> {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// The fields set here; the node's own stay as they came in `lines` until read.
+    headers: HeaderMap,
+    lines: Lines,
     pub body: Option<Bytes>,
+}
+
+impl ResponseHead {
+    pub fn new(status: StatusCode, headers: HeaderMap, lines: Lines) -> ResponseHead {
+        ResponseHead {
+            status,
+            headers,
+            lines,
+            body: None,
+        }
+    }
+
+    /// All the response's headers, the node's among them.
+    pub fn headers(&mut self) -> &mut HeaderMap {
+        std::mem::take(&mut self.lines).merge_into(&mut self.headers);
+        &mut self.headers
+    }
+
+    /// The status, the fields set here and the node's lines no one read (which the fields
+    /// replace).
+    pub fn into_parts(self) -> (StatusCode, HeaderMap, Lines) {
+        (self.status, self.headers, self.lines)
+    }
 }
 
 /// A plugin's hooks; each has a default that does nothing.

@@ -141,7 +141,7 @@ impl Plugin for RequestId {
         if self.include_in_response
             && let Some(id) = ctx.headers.get(&self.header)
         {
-            head.headers.insert(self.header.clone(), id.clone());
+            head.headers().insert(self.header.clone(), id.clone());
         }
     }
 }

@@ -90,7 +90,7 @@ impl Plugin for ResponseRewrite {
         if let Some(status) = self.status {
             head.status = status;
         }
-        self.headers.apply(&mut head.headers, &vars);
+        self.headers.apply(head.headers(), &vars);
         if let Some(body) = &self.body {
             head.body = Some(body.clone());
         }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode};
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -76,11 +76,77 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
-    pub headers: HeaderMap,
+    pub lines: Lines,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body is read.
     pub keep_alive: bool,
+}
+
+/// A response's header lines as the node sent them, but for the connection's own — the
+/// hop-by-hop fields, those `Connection` names, and the body's framing, which is the client
+/// connection's to choose (a bodiless answer keeps its declared `Content-Length`). They are
+/// written to an HTTP/1.1 client as they are, and made a header map only for whoever reads
+/// them: a response plugin, or hyper's server.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// The response head the lines are in.
+    head: Bytes,
+    /// Where each line's name and value lie in `head`.
+    at: Vec<(Range<u32>, Range<u32>)>,
+}
+
+impl Lines {
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// Each line's name (as sent, in any case) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let line = |(name, value): &(Range<u32>, Range<u32>)| {
+            let slice = |r: &Range<u32>| &self.head[r.start as usize..r.end as usize];
+            (slice(name), slice(value))
+        };
+        self.at.iter().map(line)
+    }
+
+    /// Their size on the wire (`name: value\r\n` each).
+    pub fn size(&self) -> usize {
+        self.at.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+    }
+
+    /// The lines as a header map (the parser took only valid names and values).
+    pub fn into_map(self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.at.len());
+        for (name, value) in &self.at {
+            let name = HeaderName::from_bytes(&self.head[name.start as usize..name.end as usize]);
+            let value = self.head.slice(value.start as usize..value.end as usize);
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_maybe_shared(value)) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    /// The lines of a response head in `text` (for tests).
+    #[cfg(test)]
+    pub(super) fn of_head(text: &str) -> Lines {
+        let head = parse_head(&mut BytesMut::from(text), &Method::GET);
+        head.ok()
+            .flatten()
+            .map(|head| head.lines)
+            .unwrap_or_default()
+    }
+
+    /// Adds the lines to `map`, whose own fields replace same-named lines.
+    pub fn merge_into(self, map: &mut HeaderMap) {
+        if self.is_empty() {
+            return;
+        }
+        let own = std::mem::replace(map, self.into_map());
+        if !own.is_empty() {
+            map.extend(own);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,45 +510,77 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status"))?;
-        let version = match response.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        let mut fields =
-            Fields::of(response.headers, read).ok_or(Error::Invalid("bad header name"))?;
-        // A switched protocol's headers are the client's to see; others' connection fields
-        // are this connection's own.
-        let connection = match status {
-            StatusCode::SWITCHING_PROTOCOLS => ConnectionFields::default(),
-            _ => fields.take_connection(read),
-        };
-        let (_, headers) = fields.split_off(read, length);
-        let mut headers = headers.ok_or(Error::Invalid("bad header value"))?;
-        let framing = framing(method, status, &headers)?;
-        if connection.transfer_encoding {
-            headers.remove(header::TRANSFER_ENCODING); // the body is passed on decoded
-        }
+        let fields = &*response.headers;
+        let framing = framing(method, status, fields)?;
+        let connection = ConnectionFields::of(fields);
         let keep_alive = framing != Framing::Close
-            && match version {
-                Version::HTTP_10 => connection.keep_alive,
+            && match response.version {
+                Some(0) => connection.keep_alive,
                 _ => !connection.close,
             };
+        let base = read.as_ptr() as usize;
+        let place = |bytes: &[u8]| {
+            let start = (bytes.as_ptr() as usize - base) as u32;
+            start..start + bytes.len() as u32
+        };
+        let mut at = Vec::with_capacity(fields.len());
+        for field in fields {
+            let name = field.name.as_bytes();
+            // A switched protocol's fields are all the client's to see.
+            let own = status != StatusCode::SWITCHING_PROTOCOLS
+                && (is_hop_by_hop(name)
+                    || connection
+                        .named
+                        .iter()
+                        .any(|n| n.eq_ignore_ascii_case(name))
+                    || (framing != Framing::Empty && name.eq_ignore_ascii_case(b"content-length")));
+            if !own {
+                at.push((place(name), place(field.value)));
+            }
+        }
+        let head = read.split_to(length).freeze();
         return Ok(Some(Head {
             status,
-            version,
-            headers,
+            lines: Lines { head, at },
             framing,
             keep_alive,
         }));
     }
 }
 
-/// What a response's connection fields said.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    super::HOP_BY_HOP
+        .iter()
+        .any(|hop| hop.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// What a response's `Connection` fields said.
 #[derive(Debug, Default)]
-struct ConnectionFields {
+struct ConnectionFields<'a> {
     close: bool,
     keep_alive: bool,
-    transfer_encoding: bool,
+    /// The other fields it names as the connection's own.
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionFields<'a> {
+    fn of(fields: &[httparse::Header<'a>]) -> ConnectionFields<'a> {
+        let mut connection = ConnectionFields::default();
+        let values = fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"));
+        for token in values.flat_map(|f| f.value.split(|&b| b == b',')) {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                connection.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                connection.keep_alive = true;
+            } else if !token.is_empty() {
+                connection.named.push(token);
+            }
+        }
+        connection
+    }
 }
 
 /// The header lines httparse found in a read buffer, by name and where each value lies in it.
@@ -499,37 +597,6 @@ impl Fields {
             fields.push((name, start..start + line.value.len()));
         }
         Some(Fields(fields))
-    }
-
-    /// Takes out the fields of the connection rather than the message — `Connection`, those it
-    /// names and the other hop-by-hop ones, but `Transfer-Encoding`, which frames the body —
-    /// and says what they asked.
-    fn take_connection(&mut self, read: &[u8]) -> ConnectionFields {
-        let mut connection = ConnectionFields::default();
-        let mut named = Vec::new();
-        for (name, value) in &self.0 {
-            if *name == header::TRANSFER_ENCODING {
-                connection.transfer_encoding = true;
-            }
-            if *name != header::CONNECTION {
-                continue;
-            }
-            for token in read[value.clone()].split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    connection.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    connection.keep_alive = true;
-                } else if let Ok(name) = HeaderName::from_bytes(token) {
-                    named.push(name);
-                }
-            }
-        }
-        self.0.retain(|(name, _)| {
-            *name == header::TRANSFER_ENCODING
-                || !(super::HOP_BY_HOP.contains(name) || named.contains(name))
-        });
-        connection
     }
 
     pub(super) fn has(&self, name: &HeaderName) -> bool {
@@ -556,7 +623,11 @@ impl Fields {
     }
 }
 
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    fields: &[httparse::Header<'_>],
+) -> Result<Framing, Error> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Framing::Upgrade);
     }
@@ -567,36 +638,40 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .next_back()
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
-        });
-    }
+    // The last coding decides: chunked, else the body runs to the close.
+    let mut coded = None;
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let value = value
-            .to_str()
-            .map_err(|_| Error::Invalid("bad content-length"))?;
-        for part in value.split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| Error::Invalid("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("conflicting content-length"));
+    for field in fields {
+        if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = field
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
+            coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if field.name.eq_ignore_ascii_case("content-length") {
+            for part in field.value.split(|&b| b == b',') {
+                let n = digits(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
         }
     }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+    Ok(match (coded, length) {
+        (Some(true), _) => Framing::Chunked(Chunk::Size),
+        (Some(false), _) | (None, None) => Framing::Close,
+        (None, Some(n)) => Framing::Length(n),
+    })
+}
+
+/// A decimal number of digits only (no sign, no spaces).
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Whether a comma-separated header value (`Connection`'s) names `token`.
@@ -763,12 +838,40 @@ mod tests {
         let answer = head(text, Method::GET).unwrap().unwrap();
         assert_eq!(answer.framing, Framing::Chunked(Chunk::Size));
         assert!(!answer.keep_alive);
-        assert_eq!(answer.headers.len(), 1);
-        assert!(answer.headers.contains_key("x-kept"));
+        let lines: Vec<_> = answer.lines.iter().collect();
+        assert_eq!(lines, [(&b"X-Kept"[..], &b"1"[..])]);
         let text =
             "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
         let answer = head(text, Method::GET).unwrap().unwrap();
-        assert_eq!(answer.headers.len(), 2, "a tunnel's answer is the client's");
+        assert_eq!(
+            answer.lines.iter().count(),
+            2,
+            "a tunnel's answer is the client's"
+        );
+        // A sized body's length is the client connection's to write; a bodiless answer's
+        // declared length stays.
+        let sized = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n";
+        let answer = head(sized, Method::GET).unwrap().unwrap();
+        assert_eq!(answer.lines.iter().count(), 1);
+        let answer = head(sized, Method::HEAD).unwrap().unwrap();
+        assert_eq!(answer.lines.iter().count(), 2);
+    }
+
+    #[test]
+    fn lines_become_a_map_with_the_gateways_fields_over_them() {
+        let text = "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-RateLimit-Limit: 9\r\n\
+            Set-Cookie: b=2\r\nContent-Length: 0\r\n\r\n";
+        let lines = head(text, Method::GET).unwrap().unwrap().lines;
+        assert_eq!(
+            lines.size(),
+            "Set-Cookie: a=1\r\nX-RateLimit-Limit: 9\r\nSet-Cookie: b=2\r\n".len()
+        );
+        let mut map = HeaderMap::new();
+        map.insert("x-ratelimit-limit", HeaderValue::from_static("5"));
+        lines.merge_into(&mut map);
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(map["x-ratelimit-limit"], "5");
+        assert_eq!(map.len(), 3);
     }
 
     #[test]

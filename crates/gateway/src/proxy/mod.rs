@@ -33,6 +33,7 @@ use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
+use http1::Lines;
 use pool::{Failure, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -236,12 +237,14 @@ impl DataPlane {
     }
 
     /// One request, top to bottom; `arrived` is its size on the wire when the server knows it.
+    /// The response's header map holds what the gateway set; the node's own header lines come
+    /// beside it as they were sent, and the map's fields replace same-named lines.
     async fn handle(
         &self,
         mut req: Request<Body>,
         peer: Peer,
         arrived: Option<u64>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Lines) {
         let started = Instant::now();
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -262,7 +265,7 @@ impl DataPlane {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
+            return (response, Lines::default());
         }
         let host = parts
             .headers
@@ -301,7 +304,8 @@ impl DataPlane {
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
-            return json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
+            let response = json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
+            return (response, Lines::default());
         };
         ctx.route_id = route.id.clone();
         ctx.service_id = route.service_id.clone();
@@ -335,11 +339,14 @@ impl DataPlane {
         let mut upstream_status = None;
         // A plugin's choice (traffic-split) wins over the route's upstream.
         let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone());
-        let response = match (reply, &upstream) {
-            (Some(reply), _) => reply_response(reply),
-            (None, None) => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "missing upstream configuration in Route or Service",
+        let (response, lines) = match (reply, &upstream) {
+            (Some(reply), _) => (reply_response(reply), Lines::default()),
+            (None, None) => (
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "missing upstream configuration in Route or Service",
+                ),
+                Lines::default(),
             ),
             (None, Some(upstream)) => {
                 let websocket = client_upgrade.filter(|_| route.enable_websocket);
@@ -359,11 +366,11 @@ impl DataPlane {
                         if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
                             tunnel(client, upgraded);
                         }
-                        answer.response
+                        (answer.response, answer.lines)
                     }
                     Err(status) => {
                         upstream_status = Some(status.as_u16());
-                        error_page(status)
+                        (error_page(status), Lines::default())
                     }
                 }
             }
@@ -373,26 +380,23 @@ impl DataPlane {
         for (name, value) in std::mem::take(&mut ctx.response_headers) {
             parts.headers.insert(name, value);
         }
-        let mut head = ResponseHead {
-            status: parts.status,
-            headers: std::mem::take(&mut parts.headers),
-            body: None,
-        };
+        let mut head = ResponseHead::new(parts.status, std::mem::take(&mut parts.headers), lines);
         global.response(&ctx, &mut head);
         plugins.response(&ctx, &mut head);
-        parts.status = head.status;
-        parts.headers = head.headers;
-        let body = match head.body {
+        let body = match head.body.take() {
             Some(replaced) => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                parts.headers.remove(header::TRANSFER_ENCODING);
+                let headers = head.headers();
+                headers.remove(header::CONTENT_LENGTH);
+                headers.remove(header::TRANSFER_ENCODING);
                 full(replaced)
             }
             None => body,
         };
+        let lines;
+        (parts.status, parts.headers, lines) = head.into_parts();
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
         if loggers.is_empty() && ctx.held.is_empty() {
-            return Response::from_parts(parts, body);
+            return (Response::from_parts(parts, body), lines);
         }
         let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
         let log = Log {
@@ -410,7 +414,7 @@ impl DataPlane {
             status: parts.status.as_u16(),
             request_time: Duration::ZERO,
             request_bytes: arrived.unwrap_or_else(|| request_size(&ctx)),
-            response_bytes: head_size(&parts),
+            response_bytes: head_size(&parts) + lines.size() as u64,
             trace: ctx.trace.take(),
         };
         let finish = Finish {
@@ -420,7 +424,7 @@ impl DataPlane {
             started,
             _held: std::mem::take(&mut ctx.held),
         };
-        Response::from_parts(parts, finish.after(body))
+        (Response::from_parts(parts, finish.after(body)), lines)
     }
 
     /// Sends the request to a node of `upstream`; on a failed connection, to another one while
@@ -465,30 +469,31 @@ impl DataPlane {
                 health.report(
                     node,
                     match &outcome {
-                        Ok(response) => Outcome::Status(response.status().as_u16()),
+                        Ok(response) => Outcome::Status(response.status.as_u16()),
                         Err(Failure::ConnectTimeout) => Outcome::Timeout,
                         Err(_) => Outcome::TcpFailure,
                     },
                 );
             }
             let failure = match outcome {
-                Ok(mut response) => {
+                Ok(mut answer) => {
                     let took = sent_at.elapsed();
-                    let upgraded = response.body_mut().upgraded();
-                    let body = response.map(|b| b.map_err(BoxError::from));
-                    let response = match in_flight {
+                    let upgraded = answer.body.upgraded();
+                    let body = answer.body.map_err(BoxError::from);
+                    let mut response = Response::new(match in_flight {
                         // In flight until the body has been read (or dropped).
-                        Some(guard) => body.map(|b| {
-                            b.map_frame(move |f| {
+                        Some(guard) => body
+                            .map_frame(move |f| {
                                 let _ = &guard;
                                 f
                             })
-                            .boxed()
-                        }),
-                        None => body.map(BodyExt::boxed),
-                    };
+                            .boxed(),
+                        None => body.boxed(),
+                    });
+                    *response.status_mut() = answer.status;
                     return Ok(Answer {
                         response,
+                        lines: answer.lines,
                         node,
                         took,
                         upgraded,
@@ -540,11 +545,7 @@ impl DataPlane {
             let answered = tokio::time::timeout(budget, async {
                 // Read to the end, so the connection goes back to the pool.
                 let response = sent.await.map_err(|e| e.to_string())?;
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())
+                response.body.collect().await.map_err(|e| e.to_string())
             })
             .await;
             if let Err(error) = answered.unwrap_or_else(|_| Err("timed out".into())) {
@@ -555,10 +556,11 @@ impl DataPlane {
     }
 }
 
-/// An upstream's answer: the response, the node that gave it and how long it took, and the
-/// connection itself when it switched protocols (101).
+/// An upstream's answer: the response (status and body) and its header lines, the node that
+/// gave it and how long it took, and the connection itself when it switched protocols (101).
 struct Answer {
     response: Response<Body>,
+    lines: Lines,
     node: usize,
     took: Duration,
     upgraded: Option<http1::Connection>,

@@ -14,13 +14,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Response;
+use http::StatusCode;
 use hyper::body::{Body as _, Frame, SizeHint};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::http1::{self, Connection, Framing, Stream};
+use super::http1::{self, Connection, Framing, Lines, Stream};
 use crate::resource::KeepalivePool;
 
 /// Where a connection goes: a node, and the TLS identity it is reached with.
@@ -66,6 +66,14 @@ pub enum Failure {
     Upstream(http1::Error),
 }
 
+/// A node's answer: its status, its header lines and the body, which holds the connection.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub lines: Lines,
+    pub body: PooledBody,
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<crate::FastMap<Key, Vec<Idle>>>,
@@ -88,7 +96,7 @@ impl Pool {
         keepalive: &KeepalivePool,
         connect_timeout: Duration,
         request: http1::Request,
-    ) -> Result<Response<PooledBody>, Failure> {
+    ) -> Result<Response, Failure> {
         let http1::Request {
             method,
             head,
@@ -154,7 +162,7 @@ impl Pool {
         keepalive: &KeepalivePool,
         mut idle: Idle,
         head: http1::Head,
-    ) -> Response<PooledBody> {
+    ) -> Response {
         idle.used += 1;
         // A connection past its request budget is not reused.
         let reusable = head.keep_alive && idle.used < keepalive.requests && keepalive.size > 0;
@@ -173,11 +181,11 @@ impl Pool {
         if body.framing == Framing::Empty {
             body.finish();
         }
-        let mut response = Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        response
+        Response {
+            status: head.status,
+            lines: head.lines,
+            body,
+        }
     }
 
     fn put(&self, mut connection: Idle, give_back: GiveBack) {

@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::http1::{Fields, READ_SIZE, Rewind, has_token};
+use super::http1::{Fields, Lines, READ_SIZE, Rewind, has_token};
 use super::{Body, BoxError, DataPlane, Peer, content_length, empty, full};
 
 /// How long a client may take to send a request head, or stay idle between requests.
@@ -74,7 +74,7 @@ where
         // is given back); what it sends meanwhile waits in `read`.
         let handled = plane.handle(next.request, peer, Some(next.arrived));
         tokio::pin!(handled);
-        let response = loop {
+        let (response, lines) = loop {
             tokio::select! {
                 biased;
                 response = &mut handled => break response,
@@ -83,7 +83,7 @@ where
                 }
             }
         };
-        match respond(&mut io, &mut out, response, &next.how).await {
+        match respond(&mut io, &mut out, response, &lines, &next.how).await {
             Ok(true) if !shutdown.is_cancelled() => {}
             Ok(_) => {
                 let _ = io.shutdown().await;
@@ -114,7 +114,11 @@ pub(super) async fn hand_over<I>(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let plane = service_plane.clone();
         let request = request.map(|body| body.map_err(BoxError::from).boxed());
-        async move { Ok::<_, Infallible>(plane.handle(request, peer, None).await) }
+        async move {
+            let (mut response, lines) = plane.handle(request, peer, None).await;
+            lines.merge_into(response.headers_mut());
+            Ok::<_, Infallible>(response)
+        }
     });
     let io = TokioIo::new(Rewind { read, io });
     let connection = plane.hyper.serve_connection_with_upgrades(io, service);
@@ -255,11 +259,13 @@ enum Framing {
     Close,
 }
 
-/// Writes `response` for `next`; whether the connection can carry another request.
+/// Writes `response`, with the node's header `lines` its map does not replace, as `how`
+/// says; whether the connection can carry another request.
 async fn respond<I>(
     io: &mut I,
     out: &mut Vec<u8>,
     response: Response<Body>,
+    lines: &Lines,
     how: &How,
 ) -> io::Result<bool>
 where
@@ -301,6 +307,16 @@ where
         }
         dated |= *name == header::DATE;
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in lines.iter() {
+        if headers
+            .keys()
+            .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        dated |= name.eq_ignore_ascii_case(b"date");
+        put_header(out, name, value);
     }
     let keep_alive =
         how.keep_alive && connection != Some(true) && !matches!(framing, Framing::Close);
@@ -493,11 +509,19 @@ mod tests {
     }
 
     async fn written(response: Response<Body>, request: &[u8]) -> (String, bool) {
+        written_with(response, Lines::default(), request).await
+    }
+
+    async fn written_with(
+        response: Response<Body>,
+        lines: Lines,
+        request: &[u8],
+    ) -> (String, bool) {
         let Parsed::Request(next) = parse(&mut BytesMut::from(request)) else {
             panic!("not a request for this path");
         };
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
-        let keep = respond(&mut server, &mut Vec::new(), response, &next.how)
+        let keep = respond(&mut server, &mut Vec::new(), response, &lines, &next.how)
             .await
             .unwrap();
         drop(server);
@@ -595,6 +619,25 @@ mod tests {
         assert!(
             keep && text.contains("connection: keep-alive\r\n"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_nodes_lines_go_out_as_they_came_unless_the_gateway_set_the_field() {
+        let lines = Lines::of_head(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+             X-RateLimit-Limit: 9\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+        );
+        let mut response = Response::new(full("hello"));
+        response
+            .headers_mut()
+            .insert("x-ratelimit-limit", "5".parse().unwrap());
+        let (text, keep) = written_with(response, lines, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(keep);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nx-ratelimit-limit: 5\r\nServer: up\r\n\
+             Date: Tue, 01 Dec 2026 10:00:00 GMT\r\ncontent-length: 5\r\n\r\nhello"
         );
     }
 
