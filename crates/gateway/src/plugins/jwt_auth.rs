@@ -610,10 +610,7 @@ async fn fetch(
         _ => None,
     };
     let key = pool::Key {
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
+        host: host.trim_start_matches('[').trim_end_matches(']').into(),
         port,
         tls,
     };

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
-use crate::proxy::http1::Lines;
+use crate::proxy::fields::Fields;
 use crate::resource::Invalid;
 use crate::runtime::Snapshot;
 use crate::runtime::consumer::{Consumer, Credential};
@@ -230,32 +230,15 @@ pub enum Flow<'a> {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    /// The fields set here; the node's own stay as they came in `lines` until read.
-    headers: HeaderMap,
-    lines: Lines,
+    /// Kept where they came from until a plugin reads them.
+    pub fields: Fields,
     pub body: Option<Bytes>,
 }
 
 impl ResponseHead {
-    pub fn new(status: StatusCode, headers: HeaderMap, lines: Lines) -> ResponseHead {
-        ResponseHead {
-            status,
-            headers,
-            lines,
-            body: None,
-        }
-    }
-
-    /// All the response's headers, the node's among them.
+    /// The response's headers, all in one map.
     pub fn headers(&mut self) -> &mut HeaderMap {
-        std::mem::take(&mut self.lines).merge_into(&mut self.headers);
-        &mut self.headers
-    }
-
-    /// The status, the fields set here and the node's lines no one read (which the fields
-    /// replace).
-    pub fn into_parts(self) -> (StatusCode, HeaderMap, Lines) {
-        (self.status, self.headers, self.lines)
+        self.fields.merged()
     }
 }
 

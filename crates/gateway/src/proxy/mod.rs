@@ -10,6 +10,7 @@
 //! `ssls`, and ALPN offers HTTP/2. Clients are served HTTP/1.1 by [`server`], which hands
 //! what it does not take (bodies still arriving, upgrades, HTTP/2) to hyper's server.
 
+pub mod fields;
 pub mod http1;
 pub mod pool;
 mod server;
@@ -33,7 +34,7 @@ use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
-use http1::Lines;
+use fields::Fields;
 use pool::{Failure, Pool};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -237,14 +238,7 @@ impl DataPlane {
     }
 
     /// One request, top to bottom; `arrived` is its size on the wire when the server knows it.
-    /// The response's header map holds what the gateway set; the node's own header lines come
-    /// beside it as they were sent, and the map's fields replace same-named lines.
-    async fn handle(
-        &self,
-        mut req: Request<Body>,
-        peer: Peer,
-        arrived: Option<u64>,
-    ) -> (Response<Body>, Lines) {
+    async fn handle(&self, mut req: Request<Body>, peer: Peer, arrived: Option<u64>) -> Outgoing {
         let started = Instant::now();
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -265,7 +259,7 @@ impl DataPlane {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (response, Lines::default());
+            return Outgoing::of(response);
         }
         let host = parts
             .headers
@@ -304,8 +298,7 @@ impl DataPlane {
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
-            let response = json_error(StatusCode::NOT_FOUND, "404 Route Not Found");
-            return (response, Lines::default());
+            return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
         ctx.route_id = route.id.clone();
         ctx.service_id = route.service_id.clone();
@@ -339,15 +332,12 @@ impl DataPlane {
         let mut upstream_status = None;
         // A plugin's choice (traffic-split) wins over the route's upstream.
         let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone());
-        let (response, lines) = match (reply, &upstream) {
-            (Some(reply), _) => (reply_response(reply), Lines::default()),
-            (None, None) => (
-                json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "missing upstream configuration in Route or Service",
-                ),
-                Lines::default(),
-            ),
+        let out = match (reply, &upstream) {
+            (Some(reply), _) => Outgoing::of(reply_response(reply)),
+            (None, None) => Outgoing::of(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "missing upstream configuration in Route or Service",
+            )),
             (None, Some(upstream)) => {
                 let websocket = client_upgrade.filter(|_| route.enable_websocket);
                 let replayable = hyper::body::Body::is_end_stream(&body);
@@ -360,27 +350,36 @@ impl DataPlane {
                     .await
                 {
                     Ok(answer) => {
-                        let node = upstream.targets[answer.node].host.as_str();
+                        let node = &*upstream.targets[answer.node].host;
                         answered_by = Some((node, answer.took));
-                        upstream_status = Some(answer.response.status().as_u16());
+                        upstream_status = Some(answer.status.as_u16());
                         if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
                             tunnel(client, upgraded);
                         }
-                        (answer.response, answer.lines)
+                        Outgoing {
+                            status: answer.status,
+                            fields: Fields {
+                                lines: answer.lines,
+                                ..Fields::default()
+                            },
+                            body: answer.body,
+                        }
                     }
                     Err(status) => {
                         upstream_status = Some(status.as_u16());
-                        (error_page(status), Lines::default())
+                        Outgoing::of(error_page(status))
                     }
                 }
             }
         };
         // Response phases, for upstream and plugin responses alike.
-        let (mut parts, body) = response.into_parts();
-        for (name, value) in std::mem::take(&mut ctx.response_headers) {
-            parts.headers.insert(name, value);
-        }
-        let mut head = ResponseHead::new(parts.status, std::mem::take(&mut parts.headers), lines);
+        let mut fields = out.fields;
+        fields.set = std::mem::take(&mut ctx.response_headers);
+        let mut head = ResponseHead {
+            status: out.status,
+            fields,
+            body: None,
+        };
         global.response(&ctx, &mut head);
         plugins.response(&ctx, &mut head);
         let body = match head.body.take() {
@@ -390,13 +389,16 @@ impl DataPlane {
                 headers.remove(header::TRANSFER_ENCODING);
                 full(replaced)
             }
-            None => body,
+            None => out.body,
         };
-        let lines;
-        (parts.status, parts.headers, lines) = head.into_parts();
+        let ResponseHead { status, fields, .. } = head;
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
         if loggers.is_empty() && ctx.held.is_empty() {
-            return (Response::from_parts(parts, body), lines);
+            return Outgoing {
+                status,
+                fields,
+                body,
+            };
         }
         let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
         let log = Log {
@@ -411,10 +413,10 @@ impl DataPlane {
             node: answered_by.map(|(node, _)| node.to_string()),
             upstream_status,
             upstream_time: answered_by.map(|(_, took)| took),
-            status: parts.status.as_u16(),
+            status: status.as_u16(),
             request_time: Duration::ZERO,
             request_bytes: arrived.unwrap_or_else(|| request_size(&ctx)),
-            response_bytes: head_size(&parts) + lines.size() as u64,
+            response_bytes: ("HTTP/1.1 200 OK\r\n".len() + fields.size() + 2) as u64,
             trace: ctx.trace.take(),
         };
         let finish = Finish {
@@ -424,7 +426,11 @@ impl DataPlane {
             started,
             _held: std::mem::take(&mut ctx.held),
         };
-        (Response::from_parts(parts, finish.after(body)), lines)
+        Outgoing {
+            status,
+            fields,
+            body: finish.after(body),
+        }
     }
 
     /// Sends the request to a node of `upstream`; on a failed connection, to another one while
@@ -444,17 +450,17 @@ impl DataPlane {
             .unwrap_or(upstream.timeouts);
         let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
         let target = match &ctx.query {
-            Some(query) => format!("{}?{query}", ctx.path),
-            None => ctx.path.clone(),
+            Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", ctx.path)),
+            None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
         };
         let mut body = Some(body);
+        // The nodes that failed, not to be picked again.
         let mut tried = Vec::new();
         loop {
             let Some(node) = upstream.pick(&tried, &ctx.vars()) else {
                 return Err(StatusCode::BAD_GATEWAY);
             };
             let in_flight = upstream.start(node);
-            tried.push(node);
             let body = body.take().unwrap_or_else(empty);
             let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)?;
             let budget = timeouts.connect + timeouts.send + timeouts.read;
@@ -480,7 +486,7 @@ impl DataPlane {
                     let took = sent_at.elapsed();
                     let upgraded = answer.body.upgraded();
                     let body = answer.body.map_err(BoxError::from);
-                    let mut response = Response::new(match in_flight {
+                    let body = match in_flight {
                         // In flight until the body has been read (or dropped).
                         Some(guard) => body
                             .map_frame(move |f| {
@@ -489,11 +495,11 @@ impl DataPlane {
                             })
                             .boxed(),
                         None => body.boxed(),
-                    });
-                    *response.status_mut() = answer.status;
+                    };
                     return Ok(Answer {
-                        response,
+                        status: answer.status,
                         lines: answer.lines,
+                        body,
                         node,
                         took,
                         upgraded,
@@ -501,6 +507,7 @@ impl DataPlane {
                 }
                 Err(failure) => failure,
             };
+            tried.push(node);
             let again = matches!(failure, Failure::Connect(_) | Failure::ConnectTimeout)
                 && replayable
                 && tried.len() <= upstream.retries
@@ -518,6 +525,7 @@ impl DataPlane {
 
     fn limited(&self, body: Body) -> Body {
         match self.limits.max_body_bytes {
+            _ if hyper::body::Body::is_end_stream(&body) => body,
             0 => body,
             max => http_body_util::Limited::new(body, max as usize).boxed(),
         }
@@ -556,14 +564,41 @@ impl DataPlane {
     }
 }
 
-/// An upstream's answer: the response (status and body) and its header lines, the node that
-/// gave it and how long it took, and the connection itself when it switched protocols (101).
+/// An upstream's answer: its status, header lines and body, the node that gave it and how long
+/// it took, and the connection itself when it switched protocols (101).
 struct Answer {
-    response: Response<Body>,
-    lines: Lines,
+    status: StatusCode,
+    lines: http1::Lines,
+    body: Body,
     node: usize,
     took: Duration,
     upgraded: Option<http1::Connection>,
+}
+
+/// A response on its way to the client.
+pub(super) struct Outgoing {
+    pub status: StatusCode,
+    pub fields: Fields,
+    pub body: Body,
+}
+
+impl Outgoing {
+    fn of(response: Response<Body>) -> Outgoing {
+        let (parts, body) = response.into_parts();
+        Outgoing {
+            status: parts.status,
+            fields: Fields::of(parts.headers),
+            body,
+        }
+    }
+
+    /// As hyper's server takes it.
+    pub(super) fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(self.body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.fields.into_map();
+        response
+    }
 }
 
 /// What happens once a response body has been sent, or the client has gone away: the log
@@ -614,11 +649,6 @@ fn request_size(ctx: &Ctx) -> u64 {
     (line + headers_size(&ctx.headers)) as u64 + content_length(&ctx.headers).unwrap_or(0)
 }
 
-/// The response head's size on the wire: status line and headers.
-fn head_size(parts: &http::response::Parts) -> u64 {
-    ("HTTP/1.1 200 OK\r\n".len() + headers_size(&parts.headers)) as u64
-}
-
 /// Header lines (`name: value\r\n`) and the blank line after them.
 fn headers_size(headers: &HeaderMap) -> usize {
     let lines: usize = headers
@@ -648,7 +678,7 @@ fn upstream_request(
     let node_host = || {
         let default_port = if upstream.tls.is_some() { 443 } else { 80 };
         if target_node.port == default_port {
-            target_node.host.clone()
+            target_node.host.to_string()
         } else {
             target_node.authority.to_string()
         }

@@ -26,7 +26,7 @@ use crate::resource::KeepalivePool;
 /// Where a connection goes: a node, and the TLS identity it is reached with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub tls: Option<Tls>,
 }
@@ -201,7 +201,7 @@ impl Pool {
 
 /// Opens a connection to `key`.
 async fn connect(key: &Key) -> Result<Connection, Failure> {
-    let tcp = TcpStream::connect((key.host.as_str(), key.port))
+    let tcp = TcpStream::connect((&*key.host, key.port))
         .await
         .map_err(Failure::Connect)?;
     let _ = tcp.set_nodelay(true);

@@ -24,18 +24,22 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::http1::{Fields, Lines, READ_SIZE, Rewind, has_token};
-use super::{Body, BoxError, DataPlane, Peer, content_length, empty, full};
+use super::http1::{Fields, READ_SIZE, Rewind, has_token};
+use super::{Body, BoxError, DataPlane, Outgoing, Peer, content_length, empty, full};
 
 /// How long a client may take to send a request head, or stay idle between requests.
 pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much earlier than [`HEAD_TIMEOUT`] the idle timer may end: it is moved only when it
+/// would end this much too early, not for every request (moving a timer costs as much as
+/// parsing a request head).
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most header lines in a request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// Response bytes gathered before they are written.
@@ -60,8 +64,10 @@ where
                 Parsed::Partial if read.len() < max_head => {}
                 _ => return hand_over(&plane, io, read.freeze(), peer, &shutdown).await,
             }
-            idle.as_mut()
-                .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+            if idle.deadline() + TIMER_SLACK < deadline {
+                idle.as_mut().reset(deadline);
+            }
             read.reserve(READ_SIZE);
             tokio::select! {
                 biased;
@@ -74,7 +80,7 @@ where
         // is given back); what it sends meanwhile waits in `read`.
         let handled = plane.handle(next.request, peer, Some(next.arrived));
         tokio::pin!(handled);
-        let (response, lines) = loop {
+        let response = loop {
             tokio::select! {
                 biased;
                 response = &mut handled => break response,
@@ -83,7 +89,7 @@ where
                 }
             }
         };
-        match respond(&mut io, &mut out, response, &lines, &next.how).await {
+        match respond(&mut io, &mut out, response, &next.how).await {
             Ok(true) if !shutdown.is_cancelled() => {}
             Ok(_) => {
                 let _ = io.shutdown().await;
@@ -115,9 +121,8 @@ pub(super) async fn hand_over<I>(
         let plane = service_plane.clone();
         let request = request.map(|body| body.map_err(BoxError::from).boxed());
         async move {
-            let (mut response, lines) = plane.handle(request, peer, None).await;
-            lines.merge_into(response.headers_mut());
-            Ok::<_, Infallible>(response)
+            let response = plane.handle(request, peer, None).await;
+            Ok::<_, Infallible>(response.into_response())
         }
     });
     let io = TokioIo::new(Rewind { read, io });
@@ -259,28 +264,28 @@ enum Framing {
     Close,
 }
 
-/// Writes `response`, with the node's header `lines` its map does not replace, as `how`
-/// says; whether the connection can carry another request.
+/// Writes `response` as `how` says; whether the connection can carry another request.
 async fn respond<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    response: Response<Body>,
-    lines: &Lines,
+    response: Outgoing,
     how: &How,
 ) -> io::Result<bool>
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let headers = &parts.headers;
+    let Outgoing {
+        status,
+        fields,
+        mut body,
+    } = response;
     let bodiless = how.head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::None
-    } else if let Some(length) = content_length(headers) {
+    } else if let Some(length) = content_length(&fields.map) {
         Framing::Length(length)
     } else if let Some(length) = body.size_hint().exact() {
         Framing::Length(length)
@@ -297,27 +302,18 @@ where
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut connection, mut dated) = (None, false);
-    for (name, value) in headers {
+    fields.each(|name, value| {
         // The framing is this connection's own; a bodiless answer keeps its declared length.
-        if *name == header::TRANSFER_ENCODING || (*name == header::CONTENT_LENGTH && !bodiless) {
-            continue;
+        let is = |field: &[u8]| name.eq_ignore_ascii_case(field);
+        if is(b"transfer-encoding") || (is(b"content-length") && !bodiless) {
+            return;
         }
-        if *name == header::CONNECTION {
-            connection = Some(connection.unwrap_or(false) || has_token(value.as_bytes(), b"close"));
+        if is(b"connection") {
+            connection = Some(connection.unwrap_or(false) || has_token(value, b"close"));
         }
-        dated |= *name == header::DATE;
-        put_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    for (name, value) in lines.iter() {
-        if headers
-            .keys()
-            .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        dated |= name.eq_ignore_ascii_case(b"date");
+        dated |= is(b"date");
         put_header(out, name, value);
-    }
+    });
     let keep_alive =
         how.keep_alive && connection != Some(true) && !matches!(framing, Framing::Close);
     match framing {
@@ -455,7 +451,10 @@ impl Date {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fields::Fields as ResponseFields;
+    use super::super::http1::Lines;
     use super::*;
+    use http::Response;
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut read = BytesMut::from(bytes);
@@ -509,19 +508,15 @@ mod tests {
     }
 
     async fn written(response: Response<Body>, request: &[u8]) -> (String, bool) {
-        written_with(response, Lines::default(), request).await
+        written_with(Outgoing::of(response), request).await
     }
 
-    async fn written_with(
-        response: Response<Body>,
-        lines: Lines,
-        request: &[u8],
-    ) -> (String, bool) {
+    async fn written_with(response: Outgoing, request: &[u8]) -> (String, bool) {
         let Parsed::Request(next) = parse(&mut BytesMut::from(request)) else {
             panic!("not a request for this path");
         };
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
-        let keep = respond(&mut server, &mut Vec::new(), response, &lines, &next.how)
+        let keep = respond(&mut server, &mut Vec::new(), response, &next.how)
             .await
             .unwrap();
         drop(server);
@@ -628,11 +623,19 @@ mod tests {
             "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
              X-RateLimit-Limit: 9\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
         );
-        let mut response = Response::new(full("hello"));
-        response
-            .headers_mut()
-            .insert("x-ratelimit-limit", "5".parse().unwrap());
-        let (text, keep) = written_with(response, lines, b"GET / HTTP/1.1\r\n\r\n").await;
+        let response = Outgoing {
+            status: StatusCode::OK,
+            fields: ResponseFields {
+                set: vec![(
+                    header::HeaderName::from_static("x-ratelimit-limit"),
+                    "5".parse().unwrap(),
+                )],
+                map: HeaderMap::new(),
+                lines,
+            },
+            body: full("hello"),
+        };
+        let (text, keep) = written_with(response, b"GET / HTTP/1.1\r\n\r\n").await;
         assert!(keep);
         assert_eq!(
             text,

@@ -33,7 +33,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub authority: Authority,
     pub weight: u32,
@@ -165,7 +165,7 @@ impl Upstream {
             let nodes: Vec<(String, u16)> = upstream
                 .targets
                 .iter()
-                .map(|t| (t.host.clone(), t.port))
+                .map(|t| (t.host.to_string(), t.port))
                 .collect();
             upstream.health = checks.get(owner, c, &nodes);
         }
@@ -190,7 +190,7 @@ impl Upstream {
                 .parse()
                 .map_err(|_| Invalid(format!("nodes: bad address {text:?}")))?;
             targets.push(Target {
-                host,
+                host: host.into(),
                 port,
                 authority,
                 weight,
