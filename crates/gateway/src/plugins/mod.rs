@@ -80,7 +80,7 @@ pub struct Log {
     pub matched_uri: Arc<str>,
     pub matched_host: Arc<str>,
     /// The upstream node that answered, its status, and how long it took to answer.
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     pub upstream_status: Option<u16>,
     pub upstream_time: Option<std::time::Duration>,
     pub status: u16,

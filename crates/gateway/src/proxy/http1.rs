@@ -7,6 +7,7 @@
 //! ending in `chunked` is decoded; else `Content-Length`; else the body runs to the close.
 //! Only a message read to its end leaves the connection fit for the next one.
 
+use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -510,34 +511,65 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status"))?;
-        let fields = &*response.headers;
-        let framing = framing(method, status, fields)?;
-        let connection = ConnectionFields::of(fields);
-        let keep_alive = framing != Framing::Close
-            && match response.version {
-                Some(0) => connection.keep_alive,
-                _ => !connection.close,
-            };
+        // A switched protocol's fields are all the client's to see.
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+        let bodiless = *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
         let base = read.as_ptr() as usize;
         let place = |bytes: &[u8]| {
             let start = (bytes.as_ptr() as usize - base) as u32;
             start..start + bytes.len() as u32
         };
+        let fields = &*response.headers;
         let mut at = Vec::with_capacity(fields.len());
+        let mut connection = ConnectionFields::default();
+        // Whether `Transfer-Encoding`'s last coding is chunked; the declared `Content-Length`.
+        let (mut chunked, mut declared) = (None, Ok(None));
         for field in fields {
-            let name = field.name.as_bytes();
-            // A switched protocol's fields are all the client's to see.
-            let own = status != StatusCode::SWITCHING_PROTOCOLS
-                && (is_hop_by_hop(name)
-                    || connection
-                        .named
-                        .iter()
-                        .any(|n| n.eq_ignore_ascii_case(name))
-                    || (framing != Framing::Empty && name.eq_ignore_ascii_case(b"content-length")));
-            if !own {
-                at.push((place(name), place(field.value)));
+            let kind = Kind::of(field.name.as_bytes());
+            match kind {
+                Kind::ContentLength => {
+                    declared = declared.and_then(|d| content_length(d, field.value));
+                }
+                Kind::TransferEncoding => {
+                    let last = field
+                        .value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .unwrap_or_default();
+                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                Kind::Connection => connection.read(field.value),
+                Kind::HopByHop | Kind::Other => {}
+            }
+            if switched || kind == Kind::Other || (kind == Kind::ContentLength && bodiless) {
+                at.push((place(field.name.as_bytes()), place(field.value)));
             }
         }
+        if !switched && !connection.named.is_empty() {
+            let named = |name: &Range<u32>| {
+                let name = &read[name.start as usize..name.end as usize];
+                connection
+                    .named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name))
+            };
+            at.retain(|(name, _)| !named(name));
+        }
+        let framing = match (chunked, declared) {
+            _ if switched => Framing::Upgrade,
+            _ if bodiless => Framing::Empty,
+            (Some(true), _) => Framing::Chunked(Chunk::Size),
+            (Some(false), _) | (None, Ok(None)) => Framing::Close,
+            (None, Ok(Some(n))) => Framing::Length(n),
+            (None, Err(e)) => return Err(e),
+        };
+        let keep_alive = framing != Framing::Close
+            && match response.version {
+                Some(0) => connection.keep_alive,
+                _ => !connection.close,
+            };
         let head = read.split_to(length).freeze();
         return Ok(Some(Head {
             status,
@@ -548,10 +580,33 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
     }
 }
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    super::HOP_BY_HOP
-        .iter()
-        .any(|hop| hop.as_str().as_bytes().eq_ignore_ascii_case(name))
+/// What a response's header field is to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another of the connection's own (RFC 9110 §7.6.1).
+    HopByHop,
+    /// The message's.
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        // By length first: most names are none of these, and are told so without a look.
+        match name.len() {
+            14 if is("content-length") => Kind::ContentLength,
+            17 if is("transfer-encoding") => Kind::TransferEncoding,
+            10 if is("connection") => Kind::Connection,
+            10 if is("keep-alive") => Kind::HopByHop,
+            16 if is("proxy-connection") => Kind::HopByHop,
+            7 if is("trailer") || is("upgrade") => Kind::HopByHop,
+            2 if is("te") => Kind::HopByHop,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// What a response's `Connection` fields said.
@@ -564,23 +619,31 @@ struct ConnectionFields<'a> {
 }
 
 impl<'a> ConnectionFields<'a> {
-    fn of(fields: &[httparse::Header<'a>]) -> ConnectionFields<'a> {
-        let mut connection = ConnectionFields::default();
-        let values = fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"));
-        for token in values.flat_map(|f| f.value.split(|&b| b == b',')) {
+    fn read(&mut self, value: &'a [u8]) {
+        for token in value.split(|&b| b == b',') {
             let token = token.trim_ascii();
             if token.eq_ignore_ascii_case(b"close") {
-                connection.close = true;
+                self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                connection.keep_alive = true;
+                self.keep_alive = true;
             } else if !token.is_empty() {
-                connection.named.push(token);
+                self.named.push(token);
             }
         }
-        connection
     }
+}
+
+/// `declared` with a `Content-Length` value (a comma-separated list of one number) added.
+fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
+    let mut declared = declared;
+    for part in value.split(|&b| b == b',') {
+        let n = digits(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
+        if declared.is_some_and(|l| l != n) {
+            return Err(Error::Invalid("conflicting content-length"));
+        }
+        declared = Some(n);
+    }
+    Ok(declared)
 }
 
 /// The header lines httparse found in a read buffer, by name and where each value lies in it.
@@ -592,7 +655,7 @@ impl Fields {
         let base = read.as_ptr() as usize;
         let mut fields = Vec::with_capacity(lines.len());
         for line in lines {
-            let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
+            let name = header_name(line.name.as_bytes())?;
             let start = line.value.as_ptr() as usize - base;
             fields.push((name, start..start + line.value.len()));
         }
@@ -623,55 +686,36 @@ impl Fields {
     }
 }
 
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    fields: &[httparse::Header<'_>],
-) -> Result<Framing, Error> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Framing::Upgrade);
-    }
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    // The last coding decides: chunked, else the body runs to the close.
-    let mut coded = None;
-    let mut length = None;
-    for field in fields {
-        if field.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            coded = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if field.name.eq_ignore_ascii_case("content-length") {
-            for part in field.value.split(|&b| b == b',') {
-                let n = digits(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Error::Invalid("conflicting content-length"));
-                }
-                length = Some(n);
-            }
-        }
-    }
-    Ok(match (coded, length) {
-        (Some(true), _) => Framing::Chunked(Chunk::Size),
-        (Some(false), _) | (None, None) => Framing::Close,
-        (None, Some(n)) => Framing::Length(n),
-    })
-}
-
 /// A decimal number of digits only (no sign, no spaces).
 fn digits(text: &[u8]) -> Option<u64> {
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+thread_local! {
+    /// The header names clients sent before, as they spelled them: a worker sees the same few
+    /// again and again, and making one (lower-cased, a custom one copied) costs more than
+    /// finding it.
+    static NAMES: RefCell<crate::FastMap<Box<[u8]>, HeaderName>> = RefCell::default();
+}
+
+/// The most names [`NAMES`] keeps; others are made each time.
+const NAMES_KEPT: usize = 512;
+
+/// `bytes` as a header name; none when they are not one.
+fn header_name(bytes: &[u8]) -> Option<HeaderName> {
+    NAMES.with_borrow_mut(|names| {
+        if let Some(name) = names.get(bytes) {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(bytes).ok()?;
+        if names.len() < NAMES_KEPT {
+            names.insert(bytes.into(), name.clone());
+        }
+        Some(name)
+    })
 }
 
 /// Whether a comma-separated header value (`Connection`'s) names `token`.
@@ -872,6 +916,17 @@ mod tests {
         assert_eq!(map.get_all("set-cookie").iter().count(), 2);
         assert_eq!(map["x-ratelimit-limit"], "5");
         assert_eq!(map.len(), 3);
+    }
+
+    #[test]
+    fn header_names_found_again_are_the_names_made() {
+        for name in ["Host", "host", "X-Custom", "x-custom", "APIKEY"] {
+            for _ in 0..2 {
+                let made = HeaderName::from_bytes(name.as_bytes()).ok();
+                assert_eq!(header_name(name.as_bytes()), made);
+            }
+        }
+        assert_eq!(header_name(b"bad name"), None);
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl Default for Limits {
     }
 }
 
-/// Headers that belong to one connection and are never forwarded.
+/// Headers that belong to one connection and are never forwarded (a response's are told by
+/// `http1::Kind`).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -350,7 +351,7 @@ impl DataPlane {
                     .await
                 {
                     Ok(answer) => {
-                        let node = &*upstream.targets[answer.node].host;
+                        let node = upstream.targets[answer.node].host.clone();
                         answered_by = Some((node, answer.took));
                         upstream_status = Some(answer.status.as_u16());
                         if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
@@ -401,6 +402,7 @@ impl DataPlane {
             };
         }
         let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
+        let (node, upstream_time) = answered_by.unzip();
         let log = Log {
             route: route.id.clone(),
             route_name: route.labels.name.clone(),
@@ -410,9 +412,9 @@ impl DataPlane {
             uri: std::mem::take(&mut ctx.original_path),
             matched_uri,
             matched_host,
-            node: answered_by.map(|(node, _)| node.to_string()),
+            node,
             upstream_status,
-            upstream_time: answered_by.map(|(_, took)| took),
+            upstream_time,
             status: status.as_u16(),
             request_time: Duration::ZERO,
             request_bytes: arrived.unwrap_or_else(|| request_size(&ctx)),
