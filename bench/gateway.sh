@@ -4,9 +4,9 @@
 # limit-count + prometheus on the route — driven by the same wrk on loopback.
 # Usage: [AXLE_BIN=...] bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
 #        [AXLE_BIN=...] COUNT_INSTRUCTIONS=1 bench/gateway.sh [SECONDS]
-# The second form runs Axle under valgrind's callgrind and prints the instructions (user space,
-# all threads) it spends per request on each route: steady where throughput swings with the
-# machine, for comparing two builds.
+# The second form runs Axle and the reference nginx under valgrind's callgrind and prints the
+# instructions (user space, all threads) each spends per request: steady where throughput swings
+# with the machine, for comparing two builds, and Axle with nginx.
 # nginx and Axle are measured in alternating rounds and each reported by its median round, so
 # a slow spell of a shared machine does not land on one of them only.
 # Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
@@ -43,11 +43,12 @@ trap cleanup EXIT
 PROXY_CPU="" LOAD_CPU=""
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
 
-nginx_conf() { # $1 = name, $2 = server block
+nginx_conf() { # $1 = name, $2 = server block, $3 = more main-context directives
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
+${3:-}
 pid $WORK/$1/nginx.pid;
 error_log $WORK/$1/error.log warn;
 events { worker_connections 4096; }
@@ -72,8 +73,9 @@ nginx_conf proxy "upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 
   server { listen 127.0.0.1:$NGINX_PORT;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection '';
                  proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
-                 proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
-$PROXY_CPU nginx -c "$WORK/proxy/nginx.conf" & PIDS+=($!)
+                 proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }" \
+  "${WRAP:+master_process off;}" # under callgrind, the worker is the process itself
+$PROXY_CPU $WRAP nginx -c "$WORK/proxy/nginx.conf" 2>"$WORK/proxy/stderr.log" & PIDS+=($!)
 
 # Axle's gateway alone, one data-plane thread, a route to the same upstream.
 AXLE_ADMIN_KEY=bench-key \
@@ -111,10 +113,12 @@ measure() {
 # The median of a list of "requests/s p99_ms" lines, by requests/s.
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
-# Prints the instructions per request of URL $1 (more wrk arguments may follow) under callgrind.
+# Prints the instructions per request of URL $2 (more wrk arguments may follow) of the process
+# under callgrind whose command line matches $1.
 instructions() {
   local pid out requests
-  pid=$(pgrep -f "valgrind.*callgrind.*$AXLE" | head -1)
+  pid=$(pgrep -f "valgrind.*callgrind.*$1" | head -1)
+  shift
   $LOAD_CPU wrk -t1 -c10 -d3s "${@:2}" "$1" >/dev/null # warm-up
   callgrind_control -z "$pid" >/dev/null 2>&1
   requests=$($LOAD_CPU wrk -t1 -c10 -d"${DURATION}s" "${@:2}" "$1" | awk '/requests in/ { print $1 }')
@@ -124,10 +128,13 @@ instructions() {
   rm -f /tmp/axle-callgrind.*."$pid"*
 }
 if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
-  callgrind_control -i on "$(pgrep -f "valgrind.*callgrind.*$AXLE" | head -1)" >/dev/null 2>&1
-  echo "axle under callgrind, wrk -t1 -c10 -d${DURATION}s per route"
-  echo "  plain route:   $(instructions "http://127.0.0.1:$AXLE_PORT/")"
-  echo "  plugin route:  $(instructions "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"
+  for under in "$AXLE" "$WORK/proxy/nginx.conf"; do
+    callgrind_control -i on "$(pgrep -f "valgrind.*callgrind.*$under" | head -1)" >/dev/null 2>&1
+  done
+  echo "under callgrind, wrk -t1 -c10 -d${DURATION}s per route"
+  echo "  nginx proxy_pass:    $(instructions "$WORK/proxy/nginx.conf" "http://127.0.0.1:$NGINX_PORT/")"
+  echo "  axle plain route:    $(instructions "$AXLE" "http://127.0.0.1:$AXLE_PORT/")"
+  echo "  axle plugin route:   $(instructions "$AXLE" "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"
   exit 0
 fi
 

@@ -662,8 +662,8 @@ impl Fields {
         Some(Fields(fields))
     }
 
-    pub(super) fn has(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
+    pub(super) fn has_any(&self, names: &[HeaderName]) -> bool {
+        self.0.iter().any(|(n, _)| names.contains(n))
     }
 
     /// Splits the head (its first `length` bytes) off `read`, with the header map whose values

@@ -109,7 +109,9 @@ impl Pool {
             let (mut idle, reused) = match self.take(key) {
                 Some(idle) => (idle, true),
                 None => {
-                    let connection = tokio::time::timeout(connect_timeout, connect(key))
+                    // Boxed: it is the rarer path, and the largest part of the request's future.
+                    let connecting = Box::pin(connect(key));
+                    let connection = tokio::time::timeout(connect_timeout, connecting)
                         .await
                         .map_err(|_| Failure::ConnectTimeout)??;
                     let idle = Idle {

@@ -187,10 +187,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     };
     // A body to come, an interim answer or a protocol switch: hyper knows those.
-    if fields.has(&header::TRANSFER_ENCODING)
-        || fields.has(&header::EXPECT)
-        || fields.has(&header::UPGRADE)
-    {
+    if fields.has_any(&[header::TRANSFER_ENCODING, header::EXPECT, header::UPGRADE]) {
         return Parsed::Other;
     }
     let (head, headers) = fields.split_off(read, length);
