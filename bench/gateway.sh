@@ -76,6 +76,7 @@ nginx_conf proxy "upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 
                  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }" \
   "${WRAP:+master_process off;}" # under callgrind, the worker is the process itself
 $PROXY_CPU $WRAP nginx -c "$WORK/proxy/nginx.conf" 2>"$WORK/proxy/stderr.log" & PIDS+=($!)
+NGINX_PID=$!
 
 # Axle's gateway alone, one data-plane thread, a route to the same upstream.
 AXLE_ADMIN_KEY=bench-key \
@@ -85,6 +86,7 @@ AXLE__SERVICES__GATEWAY__TLS_LISTEN="127.0.0.1:$AXLE_TLS_PORT" \
 AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
 AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$METRICS_PORT" \
   $PROXY_CPU $WRAP "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+AXLE_PID=$!
 
 wait_for() { for _ in $(seq 1 600); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
@@ -101,16 +103,27 @@ admin_put routes/plugins "{\"uri\": \"/plugins/*\", \"upstream\": {\"nodes\": {\
 wait_for "http://127.0.0.1:$AXLE_PORT/"
 for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
 
-# Prints "requests/s p99_ms" for one wrk run of URL $1 (more wrk arguments may follow).
+# CPU time (user and system, all threads, in clock ticks) process $1 has used.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# Prints "requests/s p99_ms cpu_us" for one wrk run of URL $2 (more wrk arguments may follow),
+# cpu_us being the CPU time process $1 (the proxy) spent per request: what a request costs the
+# proxy's core even when the load, not the proxy, sets the pace.
 measure() {
+  local pid=$1 before
+  shift
   $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d2s "${@:2}" "$1" >/dev/null # warm-up
-  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:2}" "$1" | awk '
+  before=$(ticks "$pid")
+  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:2}" "$1" | awk \
+    -v before="$before" -v after_file="/proc/$pid/stat" -v hz="$(getconf CLK_TCK)" '
+    /requests in/ { requests = $1 }
     /Requests\/sec/ { rps = $2 }
     /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }; p99 = v }
-    END { printf "%.0f %.2f\n", rps, p99 }'
+    END { getline stat < after_file; split(stat, f, " "); cpu = (f[14] + f[15] - before) / hz
+          printf "%.0f %.2f %.1f\n", rps, p99, cpu * 1e6 / requests }'
 }
 
-# The median of a list of "requests/s p99_ms" lines, by requests/s.
+# The median of a list of "requests/s p99_ms cpu_us" lines, by requests/s.
 median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
 # Prints the instructions per request of URL $2 (more wrk arguments may follow) of the process
@@ -138,17 +151,19 @@ if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
   exit 0
 fi
 
-read -r direct_rps direct_p99 < <(measure "http://127.0.0.1:$UPSTREAM_PORT/")
+# nginx's worker is the master's child.
+NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+read -r direct_rps direct_p99 _ < <(measure "${PIDS[0]}" "http://127.0.0.1:$UPSTREAM_PORT/")
 nginx_runs="" axle_runs="" plugins_runs=""
 for _ in $(seq 1 "$ROUNDS"); do
-  nginx_runs+="$(measure "http://127.0.0.1:$NGINX_PORT/")"$'\n'
-  axle_runs+="$(measure "http://127.0.0.1:$AXLE_PORT/")"$'\n'
-  plugins_runs+="$(measure "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"$'\n'
+  nginx_runs+="$(measure "$NGINX_WORKER" "http://127.0.0.1:$NGINX_PORT/")"$'\n'
+  axle_runs+="$(measure "$AXLE_PID" "http://127.0.0.1:$AXLE_PORT/")"$'\n'
+  plugins_runs+="$(measure "$AXLE_PID" "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"$'\n'
 done
-read -r nginx_rps nginx_p99 < <(printf '%s' "$nginx_runs" | median)
-read -r axle_rps axle_p99 < <(printf '%s' "$axle_runs" | median)
-read -r plugins_rps plugins_p99 < <(printf '%s' "$plugins_runs" | median)
-echo "rounds (req/s p99): nginx [$(printf '%s' "$nginx_runs" | tr '\n' ';')] axle [$(printf '%s' "$axle_runs" | tr '\n' ';')] plugins [$(printf '%s' "$plugins_runs" | tr '\n' ';')]"
+read -r nginx_rps nginx_p99 nginx_cpu < <(printf '%s' "$nginx_runs" | median)
+read -r axle_rps axle_p99 axle_cpu < <(printf '%s' "$axle_runs" | median)
+read -r plugins_rps plugins_p99 plugins_cpu < <(printf '%s' "$plugins_runs" | median)
+echo "rounds (req/s p99 cpu_us): nginx [$(printf '%s' "$nginx_runs" | tr '\n' ';')] axle [$(printf '%s' "$axle_runs" | tr '\n' ';')] plugins [$(printf '%s' "$plugins_runs" | tr '\n' ';')]"
 # Every plugin request was counted and authenticated: the exporter must say so.
 curl -fsS "http://127.0.0.1:$METRICS_PORT/apisix/prometheus/metrics" | grep '^apisix_http_status{' \
   | grep 'route="plugins"' | grep -q 'consumer="bench"' \
@@ -156,8 +171,11 @@ curl -fsS "http://127.0.0.1:$METRICS_PORT/apisix/prometheus/metrics" | grep '^ap
 
 echo "gateway benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds, $(nproc) cores, proxy pinned: ${PROXY_CPU:-no}"
 printf "  %-34s %10s req/s   p99 %7s ms\n" "direct to the upstream" "$direct_rps" "$direct_p99"
-printf "  %-34s %10s req/s   p99 %7s ms\n" "nginx proxy_pass (1 worker)" "$nginx_rps" "$nginx_p99"
-printf "  %-34s %10s req/s   p99 %7s ms\n" "axle gateway (1 worker thread)" "$axle_rps" "$axle_p99"
-printf "  %-34s %10s req/s   p99 %7s ms\n" "axle + key-auth, limit-count, prom." "$plugins_rps" "$plugins_p99"
-awk -v a="$axle_rps" -v n="$nginx_rps" 'BEGIN { printf "  ratio axle / nginx                 %10.2f\n", a / n }'
-awk -v a="$plugins_rps" -v n="$nginx_rps" 'BEGIN { printf "  ratio axle with plugins / nginx    %10.2f\n", a / n }'
+row() { printf "  %-34s %10s req/s   p99 %7s ms   proxy CPU %6s us/request\n" "$@"; }
+row "nginx proxy_pass (1 worker)" "$nginx_rps" "$nginx_p99" "$nginx_cpu"
+row "axle gateway (1 worker thread)" "$axle_rps" "$axle_p99" "$axle_cpu"
+row "axle + key-auth, limit-count, prom." "$plugins_rps" "$plugins_p99" "$plugins_cpu"
+# Throughput, and requests per second of the proxy's CPU (the inverse of its CPU per request).
+awk -v a="$axle_rps" -v p="$plugins_rps" -v n="$nginx_rps" -v ac="$axle_cpu" -v pc="$plugins_cpu" -v nc="$nginx_cpu" 'BEGIN {
+  printf "  ratio axle / nginx                 %10.2f   per CPU second %6.2f\n", a / n, nc / ac
+  printf "  ratio axle with plugins / nginx    %10.2f   per CPU second %6.2f\n", p / n, nc / pc }'
