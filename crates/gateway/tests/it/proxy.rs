@@ -214,6 +214,8 @@ async fn http2_clients_are_served() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), hyper::Version::HTTP_2);
+    // The node's header lines reach hyper's server as a map.
+    assert_eq!(response.headers()["content-type"], "application/json");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let seen: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["upstream"], "h2");
