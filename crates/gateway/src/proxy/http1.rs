@@ -533,12 +533,8 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Erro
                     declared = declared.and_then(|d| content_length(d, field.value));
                 }
                 Kind::TransferEncoding => {
-                    let last = field
-                        .value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .unwrap_or_default();
-                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    let last = tokens(field.value).next_back().unwrap_or_default();
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
                 }
                 Kind::Connection => connection.read(field.value),
                 Kind::HopByHop | Kind::Other => {}
@@ -620,21 +616,21 @@ struct ConnectionFields<'a> {
 
 impl<'a> ConnectionFields<'a> {
     fn read(&mut self, value: &'a [u8]) {
-        for token in value.split(|&b| b == b',') {
-            let token = token.trim_ascii();
+        for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
-            } else if !token.is_empty() {
+            } else {
                 self.named.push(token);
             }
         }
     }
 }
 
-/// `declared` with a `Content-Length` value (a comma-separated list of one number) added.
-fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
+/// `declared` with a `Content-Length` value added, strictly (RFC 9112 §6.3): digits only, and a
+/// list or repeated field only of one number; folded over a message's values, its length.
+pub(super) fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
     let mut declared = declared;
     for part in value.split(|&b| b == b',') {
         let n = digits(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
@@ -718,11 +714,18 @@ fn header_name(bytes: &[u8]) -> Option<HeaderName> {
     })
 }
 
-/// Whether a comma-separated header value (`Connection`'s) names `token`.
-pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// The elements of a comma-separated header value (`Connection`'s, `Transfer-Encoding`'s),
+/// trimmed, empty ones left out.
+pub(super) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+}
+
+/// Whether a comma-separated header value (`Connection`'s) names `token`.
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 impl AsyncRead for Stream {

@@ -251,7 +251,7 @@ impl DataPlane {
         {
             parts.headers.insert(header::HOST, host);
         }
-        if let Some(length) = content_length(&parts.headers)
+        if let Ok(Some(length)) = declared_length(&parts.headers)
             && self.limits.max_body_bytes > 0
             && length > self.limits.max_body_bytes
         {
@@ -648,7 +648,8 @@ fn request_size(ctx: &Ctx) -> u64 {
         + ctx.original_path.len()
         + ctx.query.as_ref().map_or(0, |q| q.len() + 1)
         + " HTTP/1.1\r\n".len();
-    (line + headers_size(&ctx.headers)) as u64 + content_length(&ctx.headers).unwrap_or(0)
+    let body = declared_length(&ctx.headers).ok().flatten().unwrap_or(0);
+    (line + headers_size(&ctx.headers)) as u64 + body
 }
 
 /// Header lines (`name: value\r\n`) and the blank line after them.
@@ -830,9 +831,8 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|value| http1::tokens(value.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()
 }
 
@@ -843,13 +843,12 @@ fn is_websocket(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// The body length a message with `headers` declares, as [`http1::content_length`] reads it.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, http1::Error> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).into_iter();
+    values.try_fold(None, |declared, value| {
+        http1::content_length(declared, value.as_bytes())
+    })
 }
 
 fn strip_port(host: &str) -> &str {

@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::http1::{Fields, READ_SIZE, Rewind, has_token};
-use super::{Body, BoxError, DataPlane, Outgoing, Peer, content_length, empty, full};
+use super::{Body, BoxError, DataPlane, Outgoing, Peer, declared_length, empty, full};
 
 /// How long a client may take to send a request head, or stay idle between requests.
 pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -197,9 +197,11 @@ fn parse(read: &mut BytesMut) -> Parsed {
         .as_ref()
         .filter(|_| uri.is_ok())
         .and_then(|headers| match declared_length(headers) {
-            Ok(0) => Some((empty(), 0)),
-            Ok(n) if n <= read.len() as u64 => Some((full(read.split_to(n as usize).freeze()), n)),
-            _ => None,
+            Ok(None | Some(0)) => Some((empty(), 0)),
+            Ok(Some(n)) if n <= read.len() as u64 => {
+                Some((full(read.split_to(n as usize).freeze()), n))
+            }
+            _ => None, // still arriving, or not a length: hyper's
         });
     let (Some(headers), Some((body, body_length)), Ok(uri)) = (headers, body, uri) else {
         // Given back whole: hyper parses it again.
@@ -240,19 +242,6 @@ fn parse(read: &mut BytesMut) -> Parsed {
     })
 }
 
-/// The request body's declared length: 0 without one, an error for a malformed or ambiguous
-/// one.
-fn declared_length(headers: &HeaderMap) -> Result<u64, ()> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(value) = values.next() else {
-        return Ok(0);
-    };
-    if values.next().is_some() {
-        return Err(());
-    }
-    value.to_str().map_err(|_| ())?.parse().map_err(|_| ())
-}
-
 /// How a response body goes on the wire.
 enum Framing {
     None,
@@ -282,7 +271,7 @@ where
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::None
-    } else if let Some(length) = content_length(&fields.map) {
+    } else if let Ok(Some(length)) = declared_length(&fields.map) {
         Framing::Length(length)
     } else if let Some(length) = body.size_hint().exact() {
         Framing::Length(length)
@@ -451,7 +440,7 @@ mod tests {
     use super::super::fields::Fields as ResponseFields;
     use super::super::http1::Lines;
     use super::*;
-    use http::Response;
+    use http::{HeaderMap, Response};
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut read = BytesMut::from(bytes);
@@ -479,6 +468,13 @@ mod tests {
         assert_eq!(next.request.body().size_hint().exact(), Some(3));
         assert_eq!(next.arrived, 65, "head and body, as they came");
         assert_eq!(&rest[..], b"GET");
+        // A list of one length repeated is that length (RFC 9112 §6.3).
+        let (Parsed::Request(next), _) =
+            parsed(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab")
+        else {
+            panic!("one length, repeated");
+        };
+        assert_eq!(next.request.body().size_hint().exact(), Some(2));
 
         for other in [
             &b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"[..],
@@ -487,6 +483,7 @@ mod tests {
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
             b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
             b"G\x01T / HTTP/1.1\r\n\r\n",
