@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::http1::{Fields, READ_SIZE, Rewind, has_token};
+use super::http1::{READ_SIZE, RequestFields, Rewind, has_token};
 use super::{Body, BoxError, DataPlane, Outgoing, Peer, declared_length, empty, full};
 
 /// How long a client may take to send a request head, or stay idle between requests.
@@ -183,7 +183,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
     };
     let path_at = path.as_ptr() as usize - read.as_ptr() as usize;
     let path_at = path_at..path_at + path.len();
-    let Some(fields) = Fields::of(parsed.headers, read) else {
+    let Some(fields) = RequestFields::of(parsed.headers, read) else {
         return Parsed::Other;
     };
     // A body to come, an interim answer or a protocol switch: hyper knows those.
@@ -437,7 +437,7 @@ impl Date {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fields::Fields as ResponseFields;
+    use super::super::fields::Fields;
     use super::super::http1::Lines;
     use super::*;
     use http::{HeaderMap, Response};
@@ -619,7 +619,7 @@ mod tests {
         );
         let response = Outgoing {
             status: StatusCode::OK,
-            fields: ResponseFields {
+            fields: Fields {
                 set: vec![(
                     header::HeaderName::from_static("x-ratelimit-limit"),
                     "5".parse().unwrap(),
