@@ -19,7 +19,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::resource::{self, Kind};
-use crate::store::{ConfigStore, Entry, StoreError};
+use crate::store::{ConfigStore, Entry, Guard, StoreError};
+
+/// How often a write is checked again after racing writes changed the store under its checks.
+const ATTEMPTS: usize = 32;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -37,6 +40,8 @@ pub enum AdminError {
     NotFound,
     Unauthorized,
     Forbidden,
+    /// 409: racing writes kept changing what this one was checked against.
+    Busy,
     Store(StoreError),
 }
 
@@ -68,6 +73,11 @@ impl IntoResponse for AdminError {
                 StatusCode::FORBIDDEN,
                 json!({"error_msg": "access from this address is not allowed"}),
             ),
+            AdminError::Busy => (
+                StatusCode::CONFLICT,
+                json!({"error_msg": "the configuration kept changing while this write was \
+                                     checked; try again"}),
+            ),
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "admin API: config store failed");
                 (
@@ -98,8 +108,29 @@ pub fn router(state: AdminState) -> Router {
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
         .route("/axle/admin/rollback", post(rollback))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::middleware::map_response(in_apisix_shape));
     guarded.with_state(state)
+}
+
+/// The framework's own refusals (a body over the limit, a query that does not parse) as APISIX
+/// words every error: `{"error_msg": ...}`.
+async fn in_apisix_shape(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !(response.status().is_client_error() && plain) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).into_owned();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = axum::Json(json!({ "error_msg": message }));
+    (parts, body).into_response()
 }
 
 /// `GET /apisix/admin/plugins/list`: the names of the plugins this gateway runs.
@@ -217,10 +248,18 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// A stored document as the Admin API shows it (see [`resource::redacted`]).
+fn shown(key: &str, value: &Value) -> Value {
+    match resource::parse_key(key) {
+        Some((kind, _)) => resource::redacted(kind, value),
+        None => value.clone(),
+    }
+}
+
 fn item(entry: &Entry) -> Value {
     json!({
         "key": entry.key,
-        "value": entry.value,
+        "value": shown(&entry.key, &entry.value),
         "createdIndex": entry.created_index,
         "modifiedIndex": entry.modified_index,
     })
@@ -321,7 +360,8 @@ async fn put(
     Path((segment, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    write(&state, &Scope::top(&segment)?, Some(id), body_json(&body)?).await
+    let edit = Edit::Replace(body_json(&body)?);
+    write(&state, &Scope::top(&segment)?, id, edit).await
 }
 
 /// `PUT /apisix/admin/<kind>` with the id (or a consumer's username) in the body.
@@ -335,15 +375,14 @@ async fn put_without_id(
 
 async fn put_without_id_in(state: &AdminState, scope: &Scope, value: Value) -> Result<Response> {
     let kind = scope.kind;
-    let id = value.get(kind.id_field()).and_then(resource::id_text);
-    if id.is_none() {
+    let Some(id) = value.get(kind.id_field()).and_then(resource::id_text) else {
         return Err(AdminError::Bad(format!(
             "missing {} {}",
             kind.noun(),
             kind.id_field()
         )));
-    }
-    write(state, scope, id, value).await
+    };
+    write(state, scope, id, Edit::Replace(value)).await
 }
 
 /// `POST`: a new resource with a generated id.
@@ -380,43 +419,92 @@ async fn create_in(state: &AdminState, scope: &Scope, mut value: Value) -> Resul
     if let Some(map) = value.as_object_mut() {
         map.insert("id".into(), Value::String(id.clone()));
     }
-    write(state, scope, Some(id), value).await
+    write(state, scope, id, Edit::Replace(value)).await
 }
 
-/// Validates, checks references, stamps ids and times, and stores one resource.
-async fn write(
-    state: &AdminState,
-    scope: &Scope,
-    id: Option<String>,
-    mut value: Value,
-) -> Result<Response> {
+/// What a write does to the stored document.
+#[derive(Debug)]
+enum Edit {
+    /// PUT and POST: this document.
+    Replace(Value),
+    /// PATCH: merged into the stored document (RFC 7386).
+    Merge(Value),
+    /// PATCH of a sub-path: the value there replaced.
+    At(String, Value),
+}
+
+/// Awaits the attempt `$attempt` again while a racing write gets in its way (after a pause of a
+/// few milliseconds, so racing writers do not keep meeting), [`ATTEMPTS`] times at most.
+macro_rules! retried {
+    ($attempt:expr) => {{
+        let mut outcome = Err(AdminError::Busy);
+        for _ in 0..ATTEMPTS {
+            match $attempt.await {
+                Err(AdminError::Store(StoreError::Conflict)) => {
+                    let pause = rand::random_range(1..10);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                done => {
+                    outcome = done;
+                    break;
+                }
+            }
+        }
+        outcome
+    }};
+}
+
+/// Makes and stores the document `id` of `scope`: validated, its references and credentials
+/// checked, stamped with ids and times — and, should a racing write change the store while it
+/// was checked, all of it again on the new state.
+async fn write(state: &AdminState, scope: &Scope, id: String, edit: Edit) -> Result<Response> {
+    retried!(write_once(state, scope, &id, &edit))
+}
+
+async fn write_once(state: &AdminState, scope: &Scope, id: &str, edit: &Edit) -> Result<Response> {
     let kind = scope.kind;
     let id_field = kind.id_field();
+    let key = scope.key(id);
+    let revision = state.store.revision().await?;
+    let existing = state.store.get(&key).await?;
+    let mut value = match (edit, &existing) {
+        (Edit::Replace(value), _) => value.clone(),
+        (Edit::Merge(_) | Edit::At(..), None) => return Err(AdminError::NotFound),
+        (Edit::Merge(patch), Some(entry)) => {
+            // A patch that is not an object replaces the whole document, which is then refused.
+            let mut value = entry.value.clone();
+            merge(&mut value, patch.clone());
+            value
+        }
+        (Edit::At(path, replacement), Some(entry)) => {
+            let mut value = entry.value.clone();
+            let mut slot = &mut value;
+            for segment in path.split('/').filter(|s| !s.is_empty()) {
+                let Some(map) = slot.as_object_mut() else {
+                    return Err(AdminError::Bad(format!("invalid sub path {path:?}")));
+                };
+                slot = map.entry(segment.to_string()).or_insert(Value::Null);
+            }
+            *slot = replacement.clone();
+            value
+        }
+    };
     let Some(map) = value.as_object_mut() else {
         return Err(AdminError::Bad(
             "invalid configuration: the body must be a JSON object".into(),
         ));
     };
-    let id = match (id, map.get(id_field).and_then(resource::id_text)) {
-        (Some(path), Some(body)) if path != body => {
-            return Err(AdminError::Bad(format!("wrong {} {id_field}", kind.noun())));
-        }
-        (Some(id), _) | (None, Some(id)) => id,
-        (None, None) => {
-            return Err(AdminError::Bad(format!(
-                "missing {} {id_field}",
-                kind.noun()
-            )));
-        }
-    };
-    if !resource::valid_id(&id) {
+    if let Some(named) = map.get(id_field).and_then(resource::id_text)
+        && named != id
+    {
+        return Err(AdminError::Bad(format!("wrong {} {id_field}", kind.noun())));
+    }
+    if !resource::valid_id(id) {
         return Err(AdminError::Bad(format!(
             "invalid configuration: {id_field} {id:?}: 1-64 characters of [a-zA-Z0-9-_.] expected"
         )));
     }
-    map.insert(id_field.into(), Value::String(id.clone()));
-    let key = scope.key(&id);
-    let existing = state.store.get(&key).await?;
+    map.insert(id_field.into(), Value::String(id.to_string()));
     let now = now_secs();
     let created = existing
         .as_ref()
@@ -425,30 +513,66 @@ async fn write(
     map.insert("create_time".into(), created);
     map.insert("update_time".into(), Value::from(now));
     resource::validate(kind, &value)?;
+
     let owner = scope
         .consumer
         .as_ref()
         .map(|username| (Kind::Consumers, username.clone()));
+    let mut present = Vec::new();
     for (target, target_id) in owner.into_iter().chain(resource::references(kind, &value)) {
-        if state.store.get(&target.key(&target_id)).await?.is_none() {
+        let target_key = target.key(&target_id);
+        if state.store.get(&target_key).await?.is_none() {
             return Err(AdminError::Bad(format!(
                 "failed to fetch {} info by {} id [{target_id}], response code: 404",
                 target.noun(),
                 target.noun()
             )));
         }
+        present.push(target_key);
     }
-    let (entry, is_new) = state.store.put(&key, &value).await?;
-    let status = if is_new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    check_identities(state, kind, &key, &value).await?;
+
+    let guard = Guard { revision, present };
+    let written = state
+        .store
+        .commit(&guard, &[(key.clone(), Some(value.clone()))])
+        .await?;
+    let status = match (edit, written.first()) {
+        // A patch never creates; APISIX answers 200.
+        (Edit::Replace(_), Some(w)) if !w.existed => StatusCode::CREATED,
+        _ => StatusCode::OK,
     };
-    Ok((
-        status,
-        axum::Json(json!({"key": entry.key, "value": entry.value})),
-    )
-        .into_response())
+    let value = resource::redacted(kind, &value);
+    Ok((status, axum::Json(json!({"key": key, "value": value}))).into_response())
+}
+
+/// Refuses a consumer or credential that would identify a client another consumer or
+/// credential already identifies (the same key-auth `key`, basic-auth `username`…).
+async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Value) -> Result<()> {
+    let identities = resource::identities(kind, value);
+    if identities.is_empty() {
+        return Ok(());
+    }
+    for other in state.store.list(&Kind::Consumers.key("")).await? {
+        let Some((other_kind, other_id)) = resource::parse_key(&other.key) else {
+            continue;
+        };
+        if other.key == key {
+            continue;
+        }
+        let taken = resource::identities(other_kind, &other.value);
+        if let Some((plugin, _)) = identities.iter().find(|i| taken.contains(i)) {
+            let field = crate::plugins::identity_field(plugin).unwrap_or("key");
+            let holder = match other_kind {
+                Kind::Credentials => format!("credential [{other_id}]"),
+                _ => format!("consumer [{other_id}]"),
+            };
+            return Err(AdminError::Bad(format!(
+                "invalid configuration: plugins.{plugin}.{field}: already used by {holder}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn patch(
@@ -456,15 +580,8 @@ async fn patch(
     Path((segment, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    patch_in(&state, &Scope::top(&segment)?, id, &body).await
-}
-
-async fn patch_in(state: &AdminState, scope: &Scope, id: String, body: &Bytes) -> Result<Response> {
-    // A patch that is not an object replaces the whole document, which `write` then refuses.
-    let patch = body_json(body)?;
-    let mut value = existing(state, scope, &id).await?.value;
-    merge(&mut value, patch);
-    write_patched(state, scope, id, value).await
+    let edit = Edit::Merge(body_json(&body)?);
+    write(&state, &Scope::top(&segment)?, id, edit).await
 }
 
 /// Below `/apisix/admin/<kind>/<id>/`: a consumer's credentials
@@ -485,7 +602,8 @@ async fn nested(
         if method != Method::PATCH {
             return Err(AdminError::NotFound);
         }
-        return patch_path(&state, &Scope::top(&segment)?, id, &path, &body).await;
+        let edit = Edit::At(path, body_json(&body)?);
+        return write(&state, &Scope::top(&segment)?, id, edit).await;
     };
     let scope = Scope::credentials(id);
     match (method, credential.is_empty()) {
@@ -493,45 +611,17 @@ async fn nested(
         (Method::PUT, true) => put_without_id_in(&state, &scope, body_json(&body)?).await,
         (Method::POST, true) => create_in(&state, &scope, body_json(&body)?).await,
         (Method::GET, false) => get_in(&state, &scope, &credential).await,
-        (Method::PUT, false) => write(&state, &scope, Some(credential), body_json(&body)?).await,
-        (Method::PATCH, false) => patch_in(&state, &scope, credential, &body).await,
+        (Method::PUT, false) => {
+            let edit = Edit::Replace(body_json(&body)?);
+            write(&state, &scope, credential, edit).await
+        }
+        (Method::PATCH, false) => {
+            let edit = Edit::Merge(body_json(&body)?);
+            write(&state, &scope, credential, edit).await
+        }
         (Method::DELETE, false) => delete_in(&state, &scope, credential).await,
         _ => Err(AdminError::NotFound),
     }
-}
-
-/// `PATCH /apisix/admin/<kind>/<id>/<sub/path>`: the body replaces the value at the path.
-async fn patch_path(
-    state: &AdminState,
-    scope: &Scope,
-    id: String,
-    path: &str,
-    body: &Bytes,
-) -> Result<Response> {
-    let replacement = body_json(body)?;
-    let mut value = existing(state, scope, &id).await?.value;
-    let mut slot = &mut value;
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let Some(map) = slot.as_object_mut() else {
-            return Err(AdminError::Bad(format!("invalid sub path {path:?}")));
-        };
-        slot = map.entry(segment.to_string()).or_insert(Value::Null);
-    }
-    *slot = replacement;
-    write_patched(state, scope, id, value).await
-}
-
-async fn write_patched(
-    state: &AdminState,
-    scope: &Scope,
-    id: String,
-    value: Value,
-) -> Result<Response> {
-    let response = write(state, scope, Some(id), value).await?;
-    // A patch never creates; APISIX answers 200.
-    let (mut parts, body) = response.into_parts();
-    parts.status = StatusCode::OK;
-    Ok(Response::from_parts(parts, body))
 }
 
 /// JSON merge patch (RFC 7386): objects merge, `null` removes, anything else replaces.
@@ -559,34 +649,43 @@ async fn delete(
 
 /// Deletes a resource nothing refers to; a consumer's credentials go with it.
 async fn delete_in(state: &AdminState, scope: &Scope, id: String) -> Result<Response> {
+    retried!(delete_once(state, scope, &id))
+}
+
+async fn delete_once(state: &AdminState, scope: &Scope, id: &str) -> Result<Response> {
     let kind = scope.kind;
-    let key = scope.key(&id);
-    for referrer in Kind::ALL {
-        for entry in state.store.list(&referrer.key("")).await? {
-            let Some((entry_kind, rid)) = resource::parse_key(&entry.key) else {
-                continue;
-            };
-            if entry_kind == referrer
-                && resource::references(referrer, &entry.value).contains(&(kind, id.clone()))
-            {
-                return Err(AdminError::Bad(format!(
-                    "can not delete this {}, {} [{rid}] is still using it now",
-                    kind.noun(),
-                    referrer.noun()
-                )));
-            }
-        }
-    }
-    // Only existing resources can be referred to, so a missing one gets here and is a 404.
-    if !state.store.delete(&key).await? {
+    let key = scope.key(id);
+    let revision = state.store.revision().await?;
+    let everything = state.store.list("/apisix/").await?;
+    if !everything.iter().any(|e| e.key == key) {
         return Err(AdminError::NotFound);
     }
-    if kind == Kind::Consumers {
-        let credentials = Scope::credentials(id.clone());
-        for entry in state.store.list(&credentials.key("")).await? {
-            state.store.delete(&entry.key).await?;
+    let target = (kind, id.to_string());
+    for entry in &everything {
+        let Some((referrer, rid)) = resource::parse_key(&entry.key) else {
+            continue;
+        };
+        if resource::references(referrer, &entry.value).contains(&target) {
+            return Err(AdminError::Bad(format!(
+                "can not delete this {}, {} [{rid}] is still using it now",
+                kind.noun(),
+                referrer.noun()
+            )));
         }
     }
+    let mut changes = vec![(key.clone(), None)];
+    if kind == Kind::Consumers {
+        let credentials = Scope::credentials(id.to_string()).key("");
+        let owned = everything
+            .iter()
+            .filter(|e| e.key.starts_with(&credentials));
+        changes.extend(owned.map(|e| (e.key.clone(), None)));
+    }
+    let guard = Guard {
+        revision,
+        present: vec![key.clone()],
+    };
+    state.store.commit(&guard, &changes).await?;
     Ok(axum::Json(json!({"deleted": id, "key": key})).into_response())
 }
 
@@ -601,7 +700,10 @@ async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let changes = state.store.history(q.before, limit).await?;
+    let mut changes = state.store.history(q.before, limit).await?;
+    for change in &mut changes {
+        change.value = change.value.as_ref().map(|v| shown(&change.key, v));
+    }
     let revision = state.store.revision().await?;
     Ok(axum::Json(json!({"revision": revision, "changes": changes})).into_response())
 }
@@ -617,7 +719,7 @@ async fn diff(State(state): State<AdminState>, Query(q): Query<DiffQuery>) -> Re
         Some(to) => to,
         None => state.store.revision().await?,
     };
-    let differences = state.store.diff(q.from, to).await?;
+    let differences = redact(state.store.diff(q.from, to).await?);
     Ok(axum::Json(json!({"from": q.from, "to": to, "differences": differences})).into_response())
 }
 
@@ -636,12 +738,23 @@ async fn rollback(State(state): State<AdminState>, body: Bytes) -> Result<Respon
             "revision: must be between 0 and the current revision {current}"
         )));
     }
-    let changed = state.store.rollback(request.revision).await?;
+    let changed = redact(retried!(async {
+        Ok::<_, AdminError>(state.store.rollback(request.revision).await?)
+    })?);
     let revision = state.store.revision().await?;
     Ok(axum::Json(
         json!({"revision": revision, "rolled_back_to": request.revision, "changes": changed}),
     )
     .into_response())
+}
+
+/// Differences as the Admin API shows them.
+fn redact(mut differences: Vec<crate::store::Difference>) -> Vec<crate::store::Difference> {
+    for d in &mut differences {
+        d.before = d.before.as_ref().map(|v| shown(&d.key, v));
+        d.after = d.after.as_ref().map(|v| shown(&d.key, v));
+    }
+    differences
 }
 
 #[cfg(test)]

@@ -191,6 +191,38 @@ pub fn references(kind: Kind, value: &Value) -> Vec<(Kind, String)> {
     refs
 }
 
+/// The clients a consumer or credential document identifies: (authentication plugin, the value
+/// of its identifying field), such as `("key-auth", "auth-one")`. Two documents naming the same
+/// pair would make the client ambiguous.
+pub fn identities(kind: Kind, value: &Value) -> Vec<(String, String)> {
+    if !matches!(kind, Kind::Consumers | Kind::Credentials) {
+        return Vec::new();
+    }
+    let Some(plugins) = value.get("plugins").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    plugins
+        .iter()
+        .filter_map(|(name, config)| {
+            let field = plugins::identity_field(name)?;
+            let identity = config.get(field)?.as_str()?;
+            Some((name.clone(), identity.to_string()))
+        })
+        .collect()
+}
+
+/// `value` as the Admin API shows it: an SSL's private keys are never returned, as in APISIX.
+pub fn redacted(kind: Kind, value: &Value) -> Value {
+    let mut value = value.clone();
+    if kind == Kind::Ssls
+        && let Some(fields) = value.as_object_mut()
+    {
+        fields.remove("key");
+        fields.remove("keys");
+    }
+    value
+}
+
 /// An id as text: APISIX accepts ids as strings or integers.
 pub fn id_text(value: &Value) -> Option<String> {
     match value {
@@ -200,9 +232,12 @@ pub fn id_text(value: &Value) -> Option<String> {
     }
 }
 
-/// Whether `id` is one APISIX accepts: 1–64 characters of `[a-zA-Z0-9-_.]`.
+/// Whether `id` is one APISIX accepts: 1–64 characters of `[a-zA-Z0-9-_.]`, but not `.` or
+/// `..` (a key segment that names its parent directory).
 pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
+        && id != "."
+        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -239,6 +274,23 @@ impl schemars::JsonSchema for Id {
     }
 }
 
+/// The longest any duration setting may be (a year): beyond it a setting is a mistake, and
+/// adding it to a clock could overflow.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Checks a duration setting in seconds: finite, not negative (above 0 unless `zero` is
+/// allowed), and at most [`MAX_SECONDS`].
+pub fn seconds(field: &str, value: f64, zero: bool) -> Result<(), Invalid> {
+    let low_ok = if zero { value >= 0.0 } else { value > 0.0 };
+    if low_ok && value <= MAX_SECONDS as f64 {
+        return Ok(());
+    }
+    let low = if zero { "0" } else { "above 0" };
+    Err(Invalid::new(format!(
+        "{field}: seconds {low} up to {MAX_SECONDS} expected"
+    )))
+}
+
 pub type Labels = BTreeMap<String, String>;
 /// Plugin name → its configuration, checked against the plugin's own schema.
 pub type Plugins = BTreeMap<String, Value>;
@@ -254,18 +306,9 @@ pub struct Timeout {
 
 impl Timeout {
     fn check(&self) -> Result<(), Invalid> {
-        for (name, v) in [
-            ("connect", self.connect),
-            ("send", self.send),
-            ("read", self.read),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(Invalid::new(format!(
-                    "timeout.{name}: must be a positive number of seconds"
-                )));
-            }
-        }
-        Ok(())
+        seconds("timeout.connect", self.connect, false)?;
+        seconds("timeout.send", self.send, false)?;
+        seconds("timeout.read", self.read, false)
     }
 }
 
@@ -307,6 +350,9 @@ impl Route {
         match (&self.uri, &self.uris) {
             (Some(_), Some(_)) => return Err(Invalid::new("only one of uri and uris may be set")),
             (None, None) => return Err(Invalid::new("uri or uris is required")),
+            (None, Some(uris)) if uris.is_empty() => {
+                return Err(Invalid::new("uris: at least one uri is required"));
+            }
             _ => {}
         }
         for uri in self.uris() {
@@ -467,9 +513,9 @@ pub struct Node {
 }
 
 impl Nodes {
-    /// Every node as (host, port, weight); a port missing from the list form defaults to the
-    /// scheme's.
-    pub fn list(&self, scheme: Scheme) -> Result<Vec<(String, u16, u32)>, Invalid> {
+    /// Every node as (host, port, weight, priority); a port missing from the list form defaults
+    /// to the scheme's.
+    pub fn list(&self, scheme: Scheme) -> Result<Vec<(String, u16, u32, i64)>, Invalid> {
         let default_port = match scheme {
             Scheme::Http | Scheme::Grpc => 80,
             Scheme::Https | Scheme::Grpcs => 443,
@@ -480,7 +526,7 @@ impl Nodes {
                 .map(|(addr, weight)| {
                     let (host, port) = split_host_port(addr, default_port)
                         .ok_or_else(|| Invalid::new(format!("nodes: bad address {addr:?}")))?;
-                    Ok((host, port, *weight))
+                    Ok((host, port, *weight, 0))
                 })
                 .collect(),
             Nodes::List(list) => list
@@ -489,7 +535,12 @@ impl Nodes {
                     if n.host.is_empty() {
                         return Err(Invalid::new("nodes: host must not be empty"));
                     }
-                    Ok((n.host.clone(), n.port.unwrap_or(default_port), n.weight))
+                    Ok((
+                        n.host.clone(),
+                        n.port.unwrap_or(default_port),
+                        n.weight,
+                        n.priority,
+                    ))
                 })
                 .collect(),
         }
@@ -538,6 +589,16 @@ impl Default for KeepalivePool {
 }
 
 impl KeepalivePool {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.size > 1_000_000 {
+            return Err(Invalid::new("keepalive_pool.size: at most 1000000"));
+        }
+        if self.requests == 0 {
+            return Err(Invalid::new("keepalive_pool.requests: at least 1"));
+        }
+        seconds("keepalive_pool.idle_timeout", self.idle_timeout, true)
+    }
+
     fn default_size() -> usize {
         320
     }
@@ -582,9 +643,11 @@ impl Upstream {
         let Some(nodes) = &self.nodes else {
             return Err(Invalid::new("nodes is required"));
         };
-        nodes.list(self.scheme)?;
+        let nodes = nodes.list(self.scheme)?;
         if self.balancer == Balancer::Chash {
             crate::runtime::upstream::HashKey::parse(self.hash_on, self.key.as_deref())?;
+            let weights: Vec<(u32, i64)> = nodes.iter().map(|n| (n.2, n.3)).collect();
+            crate::runtime::upstream::check_chash(&weights)?;
         }
         if matches!(self.scheme, Scheme::Grpc | Scheme::Grpcs) {
             return Err(Invalid::new(format!(
@@ -600,13 +663,14 @@ impl Upstream {
                 "upstream_host is required when pass_host is rewrite",
             ));
         }
-        if let Some(t) = self.retry_timeout
-            && !(t >= 0.0 && t.is_finite())
-        {
-            return Err(Invalid::new("retry_timeout: must be a number of seconds"));
+        if let Some(t) = self.retry_timeout {
+            seconds("retry_timeout", t, true)?;
         }
         if let Some(t) = &self.timeout {
             t.check()?;
+        }
+        if let Some(pool) = &self.keepalive_pool {
+            pool.check()?;
         }
         if let Some(checks) = &self.checks {
             checks.check()?;
@@ -792,9 +856,19 @@ impl Checks {
                  ejected node back)",
             ));
         };
-        if !(active.timeout > 0.0 && active.timeout.is_finite()) {
+        seconds("checks.active.timeout", active.timeout, false)?;
+        for (field, interval) in [
+            ("checks.active.healthy.interval", active.healthy.interval),
+            (
+                "checks.active.unhealthy.interval",
+                active.unhealthy.interval,
+            ),
+        ] {
+            seconds(field, interval as f64, true)?;
+        }
+        if !(1..=1000).contains(&active.concurrency) {
             return Err(Invalid::new(
-                "checks.active.timeout: must be a positive number",
+                "checks.active.concurrency: within 1 and 1000 expected",
             ));
         }
         if !active.http_path.starts_with('/') {
@@ -1000,7 +1074,19 @@ fn check_upstream_choice(upstream: Option<&Upstream>, id: Option<&Id>) -> Result
         (Some(_), Some(_)) => Err(Invalid::new(
             "only one of upstream and upstream_id may be set",
         )),
-        (Some(inline), None) => inline.check().map_err(|e| nested("upstream", e)),
+        (Some(inline), None) => {
+            let empty = match &inline.nodes {
+                Some(Nodes::Map(map)) => map.is_empty(),
+                Some(Nodes::List(list)) => list.is_empty(),
+                None => false,
+            };
+            if empty {
+                return Err(Invalid::new(
+                    "upstream.nodes: at least one node is required",
+                ));
+            }
+            inline.check().map_err(|e| nested("upstream", e))
+        }
         _ => Ok(()),
     }
 }

@@ -108,8 +108,11 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     if c.healthy.successes == 0 {
         return Err("healthy.successes: must be at least 1".into());
     }
-    if c.max_breaker_sec < 3 {
-        return Err("max_breaker_sec: must be at least 3".into());
+    if !(3..=crate::resource::MAX_SECONDS).contains(&c.max_breaker_sec) {
+        return Err(format!(
+            "max_breaker_sec: must be within 3 and {}",
+            crate::resource::MAX_SECONDS
+        ));
     }
     let headers = c
         .break_response_headers
@@ -117,6 +120,7 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         .map(|h| {
             let name = HeaderName::from_bytes(h.key.as_bytes())
                 .map_err(|_| format!("break_response_headers: {:?} is not a header name", h.key))?;
+            super::head_text("break_response_headers", &h.value)?;
             Ok((name, Template::parse(&h.value)?))
         })
         .collect::<Result<_, String>>()?;

@@ -103,6 +103,7 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
                 .map(|(name, value)| {
                     let name = HeaderName::from_bytes(name.as_bytes())
                         .map_err(|_| format!("abort.headers: {name:?} is not a header name"))?;
+                    super::head_text(&format!("abort.headers.{name}"), value)?;
                     Ok((name, Template::parse(value)?))
                 })
                 .collect::<Result<_, String>>()?;

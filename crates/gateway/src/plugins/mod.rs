@@ -667,6 +667,21 @@ async fn run(
     None
 }
 
+/// Refuses text bound for a request or response head that a control character would break: a
+/// CR or LF ends the line early (a header injected, a request smuggled), the others are not
+/// allowed there. A tab is.
+pub(crate) fn head_text(field: &str, text: &str) -> Result<(), String> {
+    match text
+        .bytes()
+        .find(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+    {
+        Some(b) => Err(format!(
+            "{field}: control character {b:#04x} is not allowed"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `headers` in proxy-rewrite and response-rewrite: `{add, set, remove}`, or the older form, a
 /// plain object of headers to set.
 #[derive(Debug, Clone, Default)]
@@ -698,6 +713,7 @@ impl HeaderEdits {
                         Value::Number(n) => n.to_string(),
                         _ => return Err(format!("headers.{k}: must be a string")),
                     };
+                    head_text(&format!("headers.{what}.{k}"), &text)?;
                     Ok((name, Template::parse(&text)?))
                 })
                 .collect()

@@ -157,6 +157,9 @@ impl Default for Batching {
     }
 }
 
+/// The most spans the exporter's queue holds (each queued span is memory held).
+const MAX_QUEUE: usize = 1_000_000;
+
 fn check_fraction(fraction: f64, at: &str) -> Result<(), String> {
     if (0.0..=1.0).contains(&fraction) {
         Ok(())
@@ -182,18 +185,27 @@ fn parse_metadata(metadata: &Value) -> Result<Metadata, String> {
         .ok()
         .filter(|u| u.path() == "/v1/traces")
         .ok_or("collector.address: host:port expected")?;
-    if m.collector.request_timeout <= 0.0 || !m.collector.request_timeout.is_finite() {
-        return Err("collector.request_timeout: must be above 0".into());
+    let batching = &m.batch_span_processor;
+    for (field, value) in [
+        ("collector.request_timeout", m.collector.request_timeout),
+        ("batch_span_processor.batch_timeout", batching.batch_timeout),
+        (
+            "batch_span_processor.inactive_timeout",
+            batching.inactive_timeout,
+        ),
+    ] {
+        crate::resource::seconds(field, value, false).map_err(|e| e.0)?;
     }
-    if m.batch_span_processor.batch_timeout <= 0.0
-        || !m.batch_span_processor.batch_timeout.is_finite()
-    {
-        return Err("batch_span_processor.batch_timeout: must be above 0".into());
+    if !(1..=MAX_QUEUE).contains(&batching.max_queue_size) {
+        return Err(format!(
+            "batch_span_processor.max_queue_size: within 1 and {MAX_QUEUE} expected"
+        ));
     }
-    if m.batch_span_processor.max_queue_size == 0
-        || m.batch_span_processor.max_export_batch_size == 0
-    {
-        return Err("batch_span_processor: queue and batch sizes must be above 0".into());
+    if !(1..=batching.max_queue_size).contains(&batching.max_export_batch_size) {
+        return Err(
+            "batch_span_processor.max_export_batch_size: within 1 and max_queue_size expected"
+                .into(),
+        );
     }
     let _ = (
         m.set_ngx_var,
@@ -431,14 +443,17 @@ impl Tracers {
 /// built on a thread of its own, as it must not be made or dropped on an async worker.
 fn start(m: &Metadata) -> SdkTracerProvider {
     let endpoint = format!("http://{}/v1/traces", m.collector.address);
-    let timeout = Duration::from_secs_f64(m.collector.request_timeout);
+    // Checked when the metadata was written: within (0, MAX_SECONDS].
+    let timeout = Duration::try_from_secs_f64(m.collector.request_timeout).unwrap_or_default();
     let headers: std::collections::HashMap<_, _> =
         m.collector.request_headers.clone().into_iter().collect();
     let batching = &m.batch_span_processor;
     let config = BatchConfigBuilder::default()
         .with_max_queue_size(batching.max_queue_size)
         .with_max_export_batch_size(batching.max_export_batch_size)
-        .with_scheduled_delay(Duration::from_secs_f64(batching.batch_timeout))
+        .with_scheduled_delay(
+            Duration::try_from_secs_f64(batching.batch_timeout).unwrap_or_default(),
+        )
         .build();
     let mut resource = opentelemetry_sdk::Resource::builder().with_service_name("APISIX");
     for (key, value) in &m.resource {

@@ -38,6 +38,9 @@ struct ProxyRewrite {
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let _ = c.use_real_request_uri_unsafe; // paths are never normalised here, so it changes nothing
+    if let Some(uri) = &c.uri {
+        request_target("uri", uri)?;
+    }
     let uri = c.uri.as_deref().map(Template::parse).transpose()?;
     let mut regex_uri = Vec::new();
     if let Some(pairs) = &c.regex_uri {
@@ -45,6 +48,7 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
             return Err("regex_uri: expected [regex, replacement, ...] pairs".into());
         }
         for pair in pairs.chunks(2) {
+            request_target("regex_uri", &pair[1])?;
             let regex = Regex::new(&pair[0])
                 .map_err(|e| format!("regex_uri: invalid regex {:?}: {e}", pair[0]))?;
             regex_uri.push((regex, Template::parse(&pair[1])?));
@@ -67,6 +71,12 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         Some(h) => HeaderEdits::parse(h)?,
         None => HeaderEdits::default(),
     };
+    if let Some(host) = &c.host {
+        super::head_text("host", host)?;
+        if host.is_empty() || host.contains([' ', '/', '@', '?', '#']) {
+            return Err(format!("host: {host:?} is not a host[:port]"));
+        }
+    }
     Ok(Arc::new(ProxyRewrite {
         uri,
         regex_uri,
@@ -74,6 +84,18 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         host: c.host,
         headers,
     }))
+}
+
+/// A new path goes into the upstream's request line, which a space or control character would
+/// end early.
+fn request_target(field: &str, text: &str) -> Result<(), String> {
+    super::head_text(field, text)?;
+    if text.contains(' ') {
+        return Err(format!(
+            "{field}: a space is not allowed in a path (write %20)"
+        ));
+    }
+    Ok(())
 }
 
 impl Plugin for ProxyRewrite {

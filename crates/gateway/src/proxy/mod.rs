@@ -450,7 +450,9 @@ impl DataPlane {
             .timeout
             .map(|t| Timeouts::from_config(Some(&t)))
             .unwrap_or(upstream.timeouts);
-        let deadline = upstream.retry_timeout.map(|t| Instant::now() + t);
+        let deadline = upstream
+            .retry_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let target = match &ctx.query {
             Some(query) => std::borrow::Cow::Owned(format!("{}?{query}", ctx.path)),
             None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
@@ -465,7 +467,7 @@ impl DataPlane {
             let in_flight = upstream.start(node);
             let body = body.take().unwrap_or_else(empty);
             let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)?;
-            let budget = timeouts.connect + timeouts.send + timeouts.read;
+            let budget = timeouts.budget();
             let sent = self
                 .pool
                 .send(&key, &upstream.keepalive, timeouts.connect, request);
@@ -550,7 +552,7 @@ impl DataPlane {
         let upstream = mirror.upstream;
         let timeouts = upstream.timeouts;
         tokio::spawn(async move {
-            let budget = timeouts.connect + timeouts.send + timeouts.read;
+            let budget = timeouts.budget();
             let sent = pool.send(&key, &upstream.keepalive, timeouts.connect, request);
             let answered = tokio::time::timeout(budget, async {
                 // Read to the end, so the connection goes back to the pool.

@@ -191,7 +191,8 @@ impl Pool {
     }
 
     fn put(&self, mut connection: Idle, give_back: GiveBack) {
-        connection.expires = Instant::now() + give_back.idle_timeout;
+        let now = Instant::now();
+        connection.expires = now.checked_add(give_back.idle_timeout).unwrap_or(now);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(give_back.key).or_default();
         list.push(connection);

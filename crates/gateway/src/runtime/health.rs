@@ -252,7 +252,7 @@ async fn probe_forever(health: Weak<Health>, targets: Vec<(String, u16)>) {
             };
             for (&i, outcome) in batch.iter().zip(outcomes) {
                 health.report_active(i, outcome);
-                due[i] = interval(health.is_healthy(i)).map(|d| Instant::now() + d);
+                due[i] = interval(health.is_healthy(i)).and_then(|d| Instant::now().checked_add(d));
             }
         }
         let Some(next) = due.iter().flatten().min().copied() else {

@@ -3,17 +3,21 @@
 //! - `roundrobin`: smooth weighted round robin (nginx's): every pick adds each node's weight
 //!   to its running score, takes the highest score and subtracts the total from it. Over any
 //!   window of `sum(weights)` picks each node is chosen exactly `weight` times, spread out.
-//! - `chash`: weighted rendezvous hashing of the request's key (`hash_on`/`key`): a key stays
-//!   on its node, and a node leaving moves only its own keys. No key in the request: the
-//!   client address is hashed.
+//! - `chash`: APISIX's consistent hash (lua-resty-balancer's `resty.chash`), so a fleet mixing
+//!   APISIX and Axle sends each key to the same node: every node gets 160 points per unit of
+//!   weight (weights divided by their greatest common divisor) on a ring of CRC-32 values, and
+//!   a key (`hash_on`/`key`; the client address when the request has none) goes to the last
+//!   point at or before its own CRC-32. A key stays on its node, and a node leaving moves only
+//!   its own keys. A retry walks on along the ring to the next node not yet tried.
 //! - `least_conn`: the fewest requests in flight per unit of weight.
 //! - `ewma`: of two nodes drawn at random, the one with the lower decaying average latency
 //!   times requests in flight, per unit of weight ("power of two choices").
 //!
 //! Nodes already tried by this request (retries) are skipped; weight 0 is never picked.
-//! Unhealthy nodes are skipped too, unless none is healthy (then all are candidates).
+//! Unhealthy nodes are skipped too, unless none is healthy (then all are candidates). Of the
+//! candidates, only those of the highest `priority` are picked from: lower priorities are
+//! backups, used when every node above them is down or tried (APISIX's priority balancer).
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +41,8 @@ pub struct Target {
     pub port: u16,
     pub authority: Authority,
     pub weight: u32,
+    /// Lower priorities are backups.
+    pub priority: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +53,13 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
+    /// How long a whole exchange with a node may take: connect, send and read.
+    pub fn budget(&self) -> Duration {
+        self.connect
+            .saturating_add(self.send)
+            .saturating_add(self.read)
+    }
+
     pub fn from_config(t: Option<&resource::Timeout>) -> Timeouts {
         let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(DEFAULT_TIMEOUT);
         match t {
@@ -122,6 +135,8 @@ enum Balance {
     },
     Chash {
         key: HashKey,
+        /// One ring per priority, as APISIX builds one picker per priority.
+        rings: Vec<(i64, Ring)>,
     },
     LeastConn,
     /// Each node's decaying average latency (µs, as f64 bits) and when it was last updated.
@@ -180,7 +195,7 @@ impl Upstream {
             .ok_or_else(|| Invalid("nodes is required".into()))?
             .list(config.scheme)?;
         let mut targets = Vec::with_capacity(nodes.len());
-        for (host, port, weight) in nodes {
+        for (host, port, weight, priority) in nodes {
             let text = if host.contains(':') {
                 format!("[{host}]:{port}")
             } else {
@@ -194,6 +209,7 @@ impl Upstream {
                 port,
                 authority,
                 weight,
+                priority,
             });
         }
         let retries = match config.retries {
@@ -207,6 +223,7 @@ impl Upstream {
             },
             Balancer::Chash => Balance::Chash {
                 key: HashKey::parse(config.hash_on, config.key.as_deref())?,
+                rings: Ring::per_priority(&targets)?,
             },
             Balancer::LeastConn => Balance::LeastConn,
             Balancer::Ewma => Balance::Ewma {
@@ -250,7 +267,15 @@ impl Upstream {
         let all = 0..self.targets.len();
         // Fail-open: with no healthy node left, every node is a candidate.
         let healthy_only = all.clone().any(|i| open(i) && healthy(i));
-        let mut nodes = all.filter(|&i| open(i) && (!healthy_only || healthy(i)));
+        let usable = |i: usize| open(i) && (!healthy_only || healthy(i));
+        // Backups wait until every node of a higher priority is down or tried.
+        let top = all
+            .clone()
+            .filter(|&i| usable(i))
+            .map(|i| self.targets[i].priority)
+            .max()?;
+        let candidate = |i: usize| usable(i) && self.targets[i].priority == top;
+        let mut nodes = all.filter(|&i| candidate(i));
         let first = nodes.clone().next()?;
         let weight = |i: usize| f64::from(self.targets[i].weight);
         let busy = |i: usize| self.in_flight[i].load(Ordering::Relaxed) as f64;
@@ -260,16 +285,10 @@ impl Upstream {
                 let weighted = nodes.map(|i| (i, i64::from(self.targets[i].weight)));
                 smooth_weighted(&mut scores, weighted)
             }
-            Balance::Chash { key } => {
+            Balance::Chash { key, rings } => {
                 let value = key.value(r).unwrap_or_else(|| r.remote_addr.to_string());
-                let score = |i: usize| {
-                    let mut hasher = std::hash::DefaultHasher::new();
-                    (value.as_str(), self.targets[i].authority.as_str()).hash(&mut hasher);
-                    // A uniform draw in (0, 1]; the weighted rendezvous score is -w / ln(u).
-                    let u = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
-                    -weight(i) / (u.max(f64::MIN_POSITIVE)).ln()
-                };
-                nodes.max_by(|&a, &b| score(a).total_cmp(&score(b)))
+                let ring = rings.iter().find(|(priority, _)| *priority == top)?;
+                ring.1.find(value.as_bytes(), !tried.is_empty(), candidate)
             }
             Balance::LeastConn => {
                 let load = |i: usize| (busy(i) + 1.0) / weight(i);
@@ -306,6 +325,111 @@ impl Upstream {
             started: Instant::now(),
         })
     }
+}
+
+/// Points per unit of weight on a `chash` ring (`resty.chash`'s `CONSISTENT_POINTS`).
+const POINTS_PER_WEIGHT: u64 = 160;
+/// The most points one ring may have: 10,000 units of weight after dividing by the weights'
+/// greatest common divisor (APISIX would allocate them all, however many).
+const MAX_RING_POINTS: u64 = 10_000 * POINTS_PER_WEIGHT;
+
+/// IEEE CRC-32, as `ngx.crc32_short` computes it.
+const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// A `chash` ring: `(hash, node)` points sorted by hash.
+#[derive(Debug)]
+struct Ring(Vec<(u32, usize)>);
+
+impl Ring {
+    /// One ring for each priority the targets have, highest first.
+    fn per_priority(targets: &[Target]) -> Result<Vec<(i64, Ring)>, Invalid> {
+        let mut priorities: Vec<i64> = targets.iter().map(|t| t.priority).collect();
+        priorities.sort_unstable_by(|a, b| b.cmp(a));
+        priorities.dedup();
+        priorities
+            .into_iter()
+            .map(|p| Ok((p, Ring::new(targets, p)?)))
+            .collect()
+    }
+
+    /// The ring of the targets of `priority`: each node's points follow from the CRC-32 of
+    /// its `host:port` with every `:` a NUL (`resty.chash`'s `chash_point_init`).
+    fn new(targets: &[Target], priority: i64) -> Result<Ring, Invalid> {
+        let ours = || {
+            targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.priority == priority)
+        };
+        let (divisor, total) = ring_weights(ours().map(|(_, t)| t.weight))?;
+        let mut points = Vec::with_capacity((total * POINTS_PER_WEIGHT) as usize);
+        for (node, target) in ours() {
+            let id = target.authority.as_str().replace(':', "\0");
+            let base = CRC32.checksum(id.as_bytes());
+            let mut previous = 0u32;
+            for _ in 0..u64::from(target.weight) / divisor * POINTS_PER_WEIGHT {
+                // The CRC-32 register continued from `base` over the previous point's bytes.
+                let mut digest = CRC32.digest_with_initial(base.reverse_bits());
+                digest.update(&previous.to_le_bytes());
+                previous = digest.finalize();
+                points.push((previous, node));
+            }
+        }
+        points.sort_by_key(|&(hash, _)| hash);
+        Ok(Ring(points))
+    }
+
+    /// The node for `key`: the one owning the last point at or before the key's CRC-32 (the
+    /// first point when there is none) — if it is `usable`. Else, on a first pick, the one
+    /// a ring without the unusable nodes would give (the last usable point before, else the
+    /// first usable one); on a retry, the next usable point along the ring.
+    fn find(&self, key: &[u8], retry: bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let hash = CRC32.checksum(key);
+        let at = self
+            .0
+            .partition_point(|&(h, _)| h <= hash)
+            .saturating_sub(1);
+        let node = |i: &usize| self.0[*i].1;
+        if retry {
+            return (at..self.0.len())
+                .chain(0..at)
+                .map(|i| node(&i))
+                .find(|&n| usable(n));
+        }
+        let before = (0..=at).rev().map(|i| node(&i)).find(|&n| usable(n));
+        before.or_else(|| (at..self.0.len()).map(|i| node(&i)).find(|&n| usable(n)))
+    }
+}
+
+/// The greatest common divisor of a ring's weights and the sum of the weights divided by it;
+/// refused when the ring would hold more than [`MAX_RING_POINTS`].
+fn ring_weights(weights: impl Iterator<Item = u32> + Clone) -> Result<(u64, u64), Invalid> {
+    let divisor = weights.clone().fold(0, |d, w| gcd(d, u64::from(w))).max(1);
+    let total: u64 = weights.map(|w| u64::from(w) / divisor).sum();
+    if total * POINTS_PER_WEIGHT > MAX_RING_POINTS {
+        return Err(Invalid(format!(
+            "nodes: chash weights divided by their greatest common divisor must add up to at \
+             most {} for each priority (these add up to {total})",
+            MAX_RING_POINTS / POINTS_PER_WEIGHT
+        )));
+    }
+    Ok((divisor, total))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Checks that `chash` can build its rings from nodes of these `(weight, priority)`.
+pub fn check_chash(nodes: &[(u32, i64)]) -> Result<(), Invalid> {
+    for &(_, priority) in nodes {
+        let weights = nodes.iter().filter(|n| n.1 == priority).map(|n| n.0);
+        ring_weights(weights)?;
+    }
+    Ok(())
 }
 
 /// Smooth weighted round robin (nginx's): each candidate `(index, weight)` gains its weight,
@@ -482,6 +606,92 @@ mod tests {
         let none = HeaderMap::new();
         let by_addr = u.pick(&[], &request([10, 0, 0, 9], &none));
         assert_eq!(u.pick(&[], &request([10, 0, 0, 9], &none)), by_addr);
+    }
+
+    /// The node APISIX's `resty.chash` gives each key, computed with lua-resty-balancer's own
+    /// `chash.c` for these nodes: the same keys must land on the same nodes here, with the
+    /// weights as given or multiplied (they are divided by their greatest common divisor).
+    #[test]
+    fn chash_sends_keys_where_apisix_does() {
+        for scale in [1, 3] {
+            let u = balanced(json!({
+                "type": "chash", "hash_on": "header", "key": "x-user",
+                "nodes": [
+                    {"host": "127.0.0.1", "port": 1980, "weight": scale},
+                    {"host": "127.0.0.1", "port": 1981, "weight": 2 * scale},
+                    {"host": "10.0.0.7", "port": 80, "weight": scale},
+                ]
+            }));
+            let Balance::Chash { rings, .. } = &u.balance else {
+                panic!("a chash upstream")
+            };
+            let first: Vec<(u32, usize)> = rings[0].1.0[..3].to_vec();
+            assert_eq!(first, [(2008094, 1), (10395350, 2), (10822036, 1)]);
+            for (key, node) in [
+                ("user-1", 1),
+                ("user-2", 1),
+                ("user-3", 1),
+                ("user-4", 2),
+                ("user-5", 1),
+                ("user-6", 1),
+                ("user-7", 2),
+                ("user-8", 1),
+                ("127.0.0.1", 0),
+                ("10.1.2.3", 0),
+                ("vin:LSVAU033512345678", 0),
+            ] {
+                let mut headers = HeaderMap::new();
+                headers.insert("x-user", key.parse().unwrap());
+                assert_eq!(
+                    u.pick(&[], &request([9, 9, 9, 9], &headers)),
+                    Some(node),
+                    "{key}"
+                );
+            }
+        }
+        // Rings too fine-grained to build are refused.
+        let config: resource::Upstream = resource::parse(&json!({
+            "type": "chash", "key": "remote_addr",
+            "nodes": {"a:1": 10_000, "b:1": 1}
+        }))
+        .unwrap();
+        assert!(Upstream::from_config(&config).is_err());
+    }
+
+    #[test]
+    fn backups_serve_only_when_every_node_above_them_is_down_or_tried() {
+        for balancer in ["roundrobin", "chash", "least_conn", "ewma"] {
+            let config: resource::Upstream = resource::parse(&json!({
+                "type": balancer, "key": "remote_addr",
+                "nodes": [
+                    {"host": "a", "port": 1, "weight": 1, "priority": 10},
+                    {"host": "b", "port": 1, "weight": 1, "priority": 10},
+                    {"host": "backup", "port": 1, "weight": 5, "priority": -1},
+                ],
+                "checks": {"active": {"unhealthy": {"tcp_failures": 1}}},
+            }))
+            .unwrap();
+            let u =
+                Upstream::build(&config, "/apisix/upstreams/1", &HealthChecks::default()).unwrap();
+            assert!(
+                (0..20).all(|_| u.pick(&[], &any()).is_some_and(|n| n < 2)),
+                "{balancer}: the backup waits"
+            );
+            let first = u.pick(&[], &any()).unwrap();
+            let retried = u.pick(&[first], &any()).unwrap();
+            assert!(
+                retried < 2 && retried != first,
+                "{balancer}: the other primary first"
+            );
+            assert_eq!(u.pick(&[0, 1], &any()), Some(2), "{balancer}: both tried");
+            let health = u.health.clone().unwrap();
+            health.report_active(0, Outcome::TcpFailure);
+            health.report_active(1, Outcome::TcpFailure);
+            assert!(
+                (0..20).all(|_| u.pick(&[], &any()) == Some(2)),
+                "{balancer}: both down"
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, Entry, StoreError, Update};
+use super::{Change, Entry, Guard, StoreError, Update, Written};
 
 /// How often the follower looks for changes written by other processes sharing the database.
 const POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -128,43 +128,39 @@ impl Embedded {
         Ok((revision, rows.iter().map(entry).collect::<Result<_, _>>()?))
     }
 
-    /// Writes `value` at `key`; returns the entry and whether the key is new.
-    pub async fn put(&self, key: &str, value: &Value) -> Result<(Entry, bool), StoreError> {
-        let applied = self
-            .apply(&[(key.to_string(), Some(value.clone()))])
-            .await?;
-        let (revision, created_index) = applied[0]; // one change in, one result out
-        let entry = Entry {
-            key: key.to_string(),
-            value: value.clone(),
-            created_index,
-            modified_index: revision,
-        };
-        let created = created_index == revision;
-        Ok((entry, created))
-    }
-
-    /// Deletes `key`; false when it did not exist.
-    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        if self.get(key).await?.is_none() {
-            return Ok(false);
-        }
-        self.apply(&[(key.to_string(), None)]).await?;
-        Ok(true)
-    }
-
-    /// Applies several changes in one transaction, one revision each; returns each change's
-    /// revision and its key's created_index.
-    pub(super) async fn apply(
+    /// Applies `changes` in one transaction, one revision each, if `guard` holds: no revision
+    /// after `guard.revision` (which also keeps every key read as present). Writers in this
+    /// process take turns; a writer in another process sharing the database that took the same
+    /// revision makes one of the two fail on the history's key, which is a conflict too.
+    pub(super) async fn commit(
         &self,
+        guard: &Guard,
         changes: &[(String, Option<Value>)],
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
+    ) -> Result<Vec<Written>, StoreError> {
         let _writing = self.writer.lock().await;
+        let applied = self.apply(guard, changes).await.map_err(|e| match e {
+            StoreError::Db(e) if is_write_race(&e) => StoreError::Conflict,
+            e => e,
+        })?;
+        if let Some(last) = applied.last() {
+            self.revision.send_replace(last.revision);
+        }
+        Ok(applied)
+    }
+
+    async fn apply(
+        &self,
+        guard: &Guard,
+        changes: &[(String, Option<Value>)],
+    ) -> Result<Vec<Written>, StoreError> {
         let mut tx = self.db.begin().await?;
         let mut revision: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM gateway_history")
                 .fetch_one(&mut *tx)
                 .await?;
+        if revision != guard.revision {
+            return Err(StoreError::Conflict);
+        }
         let now = axle_core::time::now_text();
         let mut applied = Vec::new();
         for (key, value) in changes {
@@ -180,10 +176,10 @@ impl Embedded {
             .bind(&now)
             .execute(&mut *tx)
             .await?;
-            // The key's created_index: this revision when the key is new.
-            let created_index =
-                match text {
-                    Some(text) => sqlx::query_scalar(
+            let written = match text {
+                Some(text) => {
+                    // The key's created_index: this revision when the key is new.
+                    let created_index: i64 = sqlx::query_scalar(
                         "INSERT INTO gateway_config (key, value, created_index, modified_index) \
                          VALUES ($1, $2, $3, $3) ON CONFLICT (key) DO UPDATE \
                          SET value = excluded.value, modified_index = excluded.modified_index \
@@ -193,19 +189,28 @@ impl Embedded {
                     .bind(&text)
                     .bind(revision)
                     .fetch_one(&mut *tx)
-                    .await?,
-                    None => {
-                        sqlx::query("DELETE FROM gateway_config WHERE key = $1")
-                            .bind(key)
-                            .execute(&mut *tx)
-                            .await?;
-                        revision
+                    .await?;
+                    Written {
+                        revision,
+                        created_index,
+                        existed: created_index != revision,
                     }
-                };
-            applied.push((revision, created_index));
+                }
+                None => {
+                    let deleted = sqlx::query("DELETE FROM gateway_config WHERE key = $1")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                    Written {
+                        revision,
+                        created_index: revision,
+                        existed: deleted.rows_affected() > 0,
+                    }
+                }
+            };
+            applied.push(written);
         }
         tx.commit().await?;
-        self.revision.send_replace(revision);
         Ok(applied)
     }
 
@@ -294,4 +299,11 @@ fn change(row: &sqlx::any::AnyRow) -> Result<Change, StoreError> {
         value,
         changed_at: Some(row.get(3)),
     })
+}
+
+/// Another process wrote the same revision first (PostgreSQL: the history's key; SQLite: the
+/// database was written since this transaction read it).
+fn is_write_race(e: &sqlx::Error) -> bool {
+    axle_core::db::is_unique_violation(e)
+        || matches!(e, sqlx::Error::Database(db) if db.message().contains("database is locked"))
 }

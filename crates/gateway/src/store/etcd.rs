@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, Entry, StoreError, Update};
+use super::{Change, Entry, Guard, StoreError, Update, Written};
 
 /// The prefix every key is handed to the rest of the gateway with.
 const INNER_PREFIX: &str = "/apisix";
@@ -192,52 +192,78 @@ impl Etcd {
         entries.filter_map(Result::transpose).collect()
     }
 
-    pub async fn put(&self, key: &str, value: &Value) -> Result<(Entry, bool), StoreError> {
-        let body = json!({
-            "key": B64.encode(self.outer(key)),
-            "value": B64.encode(value.to_string()),
-            "prev_kv": true,
-        });
-        let put: PutResponse = self.unary("/v3/kv/put", body).await?;
-        let revision = put.header.revision;
-        let created_index = put
-            .prev_kv
-            .as_ref()
-            .map_or(revision, |kv| kv.create_revision);
-        let entry = Entry {
-            key: key.to_string(),
-            value: value.clone(),
-            created_index,
-            modified_index: revision,
-        };
-        Ok((entry, put.prev_kv.is_none()))
-    }
-
-    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let body = json!({"key": B64.encode(self.outer(key))});
-        let deleted: DeleteResponse = self.unary("/v3/kv/deleterange", body).await?;
-        Ok(deleted.deleted > 0)
-    }
-
-    /// Applies several changes in one transaction (one etcd revision).
-    pub(super) async fn apply(
+    /// Applies `changes` in one transaction (one etcd revision) if `guard` holds: no key under
+    /// the prefix modified after `guard.revision` (a put, or a key created since) and every
+    /// `present` key still there (a delete leaves no key to compare, so those are named).
+    pub(super) async fn commit(
         &self,
+        guard: &Guard,
         changes: &[(String, Option<Value>)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Written>, StoreError> {
+        let start = format!("{}/", self.prefix).into_bytes();
+        let mut compare = vec![json!({
+            "key": B64.encode(&start),
+            "range_end": B64.encode(range_end(&start)),
+            "target": "MOD",
+            "result": "LESS",
+            "mod_revision": guard.revision + 1,
+        })];
+        for key in &guard.present {
+            compare.push(json!({
+                "key": B64.encode(self.outer(key)),
+                "target": "VERSION",
+                "result": "GREATER",
+                "version": 0,
+            }));
+        }
         let ops: Vec<Value> = changes
             .iter()
             .map(|(key, value)| {
                 let key = B64.encode(self.outer(key));
                 match value {
-                    Some(v) => {
-                        json!({"request_put": {"key": key, "value": B64.encode(v.to_string())}})
-                    }
+                    Some(v) => json!({"request_put": {
+                        "key": key, "value": B64.encode(v.to_string()), "prev_kv": true,
+                    }}),
                     None => json!({"request_delete_range": {"key": key}}),
                 }
             })
             .collect();
-        let _: Value = self.unary("/v3/kv/txn", json!({"success": ops})).await?;
-        Ok(())
+        let body = json!({"compare": compare, "success": ops});
+        let txn: TxnResponse = self.unary("/v3/kv/txn", body).await?;
+        if !txn.succeeded {
+            return Err(StoreError::Conflict);
+        }
+        let revision = txn.header.revision;
+        Ok(txn
+            .responses
+            .iter()
+            .map(|op| match op {
+                TxnOp {
+                    response_put: Some(put),
+                    ..
+                } => Written {
+                    revision,
+                    created_index: put
+                        .prev_kv
+                        .as_ref()
+                        .map_or(revision, |kv| kv.create_revision),
+                    existed: put.prev_kv.is_some(),
+                },
+                TxnOp {
+                    response_delete_range: Some(deleted),
+                    ..
+                } => Written {
+                    revision,
+                    created_index: revision,
+                    existed: deleted.deleted > 0,
+                },
+                _ => Written {
+                    revision,
+                    created_index: revision,
+                    existed: false,
+                },
+            })
+            .collect())
     }
 
     /// Every key's document as of `revision` (while etcd still keeps it).
@@ -579,8 +605,6 @@ struct RangeResponse {
 
 #[derive(Debug, Deserialize)]
 struct PutResponse {
-    #[serde(default)]
-    header: Header,
     prev_kv: Option<Kv>,
 }
 
@@ -588,6 +612,23 @@ struct PutResponse {
 struct DeleteResponse {
     #[serde(default, deserialize_with = "int")]
     deleted: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    responses: Vec<TxnOp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TxnOp {
+    response_put: Option<PutResponse>,
+    response_delete_range: Option<DeleteResponse>,
 }
 
 #[derive(Debug, Deserialize)]

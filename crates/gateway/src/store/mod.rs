@@ -39,6 +39,31 @@ pub enum StoreError {
     Compacted(i64),
     #[error("the configuration is the file {0}; edit it instead")]
     ReadOnly(String),
+    /// A guarded write found the store changed since its checks read it.
+    #[error("the configuration changed while this write was checked")]
+    Conflict,
+}
+
+/// What a write's checks rest on: the store's revision when they began reading it, and the keys
+/// they found present. [`ConfigStore::commit`] applies the write only if nothing under
+/// `/apisix/` changed since `revision` and every `present` key is still there, so two writes
+/// checked against each other's absence (a route naming an upstream, the upstream's delete)
+/// cannot both land.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Guard {
+    pub revision: i64,
+    pub present: Vec<String>,
+}
+
+/// What one change of a commit did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The revision the change made.
+    pub revision: i64,
+    /// The revision that created the key (this one, for a new key).
+    pub created_index: i64,
+    /// Whether the key existed before.
+    pub existed: bool,
 }
 
 /// A key's current document and the revisions that created and last changed it.
@@ -158,14 +183,14 @@ impl ConfigStore {
         }
     }
 
-    /// Writes `value` at `key`; returns the entry and whether the key is new.
-    pub async fn put(&self, key: &str, value: &Value) -> Result<(Entry, bool), StoreError> {
-        writable!(self, s => s.put(key, value).await)
-    }
-
-    /// Deletes `key`; false when it did not exist.
-    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        writable!(self, s => s.delete(key).await)
+    /// Applies `changes` (`None`: delete) at once if `guard` still holds, else fails with
+    /// [`StoreError::Conflict`] and changes nothing; returns what each change did.
+    pub async fn commit(
+        &self,
+        guard: &Guard,
+        changes: &[(String, Option<Value>)],
+    ) -> Result<Vec<Written>, StoreError> {
+        writable!(self, s => s.commit(guard, changes).await)
     }
 
     /// Changes before revision `before` (or the newest), newest first.
@@ -183,17 +208,20 @@ impl ConfigStore {
     }
 
     /// Makes the configuration what it was at `revision`, as new revisions (so the rollback
-    /// itself can be rolled back). Returns what changed.
+    /// itself can be rolled back). Returns what changed; [`StoreError::Conflict`] when another
+    /// write landed meanwhile.
     pub async fn rollback(&self, revision: i64) -> Result<Vec<Difference>, StoreError> {
         writable!(self, s => {
-            let current = s.state_at(s.revision().await?).await?;
+            let now = s.revision().await?;
+            let current = s.state_at(now).await?;
             let diff = differences(&current, &s.state_at(revision).await?);
             let changes: Vec<(String, Option<Value>)> = diff
                 .iter()
                 .map(|d| (d.key.clone(), d.after.clone()))
                 .collect();
             if !changes.is_empty() {
-                s.apply(&changes).await?;
+                let guard = Guard { revision: now, present: Vec::new() };
+                s.commit(&guard, &changes).await?;
             }
             Ok(diff)
         })

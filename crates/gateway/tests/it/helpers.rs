@@ -55,6 +55,19 @@ pub async fn spawn_gateway_with(config: Config) -> Gateway {
     start_gateway(&platform).await
 }
 
+/// The gateway on SQLite with its configuration in the etcd at `endpoint`, under a prefix of
+/// its own; the returned directory holds its data.
+pub async fn spawn_gateway_on_etcd(endpoint: &str) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("t{}", axle_core::id::new_id().simple());
+    let mut config = TestPlatform::config(&Backends::embedded(), &tag, dir.path());
+    let gateway = &mut config.services.gateway;
+    gateway.config_provider = axle_core::config::ConfigProvider::Etcd;
+    gateway.etcd.endpoints = vec![endpoint.to_string()];
+    gateway.etcd.prefix = format!("/{tag}");
+    (spawn_gateway_with(config).await, dir)
+}
+
 async fn start_gateway(platform: &Platform) -> Gateway {
     let key_file = platform.config.data_dir.join("gateway/admin_key");
     std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod admin;
+mod admin_guards;
 mod api_breaker;
 mod health;
 mod helpers;
@@ -14,6 +15,7 @@ mod plugins;
 mod prometheus;
 mod proxy;
 mod proxy_mirror;
+mod settings;
 mod stores;
 mod tls;
 mod traffic_split;

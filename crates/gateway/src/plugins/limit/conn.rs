@@ -54,9 +54,7 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     if c.conn == 0 {
         return Err("conn: must be above 0".into());
     }
-    if c.default_conn_delay <= 0.0 || !c.default_conn_delay.is_finite() {
-        return Err("default_conn_delay: must be above 0".into());
-    }
+    crate::resource::seconds("default_conn_delay", c.default_conn_delay, false).map_err(|e| e.0)?;
     super::check_local(c.policy.as_deref())?;
     let _ = (c.allow_degradation, c.key_ttl);
     Ok(Arc::new(LimitConn {
@@ -80,13 +78,14 @@ impl Plugin for LimitConn {
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let key = self.key.counter(ctx, None);
-        let Some(in_flight) = ctx.shared.connections.enter(&key, self.conn + self.burst) else {
+        let most = self.conn.saturating_add(self.burst);
+        let Some(in_flight) = ctx.shared.connections.enter(&key, most) else {
             return Flow::Reply(self.rejected.reply());
         };
         let unit = f64::from_bits(self.unit_delay.load(Ordering::Relaxed));
         // Over `conn`, wait a unit for every `conn` requests ahead.
         let delay = if in_flight > self.conn {
-            Duration::from_secs_f64(unit * ((in_flight - 1) / self.conn) as f64)
+            super::delay(unit * ((in_flight - 1) / self.conn) as f64)
         } else {
             Duration::ZERO
         };

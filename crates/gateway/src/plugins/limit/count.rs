@@ -115,8 +115,14 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     if c.count == 0 {
         return Err("count: must be above 0".into());
     }
-    if c.time_window == 0 {
-        return Err("time_window: must be above 0".into());
+    if !(1..=crate::resource::MAX_SECONDS).contains(&c.time_window) {
+        return Err(format!(
+            "time_window: seconds within 1 and {} expected",
+            crate::resource::MAX_SECONDS
+        ));
+    }
+    if !(1..=60_000).contains(&c.redis_timeout) {
+        return Err("redis_timeout: milliseconds within 1 and 60000 expected".into());
     }
     let rejected = Rejection::new(c.rejected_code, c.rejected_msg)?;
     let key = Key::parse(c.key_type, &c.key)?;

@@ -94,6 +94,17 @@ impl Rejection {
     }
 }
 
+/// `seconds` as a delay: at most [`MAX_SECONDS`](crate::resource::MAX_SECONDS), whatever the
+/// arithmetic behind it gave.
+pub(super) fn delay(seconds: f64) -> std::time::Duration {
+    let most = crate::resource::MAX_SECONDS as f64;
+    std::time::Duration::from_secs_f64(if seconds.is_nan() {
+        0.0
+    } else {
+        seconds.clamp(0.0, most)
+    })
+}
+
 /// Goes on after `delay` (at once when it is under a millisecond, as nginx's limits do).
 pub(super) fn after(delay: std::time::Duration) -> Flow<'static> {
     if delay < std::time::Duration::from_millis(1) {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -32,6 +32,9 @@ pub(crate) struct Config {
     policy: Option<String>,
 }
 
+/// Requests per second no limit needs to go beyond.
+const MAX_RATE: f64 = 1e9;
+
 #[derive(Debug)]
 struct LimitReq {
     rate: f64,
@@ -43,11 +46,11 @@ struct LimitReq {
 
 pub(crate) fn build(config: &Value) -> Result<std::sync::Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    if c.rate <= 0.0 || !c.rate.is_finite() {
-        return Err("rate: must be above 0".into());
+    if !(c.rate > 0.0 && c.rate <= MAX_RATE) {
+        return Err(format!("rate: above 0, up to {MAX_RATE}, expected"));
     }
-    if c.burst < 0.0 || !c.burst.is_finite() {
-        return Err("burst: must be at least 0".into());
+    if !(c.burst >= 0.0 && c.burst <= MAX_RATE) {
+        return Err(format!("burst: 0 up to {MAX_RATE} expected"));
     }
     super::check_local(c.policy.as_deref())?;
     let _ = c.allow_degradation;
@@ -75,7 +78,7 @@ impl Plugin for LimitReq {
             return Flow::Reply(self.rejected.reply());
         };
         // Queued behind `excess` requests, each taking 1/rate seconds to drain.
-        let delay = Duration::from_secs_f64(excess / self.rate);
+        let delay = super::delay(excess / self.rate);
         if self.nodelay {
             return Flow::Next;
         }
@@ -134,6 +137,7 @@ impl Buckets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_bucket_queues_up_to_burst_and_drains_at_the_rate() {
