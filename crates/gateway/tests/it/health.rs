@@ -92,3 +92,51 @@ async fn passive_checks_eject_a_node_answering_errors() {
         "only the healthy node serves: {after:?}"
     );
 }
+
+#[tokio::test]
+async fn backup_nodes_serve_only_while_the_primaries_are_down() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let (primary, primary_node) = spawn_node("primary", None, StatusCode::OK).await;
+    let backup = spawn_upstream("backup").await;
+    gw.put(
+        "/apisix/admin/upstreams/1",
+        json!({
+            "nodes": [
+                {"host": "127.0.0.1", "port": primary.port(), "weight": 1, "priority": 1},
+                {"host": "127.0.0.1", "port": backup.port(), "weight": 100, "priority": 0},
+            ],
+            "retries": 0,
+            "checks": {"active": {
+                "http_path": "/status",
+                "healthy": {"interval": 1, "successes": 1},
+                "unhealthy": {"interval": 1, "tcp_failures": 1, "http_failures": 1}
+            }}
+        }),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/h",
+        json!({"uri": "/h", "upstream_id": 1}),
+    )
+    .await;
+    gw.wait_for("/h", 200).await;
+    let seen = answers(&gw, 20).await;
+    assert!(
+        seen.iter().all(|s| s.as_deref() == Some("primary")),
+        "the backup waits while the primary is up: {seen:?}"
+    );
+
+    primary_node.abort();
+    eventually(10, "the backup to take over", || async {
+        let seen = answers(&gw, 10).await;
+        seen.iter().all(|s| s.as_deref() == Some("backup")).then_some(())
+    })
+    .await;
+
+    let (_, _primary_again) = spawn_node("primary", Some(primary), StatusCode::OK).await;
+    eventually(10, "the primary to be back", || async {
+        let seen = answers(&gw, 10).await;
+        seen.iter().all(|s| s.as_deref() == Some("primary")).then_some(())
+    })
+    .await;
+}
