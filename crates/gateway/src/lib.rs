@@ -5,7 +5,8 @@
 //! - [`runtime`]: the store's content compiled into an immutable snapshot (router, upstreams,
 //!   plugin chains), swapped atomically as the store changes;
 //! - [`proxy`]: the hyper data plane serving requests from the current snapshot, running the
-//!   [`plugins`] phases, with [`vars`] expressions for matching and [`tls`] both ways.
+//!   [`plugins`] phases, with [`vars`] expressions for matching and [`tls`] both ways; its
+//!   request-rate [`warnings`] are rate-limited per kind.
 
 pub mod admin;
 pub mod plugins;
@@ -15,6 +16,7 @@ pub mod runtime;
 pub mod store;
 pub mod tls;
 pub mod vars;
+pub mod warnings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

@@ -84,3 +84,38 @@ async fn limit_count_in_redis_holds_across_two_axle_processes() {
     assert_eq!(passed, 3, "{statuses:?}");
     assert!(statuses[3..].iter().all(|s| *s == 503), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn an_upstream_outage_under_load_writes_a_few_lines_not_one_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = serve_gateway(dir.path()).await;
+    let down = free_port(); // nothing listens there
+    let route = json!({"uri": "/down", "upstream": {"nodes": {format!("127.0.0.1:{down}"): 1},
+        "retries": 0}});
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("http://127.0.0.1:{admin}/apisix/admin/routes/down"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let url = format!("http://127.0.0.1:{}/down", server.gateway_port);
+    let mut failed = 0;
+    for _ in 0..400 {
+        let status = client.get(&url).send().await.unwrap().status().as_u16();
+        failed += usize::from(status == 502);
+    }
+    assert!(failed > 300, "the route reached the data plane: {failed} 502s");
+    let out = server.terminate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("upstream request failed"))
+        .count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{failed} failed requests wrote {lines} lines"
+    );
+}

@@ -176,7 +176,9 @@ impl Ctx {
                 Flow::Next
             }
             None => {
-                tracing::warn!(consumer = name, "anonymous_consumer does not exist");
+                if let Some(suppressed) = crate::warnings::NO_ANONYMOUS_CONSUMER.admit() {
+                    tracing::warn!(consumer = name, suppressed, "anonymous_consumer does not exist");
+                }
                 Flow::Reply(Reply::message(
                     StatusCode::UNAUTHORIZED,
                     "Invalid user authorization",

@@ -154,11 +154,14 @@ impl Plugin for TrafficSplit {
             Some(Target::Id(id)) => match ctx.snapshot.upstreams.get(id) {
                 Some(upstream) => ctx.upstream = Some(upstream.clone()),
                 None => {
-                    tracing::error!(
-                        upstream_id = id,
-                        route = &*ctx.route_id,
-                        "traffic-split: no such upstream"
-                    );
+                    if let Some(suppressed) = crate::warnings::NO_SPLIT_UPSTREAM.admit() {
+                        tracing::error!(
+                            upstream_id = id,
+                            route = &*ctx.route_id,
+                            suppressed,
+                            "traffic-split: no such upstream"
+                        );
+                    }
                     return Flow::Reply(Reply::message(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "traffic-split: the upstream chosen does not exist",

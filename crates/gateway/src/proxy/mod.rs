@@ -34,6 +34,7 @@ use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
+use crate::warnings;
 use fields::Fields;
 use pool::{Failure, Pool};
 
@@ -147,6 +148,7 @@ impl DataPlane {
                     Some(pool) => pool.sweep(),
                     None => return,
                 }
+                warnings::flush();
             }
         });
         let connections = tokio_util::task::TaskTracker::new();
@@ -173,7 +175,9 @@ impl DataPlane {
                 accepted = listener.tcp.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        tracing::warn!(error = %e, "gateway: accept failed");
+                        if let Some(suppressed) = warnings::ACCEPT_FAILED.admit() {
+                            tracing::warn!(error = %e, suppressed, "gateway: accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -516,8 +520,10 @@ impl DataPlane {
                 && replayable
                 && tried.len() <= upstream.retries
                 && deadline.is_none_or(|d| Instant::now() < d);
-            tracing::warn!(route = &*route.id, node = %upstream.targets[node].authority,
-                error = %failure, retrying = again, "upstream request failed");
+            if let Some(suppressed) = warnings::UPSTREAM_FAILED.admit() {
+                tracing::warn!(route = &*route.id, node = %upstream.targets[node].authority,
+                    error = %failure, retrying = again, suppressed, "upstream request failed");
+            }
             if !again {
                 return Err(match failure {
                     Failure::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
