@@ -117,6 +117,7 @@ impl Db {
             .test_before_acquire(false);
         match target {
             DbTarget::SqliteFile(path) => {
+                crate::files::private_sqlite(path)?;
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let options: AnyConnectOptions = url.parse()?;
                 let pool = pool

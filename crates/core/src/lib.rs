@@ -8,6 +8,7 @@
 //! | [`telemetry`] | JSON logs, W3C trace context, OTLP export |
 //! | [`http`] | the error model, extractors, health/readiness/metrics/OpenAPI, request ids, `Idempotency-Key`, pagination |
 //! | [`db`] | one database per service: SQLite file or PostgreSQL schema, migrations |
+//! | [`files`] | the data directory and files holding secrets, private to Axle's user |
 //! | [`events`] | CloudEvents, the outbox, the bus (embedded or RabbitMQ), idempotent consumers |
 //! | [`kv`] | counters, locks with fencing tokens (memory or Redis) |
 //! | [`platform`] | what `axle serve` gives a service and what a service gives back |
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod files;
 pub mod http;
 pub mod id;
 pub mod kv;

@@ -163,13 +163,14 @@ impl Service {
     }
 }
 
-/// Creates `path` if needed and proves it writable, so start-up fails early and clearly.
+/// Creates `path` if needed, private to this user (0700: it holds keys and credentials), and
+/// proves it writable, so start-up fails early and clearly.
 fn ensure_writable_dir(path: &Path) -> Result<(), StartError> {
     let fail = |source| StartError::DataDir {
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(path).map_err(fail)?;
+    crate::files::private_dir(path).map_err(fail)?;
     let probe = path.join(".axle-write-test");
     std::fs::write(&probe, b"ok").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)

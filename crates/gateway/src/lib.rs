@@ -218,30 +218,13 @@ fn admin_key(configured: Option<SecretString>, data_dir: &Path) -> std::io::Resu
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        axle_core::files::private_dir(dir)?;
     }
-    write_private(&path, &key)?;
+    axle_core::files::write_private(&path, key.as_bytes())?;
     println!(
         "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
          services.gateway.admin_key to choose one)",
         path.display()
     );
     Ok(SecretString::from(key))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)
 }

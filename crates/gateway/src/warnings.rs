@@ -118,9 +118,22 @@ mod tests {
         let logged: Vec<Option<u64>> = (0..8).map(|_| warning.admit_at(start)).collect();
         assert_eq!(
             logged,
-            [Some(0), Some(0), Some(0), Some(0), Some(0), None, None, None]
+            [
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(0),
+                None,
+                None,
+                None
+            ]
         );
-        assert_eq!(warning.take_suppressed(start), 0, "the interval is not over");
+        assert_eq!(
+            warning.take_suppressed(start),
+            0,
+            "the interval is not over"
+        );
         // The next interval's first line carries the count.
         assert_eq!(warning.admit_at(start + INTERVAL), Some(3));
         assert_eq!(warning.admit_at(start + INTERVAL), Some(0));

@@ -107,7 +107,10 @@ async fn an_upstream_outage_under_load_writes_a_few_lines_not_one_per_request() 
         let status = client.get(&url).send().await.unwrap().status().as_u16();
         failed += usize::from(status == 502);
     }
-    assert!(failed > 300, "the route reached the data plane: {failed} 502s");
+    assert!(
+        failed > 300,
+        "the route reached the data plane: {failed} 502s"
+    );
     let out = server.terminate();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines = stderr

@@ -290,3 +290,38 @@ async fn traces_are_exported_over_otlp_with_the_callers_trace_id() {
         "exported spans continue the caller's trace: {exported}"
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_every_file_holding_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::serve(dir.path(), port, &[]).await;
+    let data = dir.path().join("axle-data");
+    let mode = |path: &std::path::Path| {
+        let metadata = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        metadata.permissions().mode() & 0o777
+    };
+    // The snapshot is saved once the first configuration is read.
+    let last_good = data.join("gateway/last_good.json");
+    for _ in 0..100 {
+        if last_good.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for private in [data.clone(), data.join("gateway")] {
+        assert_eq!(mode(&private), 0o700, "{private:?}");
+    }
+    let mut files = vec![last_good, data.join("gateway/admin_key")];
+    for db in ["gateway", "vehicle", "masterdata", "events"] {
+        for suffix in ["", "-wal", "-shm"] {
+            files.push(data.join(format!("{db}.sqlite{suffix}")));
+        }
+    }
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{file:?}");
+    }
+    assert!(server.terminate().status.success());
+}

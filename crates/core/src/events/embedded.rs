@@ -39,6 +39,7 @@ struct Inner {
 
 impl EmbeddedBus {
     pub async fn open(path: &Path, max_attempts: u32) -> Result<Self, BusError> {
+        crate::files::private_sqlite(path).map_err(sqlx::Error::Io)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)

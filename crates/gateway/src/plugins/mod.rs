@@ -177,7 +177,11 @@ impl Ctx {
             }
             None => {
                 if let Some(suppressed) = crate::warnings::NO_ANONYMOUS_CONSUMER.admit() {
-                    tracing::warn!(consumer = name, suppressed, "anonymous_consumer does not exist");
+                    tracing::warn!(
+                        consumer = name,
+                        suppressed,
+                        "anonymous_consumer does not exist"
+                    );
                 }
                 Flow::Reply(Reply::message(
                     StatusCode::UNAUTHORIZED,

@@ -409,15 +409,14 @@ impl Follower {
         let path = self.last_good.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                axle_core::files::private_dir(dir)?;
             }
-            let partial = path.with_extension("json.partial");
             let copy = LastGood {
                 revision,
                 config: &*stored,
             };
-            std::fs::write(&partial, serde_json::to_vec(&copy)?)?;
-            std::fs::rename(&partial, &path)
+            // It holds the certificates' private keys and the consumers' credentials.
+            axle_core::files::write_private(&path, &serde_json::to_vec(&copy)?)
         })
         .await;
         if let Ok(Err(e)) = written {

@@ -129,14 +129,18 @@ async fn backup_nodes_serve_only_while_the_primaries_are_down() {
     primary_node.abort();
     eventually(10, "the backup to take over", || async {
         let seen = answers(&gw, 10).await;
-        seen.iter().all(|s| s.as_deref() == Some("backup")).then_some(())
+        seen.iter()
+            .all(|s| s.as_deref() == Some("backup"))
+            .then_some(())
     })
     .await;
 
     let (_, _primary_again) = spawn_node("primary", Some(primary), StatusCode::OK).await;
     eventually(10, "the primary to be back", || async {
         let seen = answers(&gw, 10).await;
-        seen.iter().all(|s| s.as_deref() == Some("primary")).then_some(())
+        seen.iter()
+            .all(|s| s.as_deref() == Some("primary"))
+            .then_some(())
     })
     .await;
 }
