@@ -3,9 +3,14 @@
 //! Every error body is `{"code": "VEHICLE_NOT_FOUND", "message": "...", "request_id": "..."}`.
 //! Codes are stable (clients switch on them); messages are for people. A 5xx never tells the
 //! client what broke: the details go to the log, under the same request id.
+//!
+//! Text reaching a service through these extractors never holds the NUL character: a body, a
+//! path or a query with one is refused here (`NUL_CHARACTER`), once for every field, before a
+//! database that cannot store it (PostgreSQL) turns it into a 500.
 
 use std::borrow::Cow;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -164,7 +169,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        if !is_json(req.headers()) {
+            return Err(JsonRejection::MissingJsonContentType(Default::default()).into());
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(JsonRejection::BytesRejection)?;
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::unprocessable(NUL_CODE, NUL_MESSAGE));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(Json(value))
     }
 }
@@ -183,6 +197,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::bad_request(NUL_CODE, NUL_MESSAGE));
+        }
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Path(value))
@@ -197,8 +214,82 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::bad_request(NUL_CODE, NUL_MESSAGE));
+        }
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))
+    }
+}
+
+const NUL_CODE: &str = "NUL_CHARACTER";
+const NUL_MESSAGE: &str = "text must not contain the NUL character (U+0000)";
+
+/// Whether `headers` say the body is JSON (`application/json`, or `application/*+json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(kind) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = kind
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Whether a JSON text holds the NUL character: JSON writes it only as the escape `\u0000`
+/// (a raw control character in a string is a syntax error), so the escapes are looked at,
+/// each from its backslash, and an escaped backslash is passed over whole.
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(offset) = json[at..].iter().position(|&b| b == b'\\') {
+        let escape = at + offset;
+        if json[escape + 1..].starts_with(b"u0000") {
+            return true;
+        }
+        at = escape + 2;
+        if at >= json.len() {
+            return false;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nul_escape_is_found_and_lookalikes_are_not() {
+        assert!(has_nul_escape(br#"{"make": "Hon\u0000da"}"#));
+        assert!(has_nul_escape(br#"["a", "\\\u0000"]"#));
+        assert!(
+            !has_nul_escape(br#"{"make": "\\u0000"}"#),
+            "an escaped backslash, then text"
+        );
+        assert!(!has_nul_escape(br#"{"make": "\u0001 \n \\"}"#));
+        assert!(!has_nul_escape(br#"{"make": "u0000"}"#));
+        assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn json_is_told_by_its_media_type() {
+        let with = |kind: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::CONTENT_TYPE, kind.parse().unwrap());
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!is_json(&axum::http::HeaderMap::new()));
     }
 }

@@ -118,6 +118,22 @@ async fn bad_input_gets_clear_errors(backends: axle_core::testing::Backends) {
             "VEHICLE_NOT_FOUND",
         ),
         (app.get("/vehicles?limit=0").await, 400, "INVALID_QUERY"),
+        // NUL cannot be stored in PostgreSQL's text: refused at the edge, on every backend.
+        (
+            app.post(
+                "/vehicles",
+                &json!({"vin": vin(4), "make": "Hon\u{0}da", "model": "Y", "year": 2020}),
+            )
+            .await,
+            422,
+            "NUL_CHARACTER",
+        ),
+        (
+            app.get("/vehicles?seller_org=dealer%00one").await,
+            400,
+            "NUL_CHARACTER",
+        ),
+        (app.get("/vehicles/%00").await, 400, "NUL_CHARACTER"),
         (app.get("/vehicles?cursor=zzz").await, 400, "INVALID_QUERY"),
         (app.get("/nowhere").await, 404, "NOT_FOUND"),
         (
