@@ -2,8 +2,13 @@
 //!
 //! Start-up order: configuration → logging → platform (data dir, bus, kv) → each service
 //! (database, migrations) → every listener bound → serving. Any failure before serving is one
-//! line on stderr and exit code 1. SIGINT or SIGTERM stops the listeners, lets in-flight
-//! requests finish (up to `http.shutdown_grace_secs`), flushes the outboxes and exits 0.
+//! line on stderr and exit code 1.
+//!
+//! SIGINT or SIGTERM stops in the reverse order of a request's path: the gateway stops
+//! accepting and finishes the requests it has in flight, then the services it routes to stop
+//! (finishing theirs), then their background tasks (the outboxes flush) — each stage within
+//! `http.shutdown_grace_secs` — and the process exits 0. So no request the gateway accepted
+//! meets a service that has already gone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -154,6 +159,10 @@ async fn run_data_plane(
 }
 
 async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()> {
+    // Cancelled in turn when stopping: the gateway's data plane, the services' listeners, and
+    // the platform's background tasks.
+    let stop_gateway = CancellationToken::new();
+    let stop_services = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let platform = Platform::start(config, shutdown.clone()).await?;
@@ -206,49 +215,73 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
         data_plane.as_ref().map(|(_, l)| l.as_slice()),
     );
 
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(stop_on_signal(stop_gateway.clone()));
     let mut servers = tokio::task::JoinSet::new();
     let mut services = Vec::new();
     for (service, listener) in running {
-        let (router, stop) = (service.router.clone(), shutdown.clone());
+        let (router, stop) = (service.router.clone(), stop_services.clone());
         servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
         services.push(service);
     }
     for (router, listener) in exporters {
-        let stop = shutdown.clone();
+        let stop = stop_services.clone();
         servers.spawn(async move { axle_core::http::serve(listener, router, stop).await });
     }
+    let mut gateway = tokio::task::JoinSet::new();
     if let Some((plane, listeners)) = data_plane {
         let workers = platform.config.services.gateway.workers;
-        servers.spawn(run_data_plane(plane, listeners, workers, shutdown.clone()));
+        let plane = plane.with_grace(grace);
+        gateway.spawn(run_data_plane(
+            plane,
+            listeners,
+            workers,
+            stop_gateway.clone(),
+        ));
     }
 
-    // Serve until a signal (or a listener failing), then give in-flight requests their grace.
+    // Serve until a signal (or a listener failing), then stop stage by stage.
     tokio::select! {
-        _ = shutdown.cancelled() => {}
-        Some(result) = servers.join_next() => {
-            shutdown.cancel();
-            if let Ok(Err(e)) = result {
-                tracing::error!(error = %e, "a listener failed; stopping");
-            }
-        }
+        _ = stop_gateway.cancelled() => {}
+        Some(result) = servers.join_next() => report(result),
+        Some(result) = gateway.join_next() => report(result),
     }
-    if tokio::time::timeout(grace, async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "requests still running after the grace period; stopping anyway"
-        );
-    }
+    stop_gateway.cancel();
+    drain("the gateway's requests", grace, &mut gateway).await;
+    stop_services.cancel();
+    drain("the services' requests", grace, &mut servers).await;
+    shutdown.cancel();
     for service in services {
         service.stop().await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener that ended before it was asked to.
+fn report(result: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    match result {
+        Ok(Err(e)) => tracing::error!(error = %e, "a listener failed; stopping"),
+        Err(e) => tracing::error!(error = %e, "a listener's task failed; stopping"),
+        Ok(Ok(())) => {}
+    }
+}
+
+/// Waits up to `grace` for `servers` to finish what they are serving.
+async fn drain(
+    what: &str,
+    grace: Duration,
+    servers: &mut tokio::task::JoinSet<std::io::Result<()>>,
+) {
+    let finished = tokio::time::timeout(grace, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "{what} still running after the grace period; stopping anyway"
+        );
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

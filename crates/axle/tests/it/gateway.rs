@@ -122,3 +122,61 @@ async fn an_upstream_outage_under_load_writes_a_few_lines_not_one_per_request() 
         "{failed} failed requests wrote {lines} lines"
     );
 }
+
+/// Ctrl-C with a request in flight through the gateway to a service of the same process: the
+/// gateway stops taking requests and finishes this one before the service stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_finishes_the_requests_in_flight_before_the_services_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let vehicle = free_port();
+    let admin = free_port();
+    let server = Server::serve(
+        dir.path(),
+        vehicle,
+        &[
+            (
+                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin}"),
+            ),
+            ("AXLE__SERVICES__GATEWAY__ADMIN_KEY", ADMIN_KEY.into()),
+        ],
+    )
+    .await;
+    // A route to the vehicle service that takes a second and a half to get there.
+    let route = json!({"uri": "/slow", "upstream": {"nodes": {format!("127.0.0.1:{vehicle}"): 1}},
+        "plugins": {"fault-injection": {"delay": {"duration": 1.5}},
+                    "proxy-rewrite": {"uri": "/vehicles"}}});
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("http://127.0.0.1:{admin}/apisix/admin/routes/slow"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&route)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let url = format!("http://127.0.0.1:{}/slow", server.gateway_port);
+    let mut ready = false;
+    for _ in 0..100 {
+        if client.get(&url).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the route reached the data plane");
+
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stopped = tokio::task::spawn_blocking(move || server.terminate());
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.ok(), Some(200), "the request in flight was finished");
+    let out = stopped.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -96,6 +96,8 @@ pub struct DataPlane {
     hyper: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     /// The certificate's name for TLS clients that send no SNI (APISIX's `fallback_sni`).
     fallback_sni: Option<Arc<str>>,
+    /// How long open requests may take to finish once the data plane is stopped.
+    grace: Duration,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -129,11 +131,18 @@ impl DataPlane {
             limits,
             hyper: Arc::new(hyper),
             fallback_sni: fallback_sni.map(Arc::from),
+            grace: Duration::from_secs(30),
         }
     }
 
-    /// Accepts connections on every listener until `shutdown`, then lets open requests finish.
-    /// Each call is one worker, with its own upstream connection pool.
+    /// This data plane giving open requests `grace` to finish when it is stopped.
+    pub fn with_grace(self, grace: Duration) -> DataPlane {
+        DataPlane { grace, ..self }
+    }
+
+    /// Accepts connections on every listener until `shutdown`, then lets open requests finish
+    /// (up to the grace period); idle connections are closed at once. Each call is one worker,
+    /// with its own upstream connection pool.
     pub async fn serve(self, listeners: Vec<Listener>, shutdown: CancellationToken) {
         let plane = DataPlane {
             pool: Arc::default(),
@@ -158,9 +167,10 @@ impl DataPlane {
             async move { plane.accept(listener, &connections, shutdown).await }
         });
         futures::future::join_all(accepting).await;
+        let grace = plane.grace;
         drop(plane);
         connections.close();
-        let _ = tokio::time::timeout(Duration::from_secs(30), connections.wait()).await;
+        let _ = tokio::time::timeout(grace, connections.wait()).await;
     }
 
     async fn accept(
