@@ -223,6 +223,12 @@ pub struct GatewayConfig {
     pub workers: Option<usize>,
     /// Largest request body the data plane accepts (413 beyond); 0 = no limit.
     pub max_body_bytes: u64,
+    /// Seconds a client may take to send a request head, from its first byte however slowly
+    /// the rest trickles in (nginx's `client_header_timeout`), and may idle between requests.
+    pub head_timeout_secs: u64,
+    /// Connections one client address may have open at once (more are closed as they come);
+    /// 0 = no limit, as a gateway behind a load balancer sees one address for many clients.
+    pub max_connections_per_client: u32,
     /// Route `/api/<service>/...` to each service running in this process.
     pub default_routes: bool,
     /// What this node does (APISIX's `deployment.role`).
@@ -293,6 +299,8 @@ impl Default for GatewayConfig {
             allow_admin: vec!["127.0.0.0/24".into(), "::1/128".into()],
             workers: None,
             max_body_bytes: 64 * 1024 * 1024,
+            head_timeout_secs: 60,
+            max_connections_per_client: 0,
             default_routes: true,
             role: GatewayRole::Traditional,
             config_provider: ConfigProvider::Embedded,
@@ -422,6 +430,9 @@ impl Config {
         }
         if gw.workers == Some(0) {
             return invalid("services.gateway.workers: must be at least 1");
+        }
+        if !(1..=3600).contains(&gw.head_timeout_secs) {
+            return invalid("services.gateway.head_timeout_secs: must be within 1 and 3600");
         }
         if gw.config_provider == ConfigProvider::Yaml && gw.role != GatewayRole::DataPlane {
             return invalid(

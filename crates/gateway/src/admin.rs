@@ -29,6 +29,9 @@ pub struct AdminState {
     pub store: Arc<ConfigStore>,
     pub key: Arc<SecretString>,
     pub allow: Arc<Vec<ipnet::IpNet>>,
+    /// Writes through this Admin API take turns: they cannot race each other, only writers in
+    /// other processes (whose races the store's guard catches).
+    pub writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An Admin API failure, with APISIX's status and body.
@@ -433,15 +436,20 @@ enum Edit {
     At(String, Value),
 }
 
-/// Awaits the attempt `$attempt` again while a racing write gets in its way (after a pause of a
-/// few milliseconds, so racing writers do not keep meeting), [`ATTEMPTS`] times at most.
+/// Awaits the attempt `$attempt`, in this process's turn of writing, again while a racing
+/// write in another process gets in its way (after a pause that grows, with jitter, so racing
+/// writers do not keep meeting), [`ATTEMPTS`] times at most.
 macro_rules! retried {
-    ($attempt:expr) => {{
+    ($state:expr, $attempt:expr) => {{
         let mut outcome = Err(AdminError::Busy);
-        for _ in 0..ATTEMPTS {
-            match $attempt.await {
+        for attempt in 0..ATTEMPTS {
+            let turn = $state.writing.lock().await;
+            let done = $attempt.await;
+            drop(turn);
+            match done {
                 Err(AdminError::Store(StoreError::Conflict)) => {
-                    let pause = rand::random_range(1..10);
+                    let most = 2u64 << attempt.min(6);
+                    let pause = rand::random_range(1..=most);
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 done => {
@@ -458,7 +466,7 @@ macro_rules! retried {
 /// checked, stamped with ids and times — and, should a racing write change the store while it
 /// was checked, all of it again on the new state.
 async fn write(state: &AdminState, scope: &Scope, id: String, edit: Edit) -> Result<Response> {
-    retried!(write_once(state, scope, &id, &edit))
+    retried!(state, write_once(state, scope, &id, &edit))
 }
 
 async fn write_once(state: &AdminState, scope: &Scope, id: &str, edit: &Edit) -> Result<Response> {
@@ -649,7 +657,7 @@ async fn delete(
 
 /// Deletes a resource nothing refers to; a consumer's credentials go with it.
 async fn delete_in(state: &AdminState, scope: &Scope, id: String) -> Result<Response> {
-    retried!(delete_once(state, scope, &id))
+    retried!(state, delete_once(state, scope, &id))
 }
 
 async fn delete_once(state: &AdminState, scope: &Scope, id: &str) -> Result<Response> {
@@ -738,7 +746,7 @@ async fn rollback(State(state): State<AdminState>, body: Bytes) -> Result<Respon
             "revision: must be between 0 and the current revision {current}"
         )));
     }
-    let changed = redact(retried!(async {
+    let changed = redact(retried!(state, async {
         Ok::<_, AdminError>(state.store.rollback(request.revision).await?)
     })?);
     let revision = state.store.revision().await?;

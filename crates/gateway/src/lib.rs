@@ -108,6 +108,8 @@ pub async fn build(
             .await;
         let limits = proxy::Limits {
             max_body_bytes: config.max_body_bytes,
+            head_timeout: std::time::Duration::from_secs(config.head_timeout_secs),
+            max_connections_per_client: config.max_connections_per_client,
             ..proxy::Limits::default()
         };
         exporter = Some(metrics_exporter(runtime.clone(), store.clone()));
@@ -129,6 +131,7 @@ pub async fn build(
             store,
             key: Arc::new(key),
             allow: Arc::new(allow),
+            writing: Arc::default(),
         })
     };
     let mut admin = platform.assemble(ServiceParts {

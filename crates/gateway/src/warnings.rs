@@ -33,10 +33,12 @@ pub static ACCEPT_FAILED: Warning = Warning::new("accept failed");
 pub static UPSTREAM_FAILED: Warning = Warning::new("upstream request failed");
 pub static NO_ANONYMOUS_CONSUMER: Warning = Warning::new("anonymous_consumer does not exist");
 pub static NO_SPLIT_UPSTREAM: Warning = Warning::new("traffic-split: no such upstream");
+pub static CLIENT_CONNECTIONS: Warning = Warning::new("a client has all the connections it may");
 
 /// Every kind, for [`flush`].
-static ALL: [&Warning; 4] = [
+static ALL: [&Warning; 5] = [
     &ACCEPT_FAILED,
+    &CLIENT_CONNECTIONS,
     &UPSTREAM_FAILED,
     &NO_ANONYMOUS_CONSUMER,
     &NO_SPLIT_UPSTREAM,

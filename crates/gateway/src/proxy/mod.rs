@@ -12,6 +12,7 @@
 
 pub mod fields;
 pub mod http1;
+pub mod path;
 pub mod pool;
 mod server;
 
@@ -48,6 +49,11 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Largest request head accepted (431 beyond it).
     pub max_header_bytes: usize,
+    /// How long a request head may take from its first byte (however slowly it trickles in),
+    /// and how long a connection may idle between requests.
+    pub head_timeout: Duration,
+    /// Connections one client address may have open at once; 0 = no limit.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 64 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
+            head_timeout: Duration::from_secs(60),
+            max_connections_per_client: 0,
         }
     }
 }
@@ -98,6 +106,8 @@ pub struct DataPlane {
     fallback_sni: Option<Arc<str>>,
     /// How long open requests may take to finish once the data plane is stopped.
     grace: Duration,
+    /// Open connections per client address, when they are limited (shared by the workers).
+    clients: Option<Clients>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -123,7 +133,7 @@ impl DataPlane {
             .http1()
             .timer(TokioTimer::new())
             .max_buf_size(limits.max_header_bytes.max(8192))
-            .header_read_timeout(server::HEAD_TIMEOUT);
+            .header_read_timeout(limits.head_timeout);
         hyper.http2().timer(TokioTimer::new());
         DataPlane {
             runtime,
@@ -132,6 +142,7 @@ impl DataPlane {
             hyper: Arc::new(hyper),
             fallback_sni: fallback_sni.map(Arc::from),
             grace: Duration::from_secs(30),
+            clients: (limits.max_connections_per_client > 0).then(Arc::default),
         }
     }
 
@@ -194,6 +205,9 @@ impl DataPlane {
                 },
                 _ = shutdown.cancelled() => break,
             };
+            let Some(place) = self.admit(remote.ip()) else {
+                continue; // closed at once: this client has all the connections it may
+            };
             let _ = stream.set_nodelay(true);
             let peer = Peer {
                 remote,
@@ -207,6 +221,7 @@ impl DataPlane {
             metrics.handled.inc();
             metrics.active.inc();
             connections.spawn(async move {
+                let _place = place;
                 if peer.scheme == "https" {
                     match plane.handshake(stream, remote).await {
                         // HTTP/2 chosen by ALPN: hyper's from the start.
@@ -222,6 +237,25 @@ impl DataPlane {
                 plane.runtime.shared.metrics.active.dec();
             });
         }
+    }
+
+    /// A place for one more connection from `client`, given back when dropped; none when the
+    /// client has as many open as it may.
+    fn admit(&self, client: std::net::IpAddr) -> Option<ClientPlace> {
+        let Some(clients) = &self.clients else {
+            return Some(ClientPlace(None));
+        };
+        let mut open = clients.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(client).or_default();
+        if *count >= self.limits.max_connections_per_client {
+            drop(open);
+            if let Some(suppressed) = warnings::CLIENT_CONNECTIONS.admit() {
+                tracing::warn!(%client, suppressed, "gateway: a client has all the connections it may; refused");
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientPlace(Some((clients.clone(), client))))
     }
 
     /// The TLS handshake with the certificate for the client's SNI (else `fallback_sni`);
@@ -258,23 +292,26 @@ impl DataPlane {
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // HTTP/2 clients send `:authority` instead of `Host`; upstreams get it as `Host`.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
+        // The host a request is for, once (RFC 9112 §3.2): an absolute-form target's authority
+        // (HTTP/2's `:authority`) is it, whatever `Host` says; else HTTP/1.1 needs one `Host`.
+        if let Some(authority) = parts.uri.authority() {
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            match HeaderValue::from_str(host) {
+                Ok(host) => drop(parts.headers.insert(header::HOST, host)),
+                Err(_) => return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST))),
+            }
+        } else {
+            let hosts = parts.headers.get_all(header::HOST).iter().count();
+            if hosts > 1 || (hosts == 0 && parts.version == http::Version::HTTP_11) {
+                return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST)));
+            }
         }
         if let Ok(Some(length)) = declared_length(&parts.headers)
             && self.limits.max_body_bytes > 0
             && length > self.limits.max_body_bytes
         {
             // The body stays unread, so the connection cannot carry another request.
-            let mut response = error_page(StatusCode::PAYLOAD_TOO_LARGE);
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Outgoing::of(response);
+            return Outgoing::of(closing(error_page(StatusCode::PAYLOAD_TOO_LARGE)));
         }
         let host = parts
             .headers
@@ -287,7 +324,11 @@ impl DataPlane {
         for name in CONSUMER_HEADERS {
             parts.headers.remove(name);
         }
-        let path = parts.uri.path().to_string();
+        // Routes match, and upstreams get, the path in its one normal form.
+        let Ok(path) = path::normalize(parts.uri.path()) else {
+            return Outgoing::of(error_page(StatusCode::BAD_REQUEST));
+        };
+        let path = path.into_owned();
         let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
         let mut ctx = Ctx {
             method: parts.method,
@@ -356,14 +397,15 @@ impl DataPlane {
             (None, Some(upstream)) => {
                 let websocket = client_upgrade.filter(|_| route.enable_websocket);
                 let replayable = hyper::body::Body::is_end_stream(&body);
-                let mut body = self.limited(body);
+                let (mut body, sending) = self.client_body(body);
                 if let Some(mirror) = ctx.mirror.take() {
                     body = self.mirror(mirror, &ctx, body, replayable);
                 }
-                match self
-                    .forward(route, upstream, &ctx, body, replayable, websocket.is_some())
-                    .await
-                {
+                let upgrade = websocket.is_some();
+                let forwarded = self
+                    .forward(route, upstream, &ctx, (body, sending.as_deref()), upgrade)
+                    .await;
+                match forwarded {
                     Ok(answer) => {
                         let node = upstream.targets[answer.node].host.clone();
                         answered_by = Some((node, answer.took));
@@ -380,10 +422,12 @@ impl DataPlane {
                             body: answer.body,
                         }
                     }
-                    Err(status) => {
+                    Err(Failed::Upstream(status)) => {
                         upstream_status = Some(status.as_u16());
                         Outgoing::of(error_page(status))
                     }
+                    // The body is not all read: the connection cannot carry another request.
+                    Err(Failed::Client(status)) => Outgoing::of(closing(error_page(status))),
                 }
             }
         };
@@ -450,16 +494,17 @@ impl DataPlane {
     }
 
     /// Sends the request to a node of `upstream`; on a failed connection, to another one while
-    /// retries and `retry_timeout` allow and the request has no body to replay.
+    /// retries and `retry_timeout` allow and the request has no body to replay. `body` comes
+    /// with what it tells of the client's sending, when it is one the client still sends.
     async fn forward(
         &self,
         route: &Route,
         upstream: &Arc<Upstream>,
         ctx: &Ctx,
-        body: Body,
-        replayable: bool,
+        (body, sending): (Body, Option<&Sending>),
         upgrade: bool,
-    ) -> Result<Answer, StatusCode> {
+    ) -> Result<Answer, Failed> {
+        let replayable = sending.is_none();
         let timeouts = route
             .timeout
             .map(|t| Timeouts::from_config(Some(&t)))
@@ -476,11 +521,12 @@ impl DataPlane {
         let mut tried = Vec::new();
         loop {
             let Some(node) = upstream.pick(&tried, &ctx.vars()) else {
-                return Err(StatusCode::BAD_GATEWAY);
+                return Err(Failed::Upstream(StatusCode::BAD_GATEWAY));
             };
             let in_flight = upstream.start(node);
             let body = body.take().unwrap_or_else(empty);
-            let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)?;
+            let (key, request) = upstream_request(ctx, upstream, node, &target, body, upgrade)
+                .map_err(Failed::Client)?;
             let budget = timeouts.budget();
             let sent = self
                 .pool
@@ -489,6 +535,16 @@ impl DataPlane {
             let outcome = tokio::time::timeout(budget, sent)
                 .await
                 .unwrap_or(Err(Failure::ConnectTimeout));
+            // A body the client failed to send is no fault of the node's: it is not counted
+            // against the node's health, nor logged as the upstream's failure.
+            if let Some(status) = sending.and_then(|s| s.fault(&outcome)) {
+                tracing::debug!(
+                    route = &*route.id,
+                    status = status.as_u16(),
+                    "the client's request body failed"
+                );
+                return Err(Failed::Client(status));
+            }
             if let Some(health) = &upstream.health {
                 health.report(
                     node,
@@ -535,20 +591,30 @@ impl DataPlane {
                     error = %failure, retrying = again, suppressed, "upstream request failed");
             }
             if !again {
-                return Err(match failure {
+                return Err(Failed::Upstream(match failure {
                     Failure::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
-                });
+                }));
             }
         }
     }
 
-    fn limited(&self, body: Body) -> Body {
-        match self.limits.max_body_bytes {
-            _ if hyper::body::Body::is_end_stream(&body) => body,
+    /// A request body the client is still sending, limited to `max_body_bytes`, with what it
+    /// tells of the sending; a body already all here, as it is.
+    fn client_body(&self, body: Body) -> (Body, Option<Arc<Sending>>) {
+        if hyper::body::Body::is_end_stream(&body) {
+            return (body, None);
+        }
+        let body = match self.limits.max_body_bytes {
             0 => body,
             max => http_body_util::Limited::new(body, max as usize).boxed(),
-        }
+        };
+        let sending = Arc::new(Sending::default());
+        let watched = Watched {
+            body,
+            sending: sending.clone(),
+        };
+        (watched.boxed(), Some(sending))
     }
 
     /// Sends a copy of the request to `mirror` in the background (proxy-mirror), and returns
@@ -581,6 +647,103 @@ impl DataPlane {
             }
         });
         body
+    }
+}
+
+/// Why a request got no upstream answer: the upstream's failure (502, 504), or the client's
+/// (a request the gateway cannot send, a body it failed to send: 400, 408, 413).
+enum Failed {
+    Upstream(StatusCode),
+    Client(StatusCode),
+}
+
+/// How the client's sending of a request body went, as the body was read.
+#[derive(Debug, Default)]
+struct Sending {
+    /// Whether the body last waited for the client.
+    waiting: std::sync::atomic::AtomicBool,
+    /// The status of the client's fault, once the body failed (0: none).
+    failed: std::sync::atomic::AtomicU16,
+}
+
+impl Sending {
+    /// The client's fault in `outcome`, if it is one: the body failed (malformed or cut
+    /// short: 400; over the limit: 413), or the request timed out waiting for the client's
+    /// body (408).
+    fn fault<T>(&self, outcome: &Result<T, Failure>) -> Option<StatusCode> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match outcome {
+            Err(Failure::Upstream(http1::Error::Body(_))) => {
+                StatusCode::from_u16(self.failed.load(Relaxed)).ok()
+            }
+            Err(Failure::ConnectTimeout) if self.waiting.load(Relaxed) => {
+                Some(StatusCode::REQUEST_TIMEOUT)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A client's body, telling [`Sending`] how its reading goes.
+struct Watched {
+    body: Body,
+    sending: Arc<Sending>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        self.sending.waiting.store(polled.is_pending(), Relaxed);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else if e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
+                StatusCode::REQUEST_TIMEOUT
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            self.sending.failed.store(status.as_u16(), Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's place in its client's count (`max_connections_per_client`).
+struct ClientPlace(Option<(Clients, std::net::IpAddr)>);
+
+/// Open connections per client address.
+type Clients = Arc<std::sync::Mutex<crate::FastMap<std::net::IpAddr, u32>>>;
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let Some((clients, client)) = self.0.take() else {
+            return;
+        };
+        let mut open = clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&client);
+            }
+        }
     }
 }
 
@@ -746,13 +909,17 @@ fn upstream_request(
             consumer.group_id.as_deref(),
         ]
     });
-    let (mut earlier, mut declared) = (None, false);
+    let (mut earlier, mut declared) = (None, None);
     for (name, value) in &ctx.headers {
         if *name == X_FORWARDED_FOR {
             earlier.get_or_insert(value);
             continue;
         }
-        declared |= *name == header::CONTENT_LENGTH;
+        if *name == header::CONTENT_LENGTH {
+            // Repeated (or listed) lengths agree, or the server refused the request: one line.
+            declared = http1::content_length(declared, value.as_bytes()).unwrap_or(declared);
+            continue;
+        }
         let set_here = *name == header::HOST
             || SET_HERE.contains(name)
             || (consumer.is_some() && CONSUMER_HEADERS.contains(&name.as_str()));
@@ -785,11 +952,15 @@ fn upstream_request(
             request.header(name, value.as_bytes());
         }
     }
+    if let Some(length) = declared {
+        let mut digits = itoa::Buffer::new();
+        request.header("content-length", digits.format(length).as_bytes());
+    }
     if upgrade {
         request.header("connection", b"upgrade");
         request.header("upgrade", b"websocket");
     }
-    Ok((key, request.end(declared)))
+    Ok((key, request.end(declared.is_some())))
 }
 
 /// Joins the client's upgraded connection, once the 101 has reached it, to the upstream's.
@@ -929,7 +1100,15 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The HTML error page nginx (and so APISIX) answers 413/502/503/504 with.
+/// `response` closing its connection (a request the connection cannot be trusted after).
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The HTML error page nginx (and so APISIX) answers 400/413/502/503/504 with.
 fn error_page(status: StatusCode) -> Response<Body> {
     let title = format!(
         "{} {}",

@@ -34,11 +34,9 @@ use tokio_util::sync::CancellationToken;
 use super::http1::{READ_SIZE, RequestFields, Rewind, has_token};
 use super::{Body, BoxError, DataPlane, Outgoing, Peer, declared_length, empty, full};
 
-/// How long a client may take to send a request head, or stay idle between requests.
-pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much earlier than [`HEAD_TIMEOUT`] the idle timer may end: it is moved only when it
-/// would end this much too early, not for every request (moving a timer costs as much as
-/// parsing a request head).
+/// How much earlier than the head timeout an idle connection's timer may end: it is moved only
+/// when it would end this much too early, not for every request (moving a timer costs as much
+/// as parsing a request head).
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// The most header lines in a request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -51,12 +49,16 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let max_head = plane.limits.max_header_bytes.max(8192);
+    let head_timeout = plane.limits.head_timeout;
     let mut read = BytesMut::new();
     let mut out = Vec::new();
     let stop = shutdown.cancelled();
-    let idle = tokio::time::sleep(HEAD_TIMEOUT);
-    tokio::pin!(stop, idle);
+    // Ends an idle connection, or one whose request head is late.
+    let timer = tokio::time::sleep(head_timeout);
+    tokio::pin!(stop, timer);
     loop {
+        // When the first bytes of the next request's head came.
+        let mut head_began = false;
         // The next request: from what has been read, else from what the client sends next.
         let next = loop {
             match parse(&mut read) {
@@ -64,15 +66,23 @@ where
                 Parsed::Partial if read.len() < max_head => {}
                 _ => return hand_over(&plane, io, read.freeze(), peer, &shutdown).await,
             }
-            let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-            if idle.deadline() + TIMER_SLACK < deadline {
-                idle.as_mut().reset(deadline);
+            let now = tokio::time::Instant::now();
+            if read.is_empty() {
+                // Idle: the timer may end up to a second early.
+                if timer.deadline() + TIMER_SLACK < now + head_timeout {
+                    timer.as_mut().reset(now + head_timeout);
+                }
+            } else if !head_began {
+                // Part of a head: all of it is due within the timeout of its first bytes,
+                // however slowly the rest comes (a client dripping a line every few seconds).
+                head_began = true;
+                timer.as_mut().reset(now + head_timeout);
             }
             read.reserve(READ_SIZE);
             tokio::select! {
                 biased;
                 n = io.read_buf(&mut read) => if !matches!(n, Ok(1..)) { return },
-                () = &mut idle => return,
+                () = &mut timer => return,
                 () = &mut stop => return,
             }
         };

@@ -9,11 +9,13 @@ use axle_core::testing::Backends;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Gateway, KEY, spawn_gateway, spawn_gateway_on_etcd};
+use crate::helpers::{Gateway, KEY, spawn_gateway, spawn_gateway_on_etcd, spawn_gateway_with};
 
 on_every_backend!(racing_writes, racing_writes_leave_no_dangling_reference);
 async fn racing_writes_leave_no_dangling_reference(backends: Backends) {
-    race(Arc::new(spawn_gateway(backends).await)).await;
+    let gw = spawn_gateway(backends).await;
+    let other = spawn_gateway_with((*gw.config).clone()).await;
+    race(Arc::new(gw), Arc::new(other)).await;
 }
 
 #[tokio::test]
@@ -22,12 +24,14 @@ async fn racing_writes_on_etcd_leave_no_dangling_reference() {
         return;
     };
     let (gw, _dir) = spawn_gateway_on_etcd(&endpoint).await;
-    race(Arc::new(gw)).await;
+    let other = spawn_gateway_with((*gw.config).clone()).await;
+    race(Arc::new(gw), Arc::new(other)).await;
 }
 
 /// Twenty pairs each of a write naming a resource and the delete of that resource, sent at
-/// once: whichever wins, nothing may end up naming what is gone.
-async fn race(gw: Arc<Gateway>) {
+/// once — to one gateway, and through another on the same store, as two control planes do:
+/// whichever wins, nothing may end up naming what is gone.
+async fn race(gw: Arc<Gateway>, other: Arc<Gateway>) {
     const PAIRS: usize = 20;
     for i in 0..PAIRS {
         gw.put(
@@ -40,7 +44,7 @@ async fn race(gw: Arc<Gateway>) {
     }
     let mut pairs = Vec::new();
     for i in 0..PAIRS {
-        let (a, b, c, d) = (gw.clone(), gw.clone(), gw.clone(), gw.clone());
+        let (a, b, c, d) = (gw.clone(), other.clone(), gw.clone(), other.clone());
         pairs.push(tokio::spawn(async move {
             let route = json!({"uri": format!("/r{i}"), "upstream_id": format!("u{i}")});
             let path = format!("/apisix/admin/routes/r{i}");

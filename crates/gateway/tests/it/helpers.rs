@@ -28,6 +28,8 @@ pub struct Gateway {
     /// The Prometheus exporter.
     pub metrics: SocketAddr,
     pub client: reqwest::Client,
+    /// What it runs with (to start another gateway on the same store).
+    pub config: Arc<Config>,
     /// Stops the data plane and the platform's tasks (the store follower).
     stop: Vec<CancellationToken>,
     pub _platform: Option<TestPlatform>,
@@ -102,6 +104,7 @@ async fn start_gateway(platform: &Platform) -> Gateway {
         tls_proxy,
         metrics,
         client: reqwest::Client::new(),
+        config: platform.config.clone(),
         stop: vec![stop, platform.shutdown.clone()],
         _platform: None,
     }
@@ -418,4 +421,59 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} names {found:?}");
     found.first().copied()
+}
+
+/// One request off `stream` (head, and its body by `Content-Length` or chunked); `read` keeps
+/// what came after it.
+pub async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    read: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    let mut fill = async |read: &mut Vec<u8>| {
+        let mut buf = [0u8; 8192];
+        let n = tokio::io::AsyncReadExt::read(stream, &mut buf)
+            .await
+            .ok()
+            .filter(|&n| n > 0)?;
+        read.extend_from_slice(&buf[..n]);
+        Some(())
+    };
+    let end = loop {
+        if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(read).await?;
+    };
+    let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+    read.drain(..end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|n| n.trim().parse::<usize>().unwrap());
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            while !read.windows(2).any(|w| w == b"\r\n") {
+                fill(read).await?;
+            }
+            let line = read.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&read[..line]).unwrap(), 16).unwrap();
+            while read.len() < line + 2 + size + 2 {
+                fill(read).await?;
+            }
+            body.extend_from_slice(&read[line + 2..line + 2 + size]);
+            read.drain(..line + 2 + size + 2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        let length = length.unwrap_or(0);
+        while read.len() < length {
+            fill(read).await?;
+        }
+        read.drain(..length).collect()
+    };
+    Some((head, body))
 }

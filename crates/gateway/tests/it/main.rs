@@ -6,6 +6,7 @@
 mod admin;
 mod admin_guards;
 mod api_breaker;
+mod conformance;
 mod health;
 mod helpers;
 mod jwt_auth;

@@ -6,7 +6,7 @@ use axle_core::testing::Backends;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Gateway, Load, spawn_gateway, spawn_upstream, spawn_ws_echo};
+use crate::helpers::{Gateway, Load, read_request, spawn_gateway, spawn_upstream, spawn_ws_echo};
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -512,58 +512,6 @@ async fn spawn_scripted_node() -> (std::net::SocketAddr, Arc<std::sync::atomic::
         }
     });
     (addr, accepted)
-}
-
-/// One request off `stream` (head, and its body by `Content-Length` or chunked); `read` keeps
-/// what came after it.
-async fn read_request(
-    stream: &mut tokio::net::TcpStream,
-    read: &mut Vec<u8>,
-) -> Option<(String, Vec<u8>)> {
-    let mut fill = async |read: &mut Vec<u8>| {
-        let mut buf = [0u8; 8192];
-        let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
-        read.extend_from_slice(&buf[..n]);
-        Some(())
-    };
-    let end = loop {
-        if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        fill(read).await?;
-    };
-    let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
-    read.drain(..end);
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .map(|n| n.trim().parse::<usize>().unwrap());
-    let body = if head.contains("transfer-encoding: chunked") {
-        let mut body = Vec::new();
-        loop {
-            while !read.windows(2).any(|w| w == b"\r\n") {
-                fill(read).await?;
-            }
-            let line = read.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&read[..line]).unwrap(), 16).unwrap();
-            while read.len() < line + 2 + size + 2 {
-                fill(read).await?;
-            }
-            body.extend_from_slice(&read[line + 2..line + 2 + size]);
-            read.drain(..line + 2 + size + 2);
-            if size == 0 {
-                break body;
-            }
-        }
-    } else {
-        let length = length.unwrap_or(0);
-        while read.len() < length {
-            fill(read).await?;
-        }
-        read.drain(..length).collect()
-    };
-    Some((head, body))
 }
 
 /// The gateway's own HTTP/1.1 client against what nodes send: chunked bodies split anywhere,
