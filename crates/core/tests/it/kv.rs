@@ -97,6 +97,61 @@ async fn counters_and_values(kv: Kv) {
     assert_eq!(kv.get("k").await.unwrap(), None);
 }
 
+/// The three limits: events per window, a leaky bucket, places held at once.
+async fn limits(kv: Kv) {
+    let hour = Duration::from_secs(3600);
+    for expected in 1..=3 {
+        let counted = kv.count_in_window("window", hour).await.unwrap();
+        assert_eq!((counted.count, counted.previous), (expected, 0));
+        assert!(counted.elapsed_ms < 60_000);
+    }
+    // Windows follow on: the count of the one just before is kept.
+    let short = Duration::from_millis(300);
+    kv.count_in_window("short", short).await.unwrap();
+    kv.count_in_window("short", short).await.unwrap();
+    tokio::time::sleep(short).await; // the window itself has to pass
+    let next = kv.count_in_window("short", short).await.unwrap();
+    assert_eq!(next.count, 1, "{next:?}");
+    // Two, unless the machine stalled for a whole window more.
+    assert!(next.previous == 2 || next.previous == 0, "{next:?}");
+
+    // One a second, one more may wait: the first goes at once, the second waits about a
+    // second, the third is refused (and not added).
+    assert_eq!(kv.leak("bucket", 1.0, 1.0).await.unwrap(), Some(0.0));
+    let second = kv.leak("bucket", 1.0, 1.0).await.unwrap().unwrap();
+    assert!((0.9..=1.0).contains(&second), "{second}");
+    assert_eq!(kv.leak("bucket", 1.0, 1.0).await.unwrap(), None);
+    assert_eq!(kv.leak("other", 1.0, 1.0).await.unwrap(), Some(0.0));
+
+    // Two places: taken, refused, given back; and a holder's place lapses.
+    assert_eq!(kv.enter("places", "a", 2, hour).await.unwrap(), Some(1));
+    assert_eq!(kv.enter("places", "b", 2, hour).await.unwrap(), Some(2));
+    assert_eq!(kv.enter("places", "c", 2, hour).await.unwrap(), None);
+    kv.leave("places", "a").await.unwrap();
+    assert_eq!(kv.enter("places", "c", 2, hour).await.unwrap(), Some(2));
+    let brief = Duration::from_millis(200);
+    assert_eq!(
+        kv.enter("lapsing", "gone", 1, brief).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(kv.enter("lapsing", "next", 1, hour).await.unwrap(), None);
+    eventually(5, "a dead holder's place to come back", || async {
+        kv.enter("lapsing", "next", 1, hour).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_limits() {
+    limits(kv(None).await).await;
+}
+
+#[tokio::test]
+async fn redis_limits() {
+    let Some(url) = redis_url() else { return };
+    limits(kv(Some(url)).await).await;
+}
+
 #[tokio::test]
 async fn memory_lock_with_fencing() {
     lock_with_fencing(kv(None).await).await;

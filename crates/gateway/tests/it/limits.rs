@@ -1,12 +1,12 @@
-//! The traffic limits through the data plane: limit-count (local and in Redis), limit-req and
-//! limit-conn.
+//! The traffic limits through the data plane: limit-count, limit-req and limit-conn, each
+//! local and in Redis (shared by two gateways).
 
 use std::time::{Duration, Instant};
 
-use axle_core::testing::Backends;
-use serde_json::json;
+use axle_core::testing::{Backends, eventually};
+use serde_json::{Value, json};
 
-use crate::helpers::{get, spawn_gateway, spawn_upstream};
+use crate::helpers::{Gateway, get, spawn_gateway, spawn_upstream};
 
 #[tokio::test]
 async fn limit_count_counts_per_route_or_group_and_says_what_is_left() {
@@ -330,5 +330,122 @@ async fn limit_conn_holds_places_until_the_response_is_done() {
         results[1].2 >= Duration::from_millis(1000),
         "the second waited its delay: {:?}",
         results[1].2
+    );
+}
+
+/// Where the test Redis is, as the `redis_host` and `redis_port` of a limit; None when unset.
+fn test_redis() -> Option<(String, u16)> {
+    let url = axle_core::testing::redis_url()?;
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    Some((host.to_string(), port.parse().unwrap()))
+}
+
+/// The same route on both gateways, with `plugins`.
+async fn on_both(gws: [&Gateway; 2], uri: &str, plugins: Value, up: std::net::SocketAddr) {
+    for gw in gws {
+        gw.put(
+            &format!("/apisix/admin/routes/{}", uri.trim_start_matches('/')),
+            json!({"uri": uri, "plugins": plugins, "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn limit_req_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
+    let Some((host, port)) = test_redis() else {
+        return;
+    };
+    let (one, two) = (
+        spawn_gateway(Backends::embedded()).await,
+        spawn_gateway(Backends::embedded()).await,
+    );
+    let up = spawn_upstream("up").await;
+    let key = format!("run-{}", uuid::Uuid::new_v4());
+    // One request a minute, two more may wait: four at once, one refused — whichever
+    // gateway they come through.
+    let limit = json!({"limit-req": {"rate": 1.0 / 60.0, "burst": 2, "nodelay": true,
+        "key_type": "constant", "key": key, "rejected_code": 429,
+        "policy": "redis", "redis_host": host, "redis_port": port}});
+    on_both([&one, &two], "/req", limit, up).await;
+    let down = |degrade: bool| {
+        json!({"limit-req": {"rate": 1, "burst": 0, "key": "remote_addr", "policy": "redis",
+            "redis_host": "127.0.0.1", "redis_port": 1, "redis_timeout": 200,
+            "allow_degradation": degrade}})
+    };
+    on_both([&one, &two], "/req-degrade", down(true), up).await;
+    on_both([&one, &two], "/req-strict", down(false), up).await;
+    one.wait_for("/req-strict", 500).await;
+    two.wait_for("/req-strict", 500).await;
+
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        statuses.push(get(gw, "/req", &[]).await.0);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429],
+        "one bucket for both"
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&one, "/req-degrade", &[]).await.0, 200);
+    }
+    let (status, body, _) = get(&two, "/req-strict", &[]).await;
+    assert_eq!(
+        (status, body),
+        (500, json!({"message": "failed to limit req"}))
+    );
+}
+
+#[tokio::test]
+async fn limit_conn_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
+    let Some((host, port)) = test_redis() else {
+        return;
+    };
+    let (one, two) = (
+        spawn_gateway(Backends::embedded()).await,
+        spawn_gateway(Backends::embedded()).await,
+    );
+    let up = spawn_upstream("up").await;
+    let key = format!("run-{}", uuid::Uuid::new_v4());
+    let limit = json!({"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+        "key_type": "constant", "key": key, "rejected_code": 429,
+        "policy": "redis", "redis_host": host, "redis_port": port}});
+    on_both([&one, &two], "/conn", limit, up).await;
+    let down = |degrade: bool| {
+        json!({"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+            "key": "remote_addr", "policy": "redis", "redis_host": "127.0.0.1",
+            "redis_port": 1, "redis_timeout": 200, "allow_degradation": degrade}})
+    };
+    on_both([&one, &two], "/conn-degrade", down(true), up).await;
+    on_both([&one, &two], "/conn-strict", down(false), up).await;
+    one.wait_for("/conn-strict", 500).await;
+    two.wait_for("/conn-strict", 500).await;
+
+    // A response still on its way through one gateway holds the only place: the other refuses.
+    let dripping = one
+        .client
+        .get(one.url("/conn?drip_ms=600"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dripping.status(), 200);
+    assert_eq!(get(&two, "/conn", &[]).await.0, 429);
+    assert!(dripping.text().await.unwrap().contains("upstream"));
+    // Given back with the response: either gateway serves again.
+    eventually(5, "the place to be given back", || async {
+        (get(&two, "/conn", &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(&one, "/conn", &[]).await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&one, "/conn-degrade", &[]).await.0, 200);
+    }
+    let (status, body, _) = get(&two, "/conn-strict", &[]).await;
+    assert_eq!(
+        (status, body),
+        (500, json!({"message": "failed to limit conn"}))
     );
 }

@@ -2,23 +2,19 @@
 //! per route — or per `group`, shared by every route naming it. A window starts with its first request, as APISIX's do, and the next
 //! follows on from it; `window_type: sliding` weighs the previous window's count by how much of
 //! it still overlaps.
-//!
-//! `policy: local` counts in this gateway process (counters outlive configuration changes);
-//! `policy: redis` counts in Redis with one atomic script per request, so every gateway node
-//! sharing that Redis holds the same limit. When Redis is unreachable the request gets a 500, or
-//! passes uncounted with `allow_degradation`; the outage is logged once, and no request waits
-//! longer than `redis_timeout`.
+//! Local counters outlive configuration changes; `policy: redis` counts with
+//! `core::kv`'s windows (see [`super`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Key, KeyType, Rejection};
+use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
 use crate::plugins::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -43,13 +39,13 @@ pub(crate) struct Config {
     show_limit_quota_header: bool,
     group: Option<String>,
     redis_host: Option<String>,
-    #[serde(default = "default_redis_port")]
+    #[serde(default = "super::default_redis_port")]
     redis_port: u16,
     redis_username: Option<String>,
     redis_password: Option<String>,
     #[serde(default)]
     redis_database: u32,
-    #[serde(default = "default_redis_timeout")]
+    #[serde(default = "super::default_redis_timeout")]
     redis_timeout: u64,
     #[serde(default)]
     redis_ssl: bool,
@@ -65,29 +61,12 @@ enum WindowType {
     Sliding,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-enum Policy {
-    #[default]
-    Local,
-    Redis,
-    RedisCluster,
-}
-
 fn default_key() -> String {
     "remote_addr".into()
 }
 
 fn yes() -> bool {
     true
-}
-
-fn default_redis_port() -> u16 {
-    6379
-}
-
-fn default_redis_timeout() -> u64 {
-    1000
 }
 
 #[derive(Debug)]
@@ -97,7 +76,7 @@ struct LimitCount {
     sliding: bool,
     key: Key,
     group: Option<String>,
-    redis: Option<Arc<RedisCounter>>,
+    redis: Option<SharedRedis>,
 }
 
 /// The limit, and how a request over it is answered.
@@ -121,42 +100,9 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
             crate::resource::MAX_SECONDS
         ));
     }
-    if !(1..=60_000).contains(&c.redis_timeout) {
-        return Err("redis_timeout: milliseconds within 1 and 60000 expected".into());
-    }
+    let redis = SharedRedis::of("limit-count", c.policy, c.redis(), c.allow_degradation)?;
     let rejected = Rejection::new(c.rejected_code, c.rejected_msg)?;
     let key = Key::parse(c.key_type, &c.key)?;
-    let redis = match c.policy {
-        Policy::Local => None,
-        Policy::RedisCluster => return Err("policy: redis-cluster is not supported yet".into()),
-        Policy::Redis => {
-            let host = c.redis_host.as_deref().filter(|h| !h.is_empty());
-            let host = host.ok_or("redis_host: required when policy is redis")?;
-            let scheme = if c.redis_ssl { "rediss" } else { "redis" };
-            let auth = match (&c.redis_username, &c.redis_password) {
-                (Some(user), Some(password)) => format!("{user}:{password}@"),
-                (None, Some(password)) => format!(":{password}@"),
-                _ => String::new(),
-            };
-            let insecure = if c.redis_ssl && !c.redis_ssl_verify {
-                "#insecure"
-            } else {
-                ""
-            };
-            let url = format!(
-                "{scheme}://{auth}{host}:{}/{}{insecure}",
-                c.redis_port, c.redis_database
-            );
-            let client = redis::Client::open(url).map_err(|e| format!("redis_host: {e}"))?;
-            Some(Arc::new(RedisCounter {
-                client,
-                timeout: Duration::from_millis(c.redis_timeout.max(1)),
-                connection: tokio::sync::OnceCell::new(),
-                degraded: AtomicBool::new(false),
-                allow_degradation: c.allow_degradation,
-            }))
-        }
-    };
     Ok(Arc::new(LimitCount {
         quota: Arc::new(Quota {
             count: c.count,
@@ -170,6 +116,21 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         group: c.group,
         redis,
     }))
+}
+
+impl Config {
+    fn redis(&self) -> RedisFields<'_> {
+        RedisFields {
+            host: self.redis_host.as_deref(),
+            port: self.redis_port,
+            username: self.redis_username.as_deref(),
+            password: self.redis_password.as_deref(),
+            database: self.redis_database,
+            timeout: self.redis_timeout,
+            ssl: self.redis_ssl,
+            ssl_verify: self.redis_ssl_verify,
+        }
+    }
 }
 
 /// What counting one more request found.
@@ -234,15 +195,16 @@ impl Plugin for LimitCount {
             };
         };
         Flow::Wait(Box::pin(async move {
-            let judged = match redis.count(&counter, self.window, self.sliding).await {
-                Some(count) => self.quota.judge(count, &mut ctx.response_headers),
-                None if redis.allow_degradation => Ok(()),
-                None => Err(Reply::message(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "failed to limit count",
-                )),
+            let key = format!("plugin-limit-count:{counter}");
+            let counted = redis
+                .run(|kv| async move { kv.count_in_window(&key, self.window).await })
+                .await;
+            let Some(w) = counted else {
+                return redis.unreachable();
             };
-            judged.err()
+            let length_ms = (self.window.as_millis() as u64).max(1);
+            let count = weigh(w.count, w.previous, w.elapsed_ms, length_ms, self.sliding);
+            self.quota.judge(count, &mut ctx.response_headers).err()
         }))
     }
 }
@@ -318,85 +280,6 @@ fn weigh(count: u64, previous: u64, elapsed_ms: u64, length_ms: u64, sliding: bo
     Count {
         used: count as f64 + overlap,
         reset_ms: length_ms.saturating_sub(elapsed_ms),
-    }
-}
-
-/// Counts in Redis, as the local counters do, in one script on Redis's clock so every node
-/// agrees on the windows: a hash of the window's start, its count and the previous one's.
-const COUNT_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local length = tonumber(ARGV[1])
-local w = redis.call('HMGET', KEYS[1], 'start', 'count', 'previous')
-local start, count, previous = tonumber(w[1]), tonumber(w[2]) or 0, tonumber(w[3]) or 0
-if not start then
-  start, count, previous = now, 0, 0
-elseif now - start >= length then
-  local passed = math.floor((now - start) / length)
-  if passed == 1 then previous = count else previous = 0 end
-  start, count = start + passed * length, 0
-end
-count = count + 1
-redis.call('HSET', KEYS[1], 'start', start, 'count', count, 'previous', previous)
-redis.call('PEXPIRE', KEYS[1], length * 2)
-return {count, previous, now - start}
-";
-
-#[derive(Debug)]
-struct RedisCounter {
-    client: redis::Client,
-    timeout: Duration,
-    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
-    /// Set while Redis is unreachable, so the outage is logged once.
-    degraded: AtomicBool,
-    allow_degradation: bool,
-}
-
-impl RedisCounter {
-    /// None when Redis did not answer within the timeout.
-    async fn count(&self, counter: &str, window: Duration, sliding: bool) -> Option<Count> {
-        let length_ms = (window.as_millis() as u64).max(1);
-        let counted = tokio::time::timeout(self.timeout, async {
-            let mut conn = self
-                .connection
-                .get_or_try_init(|| {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout))
-                        .set_number_of_retries(1);
-                    self.client.get_connection_manager_with_config(config)
-                })
-                .await?
-                .clone();
-            redis::Script::new(COUNT_SCRIPT)
-                .key(format!("plugin-limit-count:{counter}"))
-                .arg(length_ms)
-                .invoke_async::<(u64, u64, u64)>(&mut conn)
-                .await
-        })
-        .await;
-        match counted {
-            Ok(Ok((count, previous, elapsed))) => {
-                if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("limit-count: redis reachable again");
-                }
-                Some(weigh(count, previous, elapsed, length_ms, sliding))
-            }
-            failed => {
-                if !self.degraded.swap(true, Ordering::Relaxed) {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".to_string(),
-                    };
-                    tracing::error!(
-                        error,
-                        allow_degradation = self.allow_degradation,
-                        "limit-count: redis unreachable"
-                    );
-                }
-                None
-            }
-        }
     }
 }
 

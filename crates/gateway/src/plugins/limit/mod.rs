@@ -2,11 +2,23 @@
 //! leaky bucket) and `limit-conn` (requests in flight). Each counts per key — a variable, a
 //! combination of variables, or a constant — per route, and answers the requests over its limit
 //! with `rejected_code` and `rejected_msg`.
+//!
+//! Each counts in this gateway process (`policy: local`, the default), or in Redis
+//! (`policy: redis`, with APISIX's `redis_*` fields) so that every gateway sharing that Redis
+//! holds one limit: through `core::kv`, whose scripts keep the count atomic and on Redis's
+//! clock. No request waits on Redis longer than `redis_timeout`; when it does not answer, the
+//! request gets a 500, or passes uncounted with `allow_degradation`, and the outage is logged
+//! once.
 
 pub mod conn;
 pub mod count;
 pub mod req;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axle_core::kv::{Kv, KvError, RedisKv};
 use http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -121,12 +133,149 @@ pub(super) fn default_code() -> u16 {
     503
 }
 
-/// The `policy` of limit-req and limit-conn: they count in this gateway process only, for now.
-pub(super) fn check_local(policy: Option<&str>) -> Result<(), String> {
-    match policy {
-        None | Some("local") => Ok(()),
-        Some(other) => Err(format!(
-            "policy: {other:?} is not supported by this plugin yet; only \"local\" is"
-        )),
+/// Where a limit counts (`policy`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Policy {
+    #[default]
+    Local,
+    Redis,
+    RedisCluster,
+}
+
+/// APISIX's `redis_*` fields, as a limit's configuration holds them.
+#[derive(Debug)]
+pub(super) struct RedisFields<'a> {
+    pub host: Option<&'a str>,
+    pub port: u16,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub database: u32,
+    /// Milliseconds.
+    pub timeout: u64,
+    pub ssl: bool,
+    pub ssl_verify: bool,
+}
+
+pub(super) fn default_redis_port() -> u16 {
+    6379
+}
+
+pub(super) fn default_redis_timeout() -> u64 {
+    1000
+}
+
+/// The Redis a limit counts in under `policy: redis`, connected on first use.
+#[derive(Debug)]
+pub(super) struct SharedRedis {
+    plugin: &'static str,
+    url: String,
+    timeout: Duration,
+    kv: tokio::sync::OnceCell<Kv>,
+    /// Set while Redis is unreachable, so the outage is logged once.
+    degraded: AtomicBool,
+    /// Whether requests pass uncounted while Redis is unreachable.
+    pub allow_degradation: bool,
+}
+
+impl SharedRedis {
+    /// The Redis `policy` names, when it names one.
+    pub(super) fn of(
+        plugin: &'static str,
+        policy: Policy,
+        fields: RedisFields<'_>,
+        allow_degradation: bool,
+    ) -> Result<Option<SharedRedis>, String> {
+        let host = match policy {
+            Policy::Local => return Ok(None),
+            Policy::RedisCluster => return Err("policy: redis-cluster is not supported yet".into()),
+            Policy::Redis => fields.host.filter(|h| !h.is_empty()),
+        };
+        let host = host.ok_or("redis_host: required when policy is redis")?;
+        if !(1..=60_000).contains(&fields.timeout) {
+            return Err("redis_timeout: milliseconds within 1 and 60000 expected".into());
+        }
+        let scheme = if fields.ssl { "rediss" } else { "redis" };
+        let auth = match (fields.username, fields.password) {
+            (Some(user), Some(password)) => format!("{user}:{password}@"),
+            (None, Some(password)) => format!(":{password}@"),
+            _ => String::new(),
+        };
+        let insecure = if fields.ssl && !fields.ssl_verify {
+            "#insecure"
+        } else {
+            ""
+        };
+        let url = format!(
+            "{scheme}://{auth}{host}:{}/{}{insecure}",
+            fields.port, fields.database
+        );
+        redis::Client::open(url.as_str()).map_err(|e| format!("redis_host: {e}"))?;
+        Ok(Some(SharedRedis {
+            plugin,
+            url,
+            timeout: Duration::from_millis(fields.timeout),
+            kv: tokio::sync::OnceCell::new(),
+            degraded: AtomicBool::new(false),
+            allow_degradation,
+        }))
+    }
+
+    /// What `op` gets from Redis, or None when Redis did not answer within the timeout.
+    pub(super) async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(Kv) -> Fut,
+        Fut: Future<Output = Result<T, KvError>>,
+    {
+        let answered = tokio::time::timeout(self.timeout, async {
+            let kv = self
+                .kv
+                .get_or_try_init(|| async {
+                    RedisKv::connect_with_timeout(&self.url, "", self.timeout)
+                        .await
+                        .map(Kv::Redis)
+                })
+                .await?
+                .clone();
+            op(kv).await
+        })
+        .await;
+        match answered {
+            Ok(Ok(value)) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(plugin = self.plugin, "limit: redis reachable again");
+                }
+                Some(value)
+            }
+            failed => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::error!(
+                        plugin = self.plugin,
+                        error,
+                        allow_degradation = self.allow_degradation,
+                        "limit: redis unreachable"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The answer to a request Redis could not count: none (it passes) with
+    /// `allow_degradation`, else a 500.
+    pub(super) fn unreachable(&self) -> Option<Reply> {
+        (!self.allow_degradation).then(|| {
+            Reply::message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "failed to limit {}",
+                    self.plugin.trim_start_matches("limit-")
+                ),
+            )
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! `limit-req` (priority 1001): nginx's leaky bucket. Requests drain at `rate` per second per
 //! key; up to `burst` more may queue, each delayed until its turn (or sent at once with
-//! `nodelay`), and the rest are rejected. A rejected request does not fill the bucket.
+//! `nodelay`), and the rest are rejected. A rejected request does not fill the bucket. With
+//! `policy: redis` the bucket is `core::kv`'s, shared by every gateway on that Redis.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Key, KeyType, Rejection};
+use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
 use crate::plugins::{Ctx, Flow, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -26,10 +27,39 @@ pub(crate) struct Config {
     rejected_msg: Option<String>,
     #[serde(default)]
     nodelay: bool,
-    /// For shared policies; a local bucket cannot be unreachable.
+    /// Whether requests pass while the Redis of `policy: redis` is unreachable.
     #[serde(default)]
     allow_degradation: bool,
-    policy: Option<String>,
+    #[serde(default)]
+    policy: Policy,
+    redis_host: Option<String>,
+    #[serde(default = "super::default_redis_port")]
+    redis_port: u16,
+    redis_username: Option<String>,
+    redis_password: Option<String>,
+    #[serde(default)]
+    redis_database: u32,
+    #[serde(default = "super::default_redis_timeout")]
+    redis_timeout: u64,
+    #[serde(default)]
+    redis_ssl: bool,
+    #[serde(default)]
+    redis_ssl_verify: bool,
+}
+
+impl Config {
+    fn redis(&self) -> RedisFields<'_> {
+        RedisFields {
+            host: self.redis_host.as_deref(),
+            port: self.redis_port,
+            username: self.redis_username.as_deref(),
+            password: self.redis_password.as_deref(),
+            database: self.redis_database,
+            timeout: self.redis_timeout,
+            ssl: self.redis_ssl,
+            ssl_verify: self.redis_ssl_verify,
+        }
+    }
 }
 
 /// Requests per second no limit needs to go beyond.
@@ -42,6 +72,7 @@ struct LimitReq {
     key: Key,
     rejected: Rejection,
     nodelay: bool,
+    redis: Option<SharedRedis>,
 }
 
 pub(crate) fn build(config: &Value) -> Result<std::sync::Arc<dyn Plugin>, String> {
@@ -52,9 +83,9 @@ pub(crate) fn build(config: &Value) -> Result<std::sync::Arc<dyn Plugin>, String
     if !(c.burst >= 0.0 && c.burst <= MAX_RATE) {
         return Err(format!("burst: 0 up to {MAX_RATE} expected"));
     }
-    super::check_local(c.policy.as_deref())?;
-    let _ = c.allow_degradation;
+    let redis = SharedRedis::of("limit-req", c.policy, c.redis(), c.allow_degradation)?;
     Ok(std::sync::Arc::new(LimitReq {
+        redis,
         rate: c.rate,
         burst: c.burst,
         key: Key::parse(c.key_type, &c.key)?,
@@ -74,15 +105,38 @@ impl Plugin for LimitReq {
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let key = self.key.counter(ctx, None);
-        let Some(excess) = ctx.shared.buckets.pour(key, self.rate, self.burst) else {
-            return Flow::Reply(self.rejected.reply());
+        let Some(redis) = &self.redis else {
+            return match ctx.shared.buckets.pour(key, self.rate, self.burst) {
+                Some(excess) => self.queued(excess),
+                None => Flow::Reply(self.rejected.reply()),
+            };
         };
-        // Queued behind `excess` requests, each taking 1/rate seconds to drain.
-        let delay = super::delay(excess / self.rate);
+        Flow::Wait(Box::pin(async move {
+            let key = format!("plugin-limit-req:{key}");
+            let (rate, burst) = (self.rate, self.burst);
+            let poured = redis
+                .run(|kv| async move { kv.leak(&key, rate, burst).await })
+                .await;
+            match poured {
+                None => redis.unreachable(),
+                Some(None) => Some(self.rejected.reply()),
+                Some(Some(excess)) => match self.queued(excess) {
+                    Flow::Wait(wait) => wait.await,
+                    _ => None,
+                },
+            }
+        }))
+    }
+}
+
+impl LimitReq {
+    /// A request queued behind `excess` others, each taking 1/rate seconds to drain: it waits
+    /// its turn, unless `nodelay`.
+    fn queued(&self, excess: f64) -> Flow<'static> {
         if self.nodelay {
             return Flow::Next;
         }
-        super::after(delay)
+        super::after(super::delay(excess / self.rate))
     }
 }
 
