@@ -44,6 +44,7 @@ fn lookup(snapshot: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
         scheme: "http",
         server_port: 9080,
         consumer_name: None,
+        jwt_payload: None,
     };
     snapshot.router.find(&request).is_some()
 }

@@ -4,7 +4,8 @@
 //! holds when all hold; a list may start with `"AND"`, `"OR"`, `"!AND"` or `"!OR"` and then
 //! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
 //! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `consumer_name`, `arg_<name>`,
-//! `http_<header>` (lower case, `-` as `_`) and `cookie_<name>`. Operators: `==`, `~=`, `>`,
+//! `http_<header>` (lower case, `-` as `_`) and `cookie_<name>`; and Axle's `jwt_claim_<name>`,
+//! a claim of the token jwt-auth verified when it keeps the payload (`store_in_ctx`). Operators: `==`, `~=`, `>`,
 //! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
 
 use std::borrow::Cow;
@@ -29,6 +30,8 @@ pub struct Request<'a> {
     pub server_port: u16,
     /// The authenticated consumer's username, once an authentication plugin has run.
     pub consumer_name: Option<&'a str>,
+    /// The payload of the token jwt-auth verified, when it keeps it (`store_in_ctx`).
+    pub jwt_payload: Option<&'a serde_json::Map<String, Value>>,
 }
 
 impl<'a> Request<'a> {
@@ -94,6 +97,7 @@ pub enum Var {
     ServerPort,
     QueryString,
     ConsumerName,
+    JwtClaim(String),
     Arg(String),
     Header(String),
     Cookie(String),
@@ -112,7 +116,9 @@ impl Var {
             "query_string" | "args" => Var::QueryString,
             "consumer_name" => Var::ConsumerName,
             _ => {
-                if let Some(arg) = name.strip_prefix("arg_") {
+                if let Some(claim) = name.strip_prefix("jwt_claim_") {
+                    Var::JwtClaim(claim.to_string())
+                } else if let Some(arg) = name.strip_prefix("arg_") {
                     Var::Arg(arg.to_string())
                 } else if let Some(header) = name.strip_prefix("http_") {
                     Var::Header(header.to_ascii_lowercase().replace('_', "-"))
@@ -139,6 +145,11 @@ impl Var {
             Var::ServerPort => Some(Cow::Owned(r.server_port.to_string())),
             Var::QueryString => r.query.map(Cow::Borrowed),
             Var::ConsumerName => r.consumer_name.map(Cow::Borrowed),
+            Var::JwtClaim(name) => match r.jwt_payload?.get(name)? {
+                Value::String(text) => Some(Cow::Borrowed(text)),
+                Value::Null => None,
+                other => Some(Cow::Owned(other.to_string())),
+            },
             Var::Arg(name) => r.arg(name),
             Var::Header(name) => r
                 .headers
@@ -369,6 +380,7 @@ mod tests {
             scheme: "http",
             server_port: 9080,
             consumer_name: None,
+            jwt_payload: None,
         };
         Vars::compile(&vars).unwrap().matches(&request)
     }

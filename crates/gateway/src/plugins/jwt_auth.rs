@@ -43,9 +43,12 @@ pub(crate) struct Config {
     hide_credentials: bool,
     #[serde(default = "default_key_claim")]
     key_claim_name: String,
-    /// APISIX keeps the payload for its serverless functions; Axle has none to give it to.
+    /// Keeps the verified token's payload for the plugins after this one (`$jwt_claim_*`).
     #[serde(default)]
     store_in_ctx: bool,
+    /// The realm of the `WWW-Authenticate` challenge on a 401.
+    #[serde(default = "default_jwt")]
+    realm: String,
     anonymous_consumer: Option<String>,
     #[serde(default = "default_claims")]
     claims_to_verify: Vec<Claim>,
@@ -84,6 +87,9 @@ struct JwtAuth {
     anonymous_consumer: Option<String>,
     verify_exp: bool,
     verify_nbf: bool,
+    store_in_ctx: bool,
+    /// `WWW-Authenticate` on a 401: `Bearer realm="<realm>"`.
+    challenge: HeaderValue,
 }
 
 /// The consumer side, as APISIX has it, plus the JWKS fields.
@@ -277,8 +283,10 @@ fn url_is_http(uri: &str) -> Option<reqwest::Url> {
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    let _ = c.store_in_ctx;
     Ok(Arc::new(JwtAuth {
+        store_in_ctx: c.store_in_ctx,
+        challenge: HeaderValue::from_str(&format!("Bearer realm=\"{}\"", c.realm))
+            .map_err(|_| "realm: not valid in a header".to_string())?,
         header: HeaderName::from_bytes(c.header.as_bytes())
             .map_err(|_| format!("header: {:?} is not a header name", c.header))?,
         query: c.query,
@@ -308,13 +316,16 @@ impl Plugin for JwtAuth {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "failed to fetch the key set to verify jwt",
                 )),
-                Err(Failure::Unauthorized(message)) => match &self.anonymous_consumer {
-                    Some(name) => match ctx.authenticate_anonymous(name) {
-                        Flow::Reply(reply) => Some(reply),
-                        _ => None,
-                    },
-                    None => Some(Reply::message(StatusCode::UNAUTHORIZED, &message)),
-                },
+                Err(Failure::Unauthorized(message)) => {
+                    let refused = match &self.anonymous_consumer {
+                        Some(name) => match ctx.authenticate_anonymous(name) {
+                            Flow::Reply(reply) => reply,
+                            _ => return None,
+                        },
+                        None => Reply::message(StatusCode::UNAUTHORIZED, &message),
+                    };
+                    Some(refused.challenging(&self.challenge))
+                }
             }
         }))
     }
@@ -377,6 +388,9 @@ impl JwtAuth {
             return Err("failed to verify jwt".into());
         }
         ctx.authenticate(credential);
+        if self.store_in_ctx {
+            ctx.jwt_payload = Some(Box::new(payload));
+        }
         if self.hide_credentials {
             match source {
                 Source::Header => {

@@ -1,10 +1,11 @@
 //! `key-auth` (priority 2500): the client names itself by a key in a header (`apikey` by
 //! default) or, failing that, a query argument; the key is looked up among the consumers'
-//! key-auth credentials.
+//! key-auth credentials. A 401 carries the challenge `WWW-Authenticate: apikey realm="key"`
+//! (`realm`, as APISIX 3.15).
 
 use std::sync::Arc;
 
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,11 +22,16 @@ pub(crate) struct Config {
     #[serde(default)]
     hide_credentials: bool,
     anonymous_consumer: Option<String>,
-    realm: Option<String>,
+    #[serde(default = "default_realm")]
+    realm: String,
 }
 
 fn default_name() -> String {
     "apikey".into()
+}
+
+fn default_realm() -> String {
+    "key".into()
 }
 
 #[derive(Debug)]
@@ -34,6 +40,8 @@ struct KeyAuth {
     query: String,
     hide_credentials: bool,
     anonymous_consumer: Option<String>,
+    /// `WWW-Authenticate` on a 401: `apikey realm="<realm>"`.
+    challenge: HeaderValue,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -53,8 +61,9 @@ pub(super) fn check_consumer(config: &Value) -> Result<super::Prepared, String> 
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    let _ = c.realm; // 401s from key-auth carry no WWW-Authenticate challenge
     Ok(Arc::new(KeyAuth {
+        challenge: HeaderValue::from_str(&format!("apikey realm=\"{}\"", c.realm))
+            .map_err(|_| "realm: not valid in a header".to_string())?,
         header: HeaderName::from_bytes(c.header.as_bytes())
             .map_err(|_| format!("header: {:?} is not a header name", c.header))?,
         query: c.query,
@@ -94,9 +103,13 @@ impl Plugin for KeyAuth {
                 None => "Invalid API key in request",
             },
         };
-        match &self.anonymous_consumer {
-            Some(name) => ctx.authenticate_anonymous(name),
-            None => Flow::Reply(Reply::message(StatusCode::UNAUTHORIZED, failure)),
-        }
+        let refused = match &self.anonymous_consumer {
+            Some(name) => match ctx.authenticate_anonymous(name) {
+                Flow::Reply(reply) => reply,
+                flow => return flow,
+            },
+            None => Reply::message(StatusCode::UNAUTHORIZED, failure),
+        };
+        Flow::Reply(refused.challenging(&self.challenge))
     }
 }

@@ -130,6 +130,9 @@ pub struct Ctx {
     pub mirror: Option<Mirror>,
     /// The request's span, when opentelemetry traces it.
     pub trace: Option<Trace>,
+    /// The payload of the token jwt-auth verified, kept for the plugins after it when the
+    /// route asks (`store_in_ctx`; APISIX's `ctx.jwt_auth_payload`), as `$jwt_claim_<name>`.
+    pub jwt_payload: Option<Box<serde_json::Map<String, Value>>>,
 }
 
 impl Ctx {
@@ -144,6 +147,7 @@ impl Ctx {
             scheme: self.scheme,
             server_port: self.server_port,
             consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
+            jwt_payload: self.jwt_payload.as_deref(),
         }
     }
 
@@ -204,6 +208,14 @@ impl Reply {
     /// APISIX plugins' error body: `{"message": "..."}`.
     pub fn message(status: StatusCode, message: &str) -> Reply {
         Reply::json(status, &serde_json::json!({ "message": message }))
+    }
+
+    /// This reply with an authentication plugin's `WWW-Authenticate` challenge (RFC 9110
+    /// §11.6.1), as a 401 carries.
+    pub fn challenging(mut self, challenge: &HeaderValue) -> Reply {
+        self.headers
+            .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+        self
     }
 
     pub fn json(status: StatusCode, body: &Value) -> Reply {
@@ -888,6 +900,7 @@ mod tests {
             scheme: "http",
             server_port: 1,
             consumer_name: None,
+            jwt_payload: None,
         };
         let t = Template::parse("/v2$uri?x=$arg_x&$1-${host}$").unwrap();
         assert!(Template::parse("$nope").is_err());

@@ -351,6 +351,7 @@ impl DataPlane {
             held: Vec::new(),
             mirror: None,
             trace: None,
+            jwt_payload: None,
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {

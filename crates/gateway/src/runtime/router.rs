@@ -402,6 +402,7 @@ mod tests {
                 scheme: "http",
                 server_port: 80,
                 consumer_name: None,
+                jwt_payload: None,
             };
             let reference = build();
             let router = Router::new(build());

@@ -517,6 +517,7 @@ mod tests {
             scheme: "http",
             server_port: 80,
             consumer_name: None,
+            jwt_payload: None,
         }
     }
 

@@ -545,3 +545,57 @@ async fn jwt_auth_fetches_key_sets_over_https() {
         "refused in the handshake"
     );
 }
+
+/// `store_in_ctx` keeps the verified payload for the plugins after jwt-auth (here
+/// proxy-rewrite, through `$jwt_claim_*`); a 401 challenges the client with the realm, as
+/// APISIX's jwt-auth and key-auth do.
+#[tokio::test]
+async fn the_payload_is_kept_when_asked_and_refusals_name_their_realm() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/consumers",
+        json!({"username": "jack", "plugins": {
+            "jwt-auth": {"key": "jack-key", "secret": "jack-hs256-secret"},
+            "key-auth": {"key": "jack-api-key"}}}),
+    )
+    .await;
+    let rewrite =
+        json!({"headers": {"set": {"x-sub": "$jwt_claim_sub", "x-tier": "$jwt_claim_tier"}}});
+    for (uri, store) in [("/kept", true), ("/dropped", false)] {
+        gw.put(
+            &format!("/apisix/admin/routes{uri}"),
+            json!({"uri": uri, "upstream": {"nodes": {up.to_string(): 1}},
+                   "plugins": {"jwt-auth": {"store_in_ctx": store}, "proxy-rewrite": rewrite}}),
+        )
+        .await;
+    }
+    gw.put(
+        "/apisix/admin/routes/keyed",
+        json!({"uri": "/keyed", "upstream": {"nodes": {up.to_string(): 1}},
+               "plugins": {"key-auth": {"realm": "vehicles"}}}),
+    )
+    .await;
+    gw.wait_for("/keyed", 401).await;
+
+    let key = EncodingKey::from_secret(b"jack-hs256-secret");
+    let claims = json!({"key": "jack-key", "sub": "user-7", "tier": 2, "exp": now() + 60});
+    let token = format!("Bearer {}", sign(Algorithm::HS256, &key, None, claims));
+    let (status, seen, _) = get(&gw, "/kept", &[("Authorization", &token)]).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(
+        (&seen["headers"]["x-sub"], &seen["headers"]["x-tier"]),
+        (&json!("user-7"), &json!("2"))
+    );
+    let (_, seen, _) = get(&gw, "/dropped", &[("Authorization", &token)]).await;
+    assert!(seen["headers"].get("x-sub").is_none(), "{seen}");
+
+    let (status, _, headers) = get(&gw, "/kept", &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"jwt\"");
+    let (status, _, headers) = get(&gw, "/keyed", &[("apikey", "wrong")]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "apikey realm=\"vehicles\"");
+    let (status, _, _) = get(&gw, "/keyed", &[("apikey", "jack-api-key")]).await;
+    assert_eq!(status, 200);
+}
