@@ -4,12 +4,13 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// One `axle serve` with its gateway's Admin API on a port of the test's choosing.
-async fn serve_gateway(dir: &std::path::Path) -> (Server, u16) {
-    let admin = free_port();
+/// One `axle serve` with its gateway's Admin API on a port of the test's choosing; with that
+/// port, and the vehicle service's.
+async fn serve_gateway(dir: &std::path::Path) -> (Server, u16, u16) {
+    let (admin, vehicle) = (free_port(), free_port());
     let server = Server::serve(
         dir,
-        free_port(),
+        vehicle,
         &[
             (
                 "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
@@ -19,10 +20,22 @@ async fn serve_gateway(dir: &std::path::Path) -> (Server, u16) {
         ],
     )
     .await;
-    (server, admin)
+    (server, admin, vehicle)
 }
 
 const ADMIN_KEY: &str = "two-processes-admin-key";
+
+/// Writes the route `id` through the Admin API on `admin`.
+async fn put_route(admin: u16, id: &str, route: &serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{admin}/apisix/admin/routes/{id}"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(route)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
 
 #[tokio::test]
 async fn limit_count_in_redis_holds_across_two_axle_processes() {
@@ -41,8 +54,8 @@ async fn limit_count_in_redis_holds_across_two_axle_processes() {
     tokio::spawn(async move { axum::serve(upstream, app).await.unwrap() });
 
     let (dir_one, dir_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (one, admin_one) = serve_gateway(dir_one.path()).await;
-    let (two, admin_two) = serve_gateway(dir_two.path()).await;
+    let (one, admin_one, _) = serve_gateway(dir_one.path()).await;
+    let (two, admin_two, _) = serve_gateway(dir_two.path()).await;
     // A key of this run's own, so earlier runs' counters do not count.
     let key = format!("two-processes-{}", std::process::id());
     let route = json!({"uri": "/limited", "upstream": {"nodes": {upstream_addr.to_string(): 1}},
@@ -50,16 +63,7 @@ async fn limit_count_in_redis_holds_across_two_axle_processes() {
             "key": key, "policy": "redis", "redis_host": host, "redis_port": port.parse::<u16>().unwrap()}}});
     let client = reqwest::Client::new();
     for admin in [admin_one, admin_two] {
-        let r = client
-            .put(format!(
-                "http://127.0.0.1:{admin}/apisix/admin/routes/limited"
-            ))
-            .header("x-api-key", ADMIN_KEY)
-            .json(&route)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        put_route(admin, "limited", &route).await;
     }
     let through = |server: &Server| {
         let url = format!("http://127.0.0.1:{}/limited", server.gateway_port);
@@ -88,19 +92,12 @@ async fn limit_count_in_redis_holds_across_two_axle_processes() {
 #[tokio::test]
 async fn an_upstream_outage_under_load_writes_a_few_lines_not_one_per_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, admin) = serve_gateway(dir.path()).await;
+    let (server, admin, _) = serve_gateway(dir.path()).await;
     let down = free_port(); // nothing listens there
     let route = json!({"uri": "/down", "upstream": {"nodes": {format!("127.0.0.1:{down}"): 1},
         "retries": 0}});
+    put_route(admin, "down", &route).await;
     let client = reqwest::Client::new();
-    let r = client
-        .put(format!("http://127.0.0.1:{admin}/apisix/admin/routes/down"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&route)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
     let url = format!("http://127.0.0.1:{}/down", server.gateway_port);
     let status = async || client.get(&url).send().await.unwrap().status().as_u16();
     let mut reached = false;
@@ -134,33 +131,13 @@ async fn an_upstream_outage_under_load_writes_a_few_lines_not_one_per_request() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_finishes_the_requests_in_flight_before_the_services_go() {
     let dir = tempfile::tempdir().unwrap();
-    let vehicle = free_port();
-    let admin = free_port();
-    let server = Server::serve(
-        dir.path(),
-        vehicle,
-        &[
-            (
-                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
-                format!("127.0.0.1:{admin}"),
-            ),
-            ("AXLE__SERVICES__GATEWAY__ADMIN_KEY", ADMIN_KEY.into()),
-        ],
-    )
-    .await;
+    let (server, admin, vehicle) = serve_gateway(dir.path()).await;
     // A route to the vehicle service that takes a second and a half to get there.
     let route = json!({"uri": "/slow", "upstream": {"nodes": {format!("127.0.0.1:{vehicle}"): 1}},
         "plugins": {"fault-injection": {"delay": {"duration": 1.5}},
                     "proxy-rewrite": {"uri": "/vehicles"}}});
+    put_route(admin, "slow", &route).await;
     let client = reqwest::Client::new();
-    let r = client
-        .put(format!("http://127.0.0.1:{admin}/apisix/admin/routes/slow"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&route)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
     let url = format!("http://127.0.0.1:{}/slow", server.gateway_port);
     let mut ready = false;
     for _ in 0..100 {

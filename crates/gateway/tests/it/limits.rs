@@ -1,6 +1,7 @@
 //! The traffic limits through the data plane: limit-count, limit-req and limit-conn, each
 //! local and in Redis (shared by two gateways).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axle_core::testing::{Backends, eventually};
@@ -78,46 +79,33 @@ async fn limit_count_counts_per_route_or_group_and_says_what_is_left() {
 
 #[tokio::test]
 async fn limit_count_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
-    let Some(redis_url) = std::env::var("AXLE_TEST_REDIS_URL").ok() else {
-        return;
-    };
-    let redis_addr = redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/');
-    let (host, port) = redis_addr.rsplit_once(':').unwrap();
-    let port: u16 = port.parse().unwrap();
-    let one = spawn_gateway(Backends::embedded()).await;
-    let two = spawn_gateway(Backends::embedded()).await;
+    let Some(redis) = test_redis() else { return };
+    let (one, two) = (
+        spawn_gateway(Backends::embedded()).await,
+        spawn_gateway(Backends::embedded()).await,
+    );
     let up = spawn_upstream("up").await;
     // A key of this run's own, so earlier runs' counters do not count.
     let key = format!("run-{}", uuid::Uuid::new_v4());
     let limit = json!({"count": 5, "time_window": 60, "key_type": "constant", "key": key,
-        "policy": "redis", "redis_host": host, "redis_port": port, "redis_timeout": 1000, "group": "shared"});
-    let down = |degrade: bool| {
-        json!({"count": 1, "time_window": 60, "policy": "redis",
-        "redis_host": "127.0.0.1", "redis_port": 1, "redis_timeout": 200, "allow_degradation": degrade})
-    };
-    for gw in [&one, &two] {
-        gw.put(
-            "/apisix/admin/routes/limited",
-            json!({"uri": "/limited", "plugins": {"limit-count": limit},
-            "upstream": {"nodes": {up.to_string(): 1}}}),
-        )
-        .await;
-        gw.put(
-            "/apisix/admin/routes/degrade",
-            json!({"uri": "/degrade", "plugins": {"limit-count": down(true)},
-            "upstream": {"nodes": {up.to_string(): 1}}}),
-        )
-        .await;
-        gw.put(
-            "/apisix/admin/routes/strict",
-            json!({"uri": "/strict", "plugins": {"limit-count": down(false)},
-            "upstream": {"nodes": {up.to_string(): 1}}}),
-        )
-        .await;
-        gw.wait_for("/strict", 500).await;
-    }
+        "group": "shared"});
+    on_both(
+        [&one, &two],
+        "/limited",
+        "limit-count",
+        in_redis(limit, &redis),
+        up,
+    )
+    .await;
+    let down = json!({"count": 1, "time_window": 60});
+    degrades_when_asked(
+        [&one, &two],
+        up,
+        "limit-count",
+        down,
+        "failed to limit count",
+    )
+    .await;
     // 5 requests in all pass, alternating between the gateways; the rest are refused by both.
     let mut passed = 0;
     for i in 0..10 {
@@ -131,15 +119,6 @@ async fn limit_count_in_redis_holds_across_two_gateways_and_degrades_when_asked(
     assert_eq!(passed, 5);
     assert_eq!(get(&one, "/limited", &[]).await.0, 503);
     assert_eq!(get(&two, "/limited", &[]).await.0, 503);
-    // Redis unreachable: pass uncounted with allow_degradation, else 500; never a hang.
-    for _ in 0..3 {
-        assert_eq!(get(&one, "/degrade", &[]).await.0, 200);
-    }
-    let (status, body, _) = get(&one, "/strict", &[]).await;
-    assert_eq!(
-        (status, body),
-        (500, json!({"message": "failed to limit count"}))
-    );
 }
 
 #[tokio::test]
@@ -341,22 +320,57 @@ fn test_redis() -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().unwrap()))
 }
 
-/// The same route on both gateways, with `plugins`.
-async fn on_both(gws: [&Gateway; 2], uri: &str, plugins: Value, up: std::net::SocketAddr) {
+/// `limit` counting in the Redis at `(host, port)`.
+fn in_redis(mut limit: Value, (host, port): &(String, u16)) -> Value {
+    let fields = json!({"policy": "redis", "redis_host": host, "redis_port": port});
+    limit
+        .as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    limit
+}
+
+/// The route `uri` on both gateways, limited by `plugin` configured as `limit`.
+async fn on_both(gws: [&Gateway; 2], uri: &str, plugin: &str, limit: Value, up: SocketAddr) {
     for gw in gws {
         gw.put(
             &format!("/apisix/admin/routes/{}", uri.trim_start_matches('/')),
-            json!({"uri": uri, "plugins": plugins, "upstream": {"nodes": {up.to_string(): 1}}}),
+            json!({"uri": uri, "plugins": {plugin: limit},
+                   "upstream": {"nodes": {up.to_string(): 1}}}),
         )
         .await;
     }
 }
 
+/// With its Redis unreachable, `plugin` (configured as `limit`) lets requests pass uncounted
+/// with `allow_degradation` and refuses them with a 500 and `message` without; never a hang.
+async fn degrades_when_asked(
+    gws: [&Gateway; 2],
+    up: SocketAddr,
+    plugin: &str,
+    limit: Value,
+    message: &str,
+) {
+    let nowhere = ("127.0.0.1".to_string(), 1);
+    for (uri, degrade) in [("/degrade", true), ("/strict", false)] {
+        let mut limit = in_redis(limit.clone(), &nowhere);
+        limit["redis_timeout"] = json!(200);
+        limit["allow_degradation"] = json!(degrade);
+        on_both(gws, uri, plugin, limit, up).await;
+    }
+    for gw in gws {
+        gw.wait_for("/strict", 500).await;
+        for _ in 0..3 {
+            assert_eq!(get(gw, "/degrade", &[]).await.0, 200);
+        }
+        let (status, body, _) = get(gw, "/strict", &[]).await;
+        assert_eq!((status, body), (500, json!({ "message": message })));
+    }
+}
+
 #[tokio::test]
 async fn limit_req_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
-    let Some((host, port)) = test_redis() else {
-        return;
-    };
+    let Some(redis) = test_redis() else { return };
     let (one, two) = (
         spawn_gateway(Backends::embedded()).await,
         spawn_gateway(Backends::embedded()).await,
@@ -365,19 +379,18 @@ async fn limit_req_in_redis_holds_across_two_gateways_and_degrades_when_asked() 
     let key = format!("run-{}", uuid::Uuid::new_v4());
     // One request a minute, two more may wait: four at once, one refused — whichever
     // gateway they come through.
-    let limit = json!({"limit-req": {"rate": 1.0 / 60.0, "burst": 2, "nodelay": true,
-        "key_type": "constant", "key": key, "rejected_code": 429,
-        "policy": "redis", "redis_host": host, "redis_port": port}});
-    on_both([&one, &two], "/req", limit, up).await;
-    let down = |degrade: bool| {
-        json!({"limit-req": {"rate": 1, "burst": 0, "key": "remote_addr", "policy": "redis",
-            "redis_host": "127.0.0.1", "redis_port": 1, "redis_timeout": 200,
-            "allow_degradation": degrade}})
-    };
-    on_both([&one, &two], "/req-degrade", down(true), up).await;
-    on_both([&one, &two], "/req-strict", down(false), up).await;
-    one.wait_for("/req-strict", 500).await;
-    two.wait_for("/req-strict", 500).await;
+    let limit = json!({"rate": 1.0 / 60.0, "burst": 2, "nodelay": true,
+        "key_type": "constant", "key": key, "rejected_code": 429});
+    on_both(
+        [&one, &two],
+        "/req",
+        "limit-req",
+        in_redis(limit, &redis),
+        up,
+    )
+    .await;
+    let down = json!({"rate": 1, "burst": 0, "key": "remote_addr"});
+    degrades_when_asked([&one, &two], up, "limit-req", down, "failed to limit req").await;
 
     let mut statuses = Vec::new();
     for i in 0..6 {
@@ -389,40 +402,29 @@ async fn limit_req_in_redis_holds_across_two_gateways_and_degrades_when_asked() 
         [200, 200, 200, 429, 429, 429],
         "one bucket for both"
     );
-    for _ in 0..3 {
-        assert_eq!(get(&one, "/req-degrade", &[]).await.0, 200);
-    }
-    let (status, body, _) = get(&two, "/req-strict", &[]).await;
-    assert_eq!(
-        (status, body),
-        (500, json!({"message": "failed to limit req"}))
-    );
 }
 
 #[tokio::test]
 async fn limit_conn_in_redis_holds_across_two_gateways_and_degrades_when_asked() {
-    let Some((host, port)) = test_redis() else {
-        return;
-    };
+    let Some(redis) = test_redis() else { return };
     let (one, two) = (
         spawn_gateway(Backends::embedded()).await,
         spawn_gateway(Backends::embedded()).await,
     );
     let up = spawn_upstream("up").await;
     let key = format!("run-{}", uuid::Uuid::new_v4());
-    let limit = json!({"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
-        "key_type": "constant", "key": key, "rejected_code": 429,
-        "policy": "redis", "redis_host": host, "redis_port": port}});
-    on_both([&one, &two], "/conn", limit, up).await;
-    let down = |degrade: bool| {
-        json!({"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
-            "key": "remote_addr", "policy": "redis", "redis_host": "127.0.0.1",
-            "redis_port": 1, "redis_timeout": 200, "allow_degradation": degrade}})
-    };
-    on_both([&one, &two], "/conn-degrade", down(true), up).await;
-    on_both([&one, &two], "/conn-strict", down(false), up).await;
-    one.wait_for("/conn-strict", 500).await;
-    two.wait_for("/conn-strict", 500).await;
+    let limit = json!({"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+        "key_type": "constant", "key": key, "rejected_code": 429});
+    on_both(
+        [&one, &two],
+        "/conn",
+        "limit-conn",
+        in_redis(limit, &redis),
+        up,
+    )
+    .await;
+    let down = json!({"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"});
+    degrades_when_asked([&one, &two], up, "limit-conn", down, "failed to limit conn").await;
 
     // A response still on its way through one gateway holds the only place: the other refuses.
     let dripping = one
@@ -440,12 +442,4 @@ async fn limit_conn_in_redis_holds_across_two_gateways_and_degrades_when_asked()
     })
     .await;
     assert_eq!(get(&one, "/conn", &[]).await.0, 200);
-    for _ in 0..3 {
-        assert_eq!(get(&one, "/conn-degrade", &[]).await.0, 200);
-    }
-    let (status, body, _) = get(&two, "/conn-strict", &[]).await;
-    assert_eq!(
-        (status, body),
-        (500, json!({"message": "failed to limit conn"}))
-    );
 }
