@@ -294,18 +294,23 @@ impl DataPlane {
         let (mut parts, body) = req.into_parts();
         // The host a request is for, once (RFC 9112 §3.2): an absolute-form target's authority
         // (HTTP/2's `:authority`) is it, whatever `Host` says; else HTTP/1.1 needs one `Host`.
-        if let Some(authority) = parts.uri.authority() {
+        let host = if let Some(authority) = parts.uri.authority() {
             let host = authority.as_str().rsplit('@').next().unwrap_or_default();
             match HeaderValue::from_str(host) {
-                Ok(host) => drop(parts.headers.insert(header::HOST, host)),
+                Ok(value) => drop(parts.headers.insert(header::HOST, value)),
                 Err(_) => return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST))),
             }
+            strip_port(host).to_string()
         } else {
-            let hosts = parts.headers.get_all(header::HOST).iter().count();
-            if hosts > 1 || (hosts == 0 && parts.version == http::Version::HTTP_11) {
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let host = hosts.next();
+            let missing = host.is_none() && parts.version == http::Version::HTTP_11;
+            if missing || hosts.next().is_some() {
                 return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST)));
             }
-        }
+            let host = host.and_then(|h| h.to_str().ok()).map(strip_port);
+            host.unwrap_or_default().to_string()
+        };
         if let Ok(Some(length)) = declared_length(&parts.headers)
             && self.limits.max_body_bytes > 0
             && length > self.limits.max_body_bytes
@@ -313,13 +318,6 @@ impl DataPlane {
             // The body stays unread, so the connection cannot carry another request.
             return Outgoing::of(closing(error_page(StatusCode::PAYLOAD_TOO_LARGE)));
         }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(strip_port)
-            .unwrap_or_default()
-            .to_string();
         // Who the consumer is, only the gateway says.
         for name in CONSUMER_HEADERS {
             parts.headers.remove(name);

@@ -153,6 +153,8 @@ pub struct Upstream {
     balance: Balance,
     /// Requests in flight per node (kept for `least_conn` and `ewma`).
     in_flight: Vec<AtomicUsize>,
+    /// Whether the nodes differ in `priority` (so some are backups).
+    backups: bool,
     pub pass_host: PassHost,
     pub upstream_host: Option<String>,
     /// How many other nodes to try after a failed connection.
@@ -241,7 +243,9 @@ impl Upstream {
             }
             _ => None,
         };
+        let backups = targets.windows(2).any(|w| w[0].priority != w[1].priority);
         Ok(Upstream {
+            backups,
             balance,
             in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             targets,
@@ -269,11 +273,14 @@ impl Upstream {
         let healthy_only = all.clone().any(|i| open(i) && healthy(i));
         let usable = |i: usize| open(i) && (!healthy_only || healthy(i));
         // Backups wait until every node of a higher priority is down or tried.
-        let top = all
-            .clone()
-            .filter(|&i| usable(i))
-            .map(|i| self.targets[i].priority)
-            .max()?;
+        let top = match self.backups {
+            true => all
+                .clone()
+                .filter(|&i| usable(i))
+                .map(|i| self.targets[i].priority)
+                .max()?,
+            false => self.targets.first()?.priority,
+        };
         let candidate = |i: usize| usable(i) && self.targets[i].priority == top;
         let mut nodes = all.filter(|&i| candidate(i));
         let first = nodes.clone().next()?;
