@@ -109,8 +109,11 @@ pub struct Ctx {
     pub remote_addr: IpAddr,
     pub server_port: u16,
     pub scheme: &'static str,
-    /// The path the client asked for (before any rewrite).
+    /// The path the client asked for (before any rewrite), normalized.
     pub original_path: String,
+    /// The path as the client wrote it, when that is not its normal form (for proxy-rewrite's
+    /// `use_real_request_uri_unsafe`).
+    pub raw_path: Option<String>,
     pub route_id: Arc<str>,
     pub service_id: Option<Arc<str>>,
     /// The configuration this request runs on (its consumers, its upstreams).

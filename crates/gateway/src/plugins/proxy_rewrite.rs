@@ -2,7 +2,9 @@
 //!
 //! `uri` wins over `regex_uri` (`[regex, template, ...]`, the first regex that matches applies);
 //! both may use `$var` and, for `regex_uri`, `$1`… captures. A new uri with a `?` replaces the
-//! query string; otherwise the client's is kept.
+//! query string; otherwise the client's is kept. `use_real_request_uri_unsafe` sends the path as
+//! the client wrote it, not its normal form, and wins over both (as in APISIX: unsafe, as the
+//! upstream may read it otherwise than the route matched it).
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ pub(crate) struct Config {
 
 #[derive(Debug)]
 struct ProxyRewrite {
+    raw_path: bool,
     uri: Option<Template>,
     regex_uri: Vec<(Regex, Template)>,
     method: Option<Method>,
@@ -37,7 +40,6 @@ struct ProxyRewrite {
 
 pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    let _ = c.use_real_request_uri_unsafe; // paths are never normalised here, so it changes nothing
     if let Some(uri) = &c.uri {
         request_target("uri", uri)?;
     }
@@ -78,6 +80,7 @@ pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
         }
     }
     Ok(Arc::new(ProxyRewrite {
+        raw_path: c.use_real_request_uri_unsafe,
         uri,
         regex_uri,
         method,
@@ -109,7 +112,14 @@ impl Plugin for ProxyRewrite {
 
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let vars = ctx.vars();
-        let new_uri = if let Some(uri) = &self.uri {
+        let new_uri = if self.raw_path {
+            // A path holds no `?`: the client's query is kept below.
+            Some(
+                ctx.raw_path
+                    .clone()
+                    .unwrap_or_else(|| ctx.original_path.clone()),
+            )
+        } else if let Some(uri) = &self.uri {
             Some(uri.render(&vars, &[]))
         } else {
             self.regex_uri.iter().find_map(|(regex, template)| {

@@ -323,10 +323,11 @@ impl DataPlane {
             parts.headers.remove(name);
         }
         // Routes match, and upstreams get, the path in its one normal form.
-        let Ok(path) = path::normalize(parts.uri.path()) else {
-            return Outgoing::of(error_page(StatusCode::BAD_REQUEST));
+        let (path, raw_path) = match path::normalize(parts.uri.path()) {
+            Ok(std::borrow::Cow::Borrowed(path)) => (path.to_string(), None),
+            Ok(std::borrow::Cow::Owned(path)) => (path, Some(parts.uri.path().to_string())),
+            Err(_) => return Outgoing::of(error_page(StatusCode::BAD_REQUEST)),
         };
-        let path = path.into_owned();
         let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
         let mut ctx = Ctx {
             method: parts.method,
@@ -350,6 +351,7 @@ impl DataPlane {
             mirror: None,
             trace: None,
             jwt_payload: None,
+            raw_path,
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {

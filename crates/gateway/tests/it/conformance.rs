@@ -80,6 +80,24 @@ async fn no_spelling_of_a_path_slips_past_its_routes_plugins() {
             "{target} reached the upstream without a key: {status} {body}"
         );
     }
+    // Unless a route asks for the path as the client wrote it, unsafe as that is.
+    route(
+        &gw,
+        "raw",
+        json!({"uri": "/raw/*", "plugins": {"proxy-rewrite": {"use_real_request_uri_unsafe": true}},
+               "upstream": {"nodes": {spawn_upstream("raw").await.to_string(): 1}}}),
+    )
+    .await;
+    let request = b"GET /raw/./a/../b%7e?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let seen = eventually(10, "the raw route", || async {
+        let (status, body) = exchange(&gw, request).await?;
+        (status == 200).then(|| serde_json::from_str::<Value>(&body).unwrap())
+    })
+    .await;
+    assert_eq!(
+        (seen["path"].as_str(), seen["query"].as_str()),
+        (Some("/raw/./a/../b%7e"), Some("q=1"))
+    );
     // With the key, the upstream gets the path in its normal form.
     let request = "GET /public/%2e%2e/private/%78?q=1 HTTP/1.1\r\nHost: a\r\n\
                    apikey: jack-key\r\nConnection: close\r\n\r\n";
