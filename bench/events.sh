@@ -8,4 +8,4 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   rabbitmq-server -detached
   rabbitmqctl -q await_startup
 fi
-cargo run --quiet --release -p axle-core --example events_bench -- "${1:-50000}" "${2:-2000}"
+cargo run --quiet --profile dist -p axle-core --example events_bench -- "${1:-50000}" "${2:-2000}"

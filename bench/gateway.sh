@@ -28,8 +28,9 @@ for tool in $TOOLS; do
   fi
 done
 # AXLE_BIN=path/to/axle measures that build instead (to compare two builds).
-if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --release -p axle; fi
-AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/release/axle}"
+# The fully optimized build (profile `dist`), as packages ship it.
+if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
+AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
 
 WORK="$(mktemp -d)"
 PIDS=()
