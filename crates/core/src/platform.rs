@@ -133,7 +133,9 @@ pub struct ServiceParts {
     pub registry: Registry,
     /// The service's own routes.
     pub api: Router,
-    pub openapi: utoipa::openapi::OpenApi,
+    /// The service's OpenAPI document (`serde_json::to_value(ApiDoc::openapi())` for one
+    /// utoipa generates).
+    pub openapi: serde_json::Value,
 }
 
 /// A built service, ready to be served.

@@ -116,8 +116,8 @@ pub async fn build(
         Some(DataPlane::new(runtime, limits, config.fallback_sni.clone()))
     };
 
-    let api = if config.role == GatewayRole::DataPlane {
-        axum::Router::new()
+    let (api, openapi) = if config.role == GatewayRole::DataPlane {
+        (axum::Router::new(), admin::openapi::health_only())
     } else {
         let key = admin_key(config.admin_key.clone(), &platform.config.data_dir)
             .map_err(|e| fail(format!("admin key: {e}")))?;
@@ -127,12 +127,14 @@ pub async fn build(
             .map(|c| resource::parse_cidr(c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(format!("allow_admin: {e}")))?;
-        admin::router(admin::AdminState {
+        let openapi = admin::openapi::document();
+        let router = admin::router(admin::AdminState {
             store,
             key: Arc::new(key),
             allow: Arc::new(allow),
             writing: Arc::default(),
-        })
+        });
+        (router, openapi)
     };
     let mut admin = platform.assemble(ServiceParts {
         name: NAME,
@@ -140,7 +142,7 @@ pub async fn build(
         outbox: None,
         registry: Registry::new(),
         api,
-        openapi: utoipa::openapi::OpenApiBuilder::new().build(),
+        openapi,
     })?;
     admin.tasks.extend(tasks);
     Ok(Gateway {

@@ -56,7 +56,7 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
         outbox: None,
         registry,
         api: api::router(state),
-        openapi: api::ApiDoc::openapi(),
+        openapi: serde_json::to_value(api::ApiDoc::openapi()).unwrap_or_default(),
     })?;
     service.tasks.push(consumer);
     service.tasks.extend(scheduler);

@@ -43,6 +43,6 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
         outbox: Some(outbox),
         registry,
         api,
-        openapi: api::ApiDoc::openapi(),
+        openapi: serde_json::to_value(api::ApiDoc::openapi()).unwrap_or_default(),
     })
 }

@@ -325,3 +325,53 @@ async fn the_data_directory_and_every_file_holding_secrets_are_private() {
     }
     assert!(server.terminate().status.success());
 }
+
+/// Every service's OpenAPI document, the Admin API's included, passes a validator written by
+/// others (`openapi-spec-validator` from PyPI, named by `AXLE_TEST_OPENAPI_VALIDATOR`).
+#[tokio::test]
+async fn every_openapi_document_passes_the_validator() {
+    let validator = std::env::var("AXLE_TEST_OPENAPI_VALIDATOR").ok();
+    let dir = tempfile::tempdir().unwrap();
+    let (vehicle, admin) = (free_port(), free_port());
+    let server = Server::serve(
+        dir.path(),
+        vehicle,
+        &[(
+            "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin}"),
+        )],
+    )
+    .await;
+    let services = [
+        ("vehicle", vehicle),
+        ("masterdata", server.masterdata_port),
+        ("gateway", admin),
+    ];
+    for (name, port) in services {
+        let url = format!("http://127.0.0.1:{port}/openapi.json");
+        let document: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        assert!(
+            document["paths"].as_object().is_some_and(|p| !p.is_empty()),
+            "{name} documents its paths"
+        );
+        let Some(validator) = &validator else {
+            eprintln!(
+                "skipping the validation of {name}'s document: set AXLE_TEST_OPENAPI_VALIDATOR"
+            );
+            continue;
+        };
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, document.to_string()).unwrap();
+        let out = std::process::Command::new(validator)
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("AXLE_TEST_OPENAPI_VALIDATOR={validator}: {e}"));
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(server.terminate().status.success());
+}

@@ -74,7 +74,7 @@ impl RequestMetrics {
 
 /// Everything [`service_router`] needs besides the routes.
 pub struct ServiceHttp {
-    pub openapi: utoipa::openapi::OpenApi,
+    pub openapi: serde_json::Value,
     pub registry: Registry,
     pub readiness: Readiness,
     pub body_limit_bytes: usize,

@@ -14,6 +14,7 @@ const MAX_LIMIT: u32 = 200;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1–200 (default 50).
     pub limit: Option<u32>,

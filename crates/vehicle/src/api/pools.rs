@@ -34,7 +34,7 @@ pub struct NewPool {
 }
 
 /// Create a pool.
-#[utoipa::path(post, path = "/pools", tag = "pools", request_body = NewPool,
+#[utoipa::path(post, path = "/pools", tag = "pools", operation_id = "create_pool", request_body = NewPool,
     responses((status = 201, body = Pool), (status = 409, description = "POOL_NAME_EXISTS", body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -60,7 +60,7 @@ pub async fn create(
 }
 
 /// Fetch a pool with its use.
-#[utoipa::path(get, path = "/pools/{id}", tag = "pools", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/pools/{id}", tag = "pools", operation_id = "fetch_pool", params(("id" = Uuid, Path)),
     responses((status = 200, body = Pool), (status = 404, description = "POOL_NOT_FOUND", body = ErrorBody)))]
 pub async fn fetch(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Json<Pool>> {
     state

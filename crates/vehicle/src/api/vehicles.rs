@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
 
 /// Register a vehicle that entered the platform. Emits `axle.vehicle.received.v1`.
 #[utoipa::path(
-    post, path = "/vehicles", tag = "vehicles",
+    post, path = "/vehicles", tag = "vehicles", operation_id = "create_vehicle",
     request_body = NewVehicle,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key")),
     responses(
@@ -59,7 +59,7 @@ pub async fn create(
 
 /// Fetch one vehicle.
 #[utoipa::path(
-    get, path = "/vehicles/{id}", tag = "vehicles",
+    get, path = "/vehicles/{id}", tag = "vehicles", operation_id = "fetch_vehicle",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = Vehicle), (status = 404, description = "VEHICLE_NOT_FOUND", body = ErrorBody))
 )]
@@ -72,6 +72,7 @@ pub async fn fetch(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub state: Option<VehicleState>,
     pub seller_org: Option<String>,

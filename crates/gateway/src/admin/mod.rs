@@ -2,7 +2,10 @@
 //! PUT, POST, GET (one, or a list with paging and filters), PATCH and DELETE, APISIX's
 //! response shapes and error bodies (`{"error_msg": ...}`), the `X-API-KEY` check and the
 //! `allow_admin` address list. Axle's own additions live under `/axle/admin`: the history of
-//! every change, the difference between two revisions, and rollback.
+//! every change, the difference between two revisions, and rollback. Its OpenAPI document is
+//! [`openapi`]'s.
+
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
