@@ -212,7 +212,11 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
     print_banner(
         &platform,
         &running,
-        data_plane.as_ref().map(|(_, l)| l.as_slice()),
+        data_plane.as_ref().map(|(plane, l)| (plane, l.as_slice())),
+        &exporters
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect::<Vec<_>>(),
     );
 
     tokio::spawn(stop_on_signal(stop_gateway.clone()));
@@ -308,7 +312,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 fn print_banner(
     platform: &Platform,
     running: &[(Service, TcpListener)],
-    data_plane: Option<&[Listener]>,
+    data_plane: Option<(&axle_gateway::DataPlane, &[Listener])>,
+    exporters: &[SocketAddr],
 ) {
     let c = &platform.config;
     let storage = if c.database.url.is_some() {
@@ -331,13 +336,29 @@ fn print_banner(
         "  data:    {} (storage: {storage}, events: {events}, kv: {kv})",
         c.data_dir.display()
     );
-    for listener in data_plane.unwrap_or_default() {
-        if let Ok(addr) = listener.tcp.local_addr() {
-            let scheme = if listener.tls { "https" } else { "http" };
-            println!(
-                "  gateway  {scheme}://{addr}  (routes /api/<service>/ to the services below)"
-            );
+    if let Some((plane, listeners)) = data_plane {
+        for listener in listeners {
+            let Ok(addr) = listener.tcp.local_addr() else {
+                continue;
+            };
+            match listener.tls {
+                false => println!(
+                    "  gateway  http://{addr}  (routes /api/<service>/ to the services below)"
+                ),
+                true if plane.has_certificates() => {
+                    println!("  gateway  https://{addr}  (certificates by SNI from the ssls)")
+                }
+                true => println!(
+                    "  gateway  https://{addr}  (no certificate yet: add one with \
+                     PUT /apisix/admin/ssls/<id>; until then TLS handshakes fail)"
+                ),
+            }
         }
+    }
+    for addr in exporters {
+        println!(
+            "  metrics  http://{addr}/apisix/prometheus/metrics  (the gateway's, for Prometheus)"
+        );
     }
     for (service, listener) in running {
         if let Ok(addr) = listener.local_addr() {

@@ -73,7 +73,9 @@ pub fn init(
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
+        // Colours for a person at a terminal; none in a file or a pipe.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -58,6 +58,11 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
+    /// Whether no server name has a certificate (TLS handshakes all fail).
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty()
+    }
+
     /// Serves `keys` (the first one the client can verify) for `snis` over `versions`; names
     /// are lower-cased, as lookups are.
     pub fn insert(

@@ -375,3 +375,28 @@ async fn every_openapi_document_passes_the_validator() {
     }
     assert!(server.terminate().status.success());
 }
+
+#[tokio::test]
+async fn the_banner_names_every_listener_and_text_logs_to_a_pipe_have_no_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::serve(dir.path(), port, &[("AXLE__LOG__FORMAT", "text".into())]).await;
+    let out = server.terminate();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for listener in [
+        "gateway  http://",
+        "gateway  https://",
+        "metrics  http://",
+        "admin    http://",
+    ] {
+        assert!(stdout.contains(listener), "{listener} in {stdout}");
+    }
+    assert!(stdout.contains("no certificate yet"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}

@@ -146,6 +146,11 @@ impl DataPlane {
         }
     }
 
+    /// Whether the current configuration has a certificate for the TLS listener to serve.
+    pub fn has_certificates(&self) -> bool {
+        !self.runtime.snapshot().certificates.is_empty()
+    }
+
     /// This data plane giving open requests `grace` to finish when it is stopped.
     pub fn with_grace(self, grace: Duration) -> DataPlane {
         DataPlane { grace, ..self }
