@@ -2,8 +2,12 @@
 //!
 //! Real servers are chosen from the environment:
 //! `AXLE_TEST_POSTGRES_URL`, `AXLE_TEST_REDIS_URL`, `AXLE_TEST_AMQP_URL`,
-//! `AXLE_TEST_ETCD_ENDPOINTS`. Unset: tests needing that server print a notice and pass without
-//! running. Set: they run, and fail loudly if the server is unreachable. `.ci/run` sets them all.
+//! `AXLE_TEST_ETCD_ENDPOINTS`, and tools by `AXLE_TEST_<TOOL>` ([`tool`]). Set: tests needing
+//! them run, and fail loudly if the server is unreachable. Unset: the part of the test that
+//! needs it is skipped, and the skip reported — appended to the file `AXLE_TEST_SKIPPED` names
+//! (`scripts/test` lists them in one line at the end of the run), else written to stderr past
+//! the test harness's capture. Under CI (`CI=true`) a missing one fails the test instead: CI
+//! runs everything. `.ci/run` sets them all.
 //!
 //! Each [`TestPlatform`] is isolated: a fresh temporary data directory (SQLite files, the
 //! embedded bus), its own PostgreSQL schemas (dropped afterwards), its own RabbitMQ exchange and
@@ -12,6 +16,7 @@
 // Test support fails the test loudly when its set-up cannot be done.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use secrecy::SecretString;
@@ -20,14 +25,43 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::platform::{Platform, Service};
 
-/// The URL of a test server from the environment, or `None` after printing a skip notice.
+/// The URL of a test server (or a tool's path) from the environment, or `None` after the skip
+/// has been reported (see the module's documentation).
 fn server(var: &str, what: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("skipping the {what} part of this test: set {var} to run it");
+            skipped(var, what);
             None
         }
+    }
+}
+
+/// The path of a tool a test checks its output with (`promtool`, an OpenAPI validator), from
+/// `var`; `None` after the skip has been reported.
+pub fn tool(var: &str, what: &str) -> Option<String> {
+    server(var, what)
+}
+
+/// Reports that the running test skips its part needing `what`, as `var` is unset.
+fn skipped(var: &str, what: &str) {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{var} is not set, and under CI (CI=true) no test skips its {what} part");
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let line = format!("{test} ({what}: set {var})\n");
+    let recorded = std::env::var("AXLE_TEST_SKIPPED").ok().is_some_and(|file| {
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file);
+        opened
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .is_ok()
+    });
+    if !recorded {
+        let _ = std::io::stderr().write_all(format!("skipped: {line}").as_bytes());
     }
 }
 

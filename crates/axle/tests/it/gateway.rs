@@ -39,8 +39,7 @@ async fn put_route(admin: u16, id: &str, route: &serde_json::Value) {
 
 #[tokio::test]
 async fn limit_count_in_redis_holds_across_two_axle_processes() {
-    let Ok(redis_url) = std::env::var("AXLE_TEST_REDIS_URL") else {
-        eprintln!("AXLE_TEST_REDIS_URL is not set: skipped");
+    let Some(redis_url) = axle_core::testing::redis_url() else {
         return;
     };
     let (host, port) = redis_url

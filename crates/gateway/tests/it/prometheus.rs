@@ -169,35 +169,32 @@ async fn prometheus_counts_routes_with_apisix_names_and_promtool_accepts_the_scr
     })
     .await;
 
-    match std::env::var("AXLE_TEST_PROMTOOL") {
-        Ok(promtool) => {
-            let mut check = std::process::Command::new(&promtool)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("AXLE_TEST_PROMTOOL={promtool}: {e}"));
-            check
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = check.wait_with_output().unwrap();
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // Valid, and nothing for the linter (exit 3) either.
-            assert!(
-                out.status.success() && said.trim().is_empty(),
-                "promtool check metrics ({:?}): {said}\n{text}",
-                out.status.code()
-            );
-        }
-        Err(_) => eprintln!("AXLE_TEST_PROMTOOL unset: promtool check metrics not run"),
+    if let Some(promtool) = axle_core::testing::tool("AXLE_TEST_PROMTOOL", "promtool") {
+        let mut check = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("AXLE_TEST_PROMTOOL={promtool}: {e}"));
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Valid, and nothing for the linter (exit 3) either.
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool check metrics ({:?}): {said}\n{text}",
+            out.status.code()
+        );
     }
 }
 
