@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Log, Plugin, Reply, Shared, Template};
+use super::{Ctx, Flow, Log, Plugin, Reply, Shared, Site, Template};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +84,7 @@ struct ApiBreaker {
     healthy: Healthy,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let status = |code: u16, range: std::ops::RangeInclusive<u16>, at: &str| {
         StatusCode::from_u16(code)

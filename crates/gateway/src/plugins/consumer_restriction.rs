@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply};
+use super::{Ctx, Flow, Plugin, Reply, Site};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -69,7 +69,7 @@ struct ConsumerRestriction {
     rejected_msg: String,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.whitelist.is_none() && c.blacklist.is_none() && c.allowed_by_methods.is_none() {
         return Err("one of whitelist, blacklist and allowed_by_methods is required".into());

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Template};
+use super::{Ctx, Flow, Plugin, Reply, Site, Template};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -84,7 +84,7 @@ struct FaultInjection {
     delay: Option<(Duration, When)>,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.abort.is_none() && c.delay.is_none() {
         return Err("one of abort and delay is required".into());

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply};
+use super::{Ctx, Flow, Plugin, Reply, Site};
 use crate::resource::parse_cidr;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -39,7 +39,7 @@ struct IpRestriction {
     message: String,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let blocks = |field: &str, list: Vec<String>| -> Result<Vec<IpNet>, String> {
         if list.is_empty() {

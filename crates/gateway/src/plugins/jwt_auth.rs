@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Prepared, Reply};
+use super::{Ctx, Flow, Plugin, Prepared, Reply, Site};
 use crate::proxy::pool::{self, Pool};
 use crate::resource::KeepalivePool;
 
@@ -281,7 +281,7 @@ fn url_is_http(uri: &str) -> Option<reqwest::Url> {
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(JwtAuth {
         store_in_ctx: c.store_in_ctx,

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply};
+use super::{Ctx, Flow, Plugin, Reply, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ pub(super) fn check_consumer(config: &Value) -> Result<super::Prepared, String> 
     Ok(None)
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(KeyAuth {
         challenge: HeaderValue::from_str(&format!("apikey realm=\"{}\"", c.realm))

@@ -286,7 +286,30 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn log(&self, _log: &Log, _shared: &Shared) {}
 }
 
-type Factory = fn(&Value) -> Result<Arc<dyn Plugin>, String>;
+/// Builds a plugin from its configuration at its [`Site`].
+type Factory = fn(&Value, &Site) -> Result<Arc<dyn Plugin>, String>;
+
+/// Where a plugin is built: the resource it is configured on (its key, `/apisix/routes/1`,
+/// `/apisix/consumers/jack`…, which scopes what it counts), and the snapshot's
+/// `plugin_metadata` by plugin name (settings every instance shares, read once here rather than
+/// per request).
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    pub owner: &'a str,
+    pub metadata: &'a std::collections::HashMap<String, Value>,
+}
+
+impl Site<'_> {
+    /// A site with no owner and no metadata, for checking a configuration.
+    pub fn checking() -> Site<'static> {
+        static NONE: std::sync::LazyLock<std::collections::HashMap<String, Value>> =
+            std::sync::LazyLock::new(Default::default);
+        Site {
+            owner: "",
+            metadata: &NONE,
+        }
+    }
+}
 type Check = fn(&Value) -> Result<(), String>;
 /// What an authentication plugin compiles from a credential once per snapshot (jwt-auth's
 /// keys), for its requests to use.
@@ -404,7 +427,7 @@ const REGISTRY: &[Registered] = &[
         build: limit::count::build,
         schema: schema_of::<limit::count::Config>,
         authentication: None,
-        metadata: None,
+        metadata: Some(limit::count::check_metadata),
     },
     Registered {
         name: "limit-req",
@@ -519,8 +542,13 @@ fn must_be_object(name: &str, config: &Value) -> Result<(), Invalid> {
     }
 }
 
-/// Builds the plugin `name` from its configuration.
+/// Checks the plugin `name`'s configuration by building it.
 pub fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, Invalid> {
+    build_at(name, config, &Site::checking())
+}
+
+/// Builds the plugin `name` from its configuration at `site`.
+pub fn build_at(name: &str, config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Invalid> {
     let plugin = registered(name)?;
     must_be_object(name, config)?;
     // `_meta` (disable, priority, filter) belongs to the pipeline, not to the plugin.
@@ -532,7 +560,7 @@ pub fn build(name: &str, config: &Value) -> Result<Arc<dyn Plugin>, Invalid> {
         }
         _ => std::borrow::Cow::Borrowed(config),
     };
-    (plugin.build)(&config).map_err(|e| {
+    (plugin.build)(&config, site).map_err(|e| {
         Invalid(format!(
             "failed to check the configuration of plugin {name} err: {e}"
         ))
@@ -603,22 +631,23 @@ pub fn check_metadata(name: &str, metadata: &Value) -> Result<(), Invalid> {
 pub struct Chain(Vec<Arc<dyn Plugin>>);
 
 impl Chain {
-    /// Builds the effective chain from configuration layers, lowest precedence first
-    /// (service, plugin config, route): a plugin named again replaces the earlier config.
-    /// Authentication plugins are left out when `skip_authentication` (a consumer's layers,
-    /// where they hold credentials).
+    /// Builds the effective chain from configuration layers — each the key of the resource
+    /// holding them and its plugins — lowest precedence first (service, plugin config, route):
+    /// a plugin named again replaces the earlier config. Authentication plugins are left out
+    /// when `skip_authentication` (a consumer's layers, where they hold credentials).
     pub fn build(
-        layers: &[&BTreeMap<String, Value>],
+        layers: &[(&str, &BTreeMap<String, Value>)],
         skip_authentication: bool,
+        metadata: &std::collections::HashMap<String, Value>,
     ) -> Result<Chain, Invalid> {
-        let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
-        for layer in layers {
+        let mut merged: BTreeMap<&str, (&str, &Value)> = BTreeMap::new();
+        for (owner, layer) in layers {
             for (name, config) in layer.iter() {
-                merged.insert(name, config);
+                merged.insert(name, (owner, config));
             }
         }
         let mut plugins = Vec::new();
-        for (name, config) in merged {
+        for (name, (owner, config)) in merged {
             let disabled = config
                 .pointer("/_meta/disable")
                 .and_then(Value::as_bool)
@@ -626,7 +655,7 @@ impl Chain {
             if disabled || (skip_authentication && identity_field(name).is_some()) {
                 continue;
             }
-            plugins.push(build(name, config)?);
+            plugins.push(build_at(name, config, &Site { owner, metadata })?);
         }
         plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
         Ok(Chain(plugins))
@@ -880,14 +909,19 @@ mod tests {
             ("proxy-rewrite".to_string(), json!({"uri": "/from-route"})),
             ("response-rewrite".to_string(), json!({"body": "x"})),
         ]);
-        let chain = Chain::build(&[&service, &route], false).unwrap();
+        let none = Default::default();
+        let chain = Chain::build(&[("s", &service), ("r", &route)], false, &none).unwrap();
         let names: Vec<_> = chain.0.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["proxy-rewrite", "response-rewrite"]);
         let disabled = BTreeMap::from([(
             "proxy-rewrite".to_string(),
             json!({"uri": "/x", "_meta": {"disable": true}}),
         )]);
-        assert!(Chain::build(&[&disabled], false).unwrap().is_empty());
+        assert!(
+            Chain::build(&[("r", &disabled)], false, &none)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Log, Plugin, Shared};
+use super::{Ctx, Flow, Log, Plugin, Shared, Site};
 use crate::vars::Var;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -247,7 +247,7 @@ struct OpenTelemetry {
     tracer: OnceLock<SdkTracer>,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let options = &c.sampler.options;
     check_fraction(options.fraction, "sampler.options.fraction")?;

@@ -23,7 +23,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Log, Plugin, Shared};
+use super::{Log, Plugin, Shared, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +45,7 @@ struct Prometheus {
 /// The most series an instance keeps at hand; others are looked up each time.
 const SERIES_KEPT: usize = 64;
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(Prometheus {
         prefer_name: c.prefer_name,

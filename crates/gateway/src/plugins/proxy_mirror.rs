@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin};
+use super::{Ctx, Flow, Plugin, Site};
 use crate::resource;
 use crate::runtime::upstream::Upstream;
 
@@ -54,7 +54,7 @@ pub struct Mirror {
     pub path_and_query: String,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = resource::parse(config).map_err(|e| e.0)?;
     let url = reqwest::Url::parse(&c.host).map_err(|e| format!("host: {e}"))?;
     let scheme = url.scheme();

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, HeaderEdits, Plugin, Template};
+use super::{Ctx, Flow, HeaderEdits, Plugin, Site, Template};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +38,7 @@ struct ProxyRewrite {
     headers: HeaderEdits,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if let Some(uri) = &c.uri {
         request_target("uri", uri)?;

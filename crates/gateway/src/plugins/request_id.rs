@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, ResponseHead};
+use super::{Ctx, Flow, Plugin, ResponseHead, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +75,7 @@ struct RequestId {
     generator: Generator,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let header = HeaderName::from_bytes(c.header_name.as_bytes())
         .map_err(|_| format!("header_name: {:?} is not a header name", c.header_name))?;

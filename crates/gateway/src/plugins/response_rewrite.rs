@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, HeaderEdits, Plugin, ResponseHead};
+use super::{Ctx, HeaderEdits, Plugin, ResponseHead, Site};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -33,7 +33,7 @@ struct ResponseRewrite {
     vars: Option<Vars>,
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.filters.is_some() {
         return Err("filters: body filters are not supported yet (body is)".into());

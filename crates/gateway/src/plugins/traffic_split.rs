@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply};
+use super::{Ctx, Flow, Plugin, Reply, Site};
 use crate::resource;
 use crate::runtime::upstream::{Upstream, smooth_weighted};
 use crate::vars::Vars;
@@ -75,7 +75,7 @@ enum Target {
     Inline(Arc<Upstream>),
 }
 
-pub(super) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = resource::parse(config).map_err(|e| e.0)?;
     let mut rules = Vec::new();
     for (r, rule) in c.rules.into_iter().enumerate() {
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn configs_are_checked_naming_the_place() {
-        let err = |v: Value| build(&v).unwrap_err();
+        let err = |v: Value| build(&v, &Site::checking()).unwrap_err();
         assert!(
             err(json!({"rules": [{"weighted_upstreams": []}]}))
                 .contains("rules[0].weighted_upstreams")

@@ -54,6 +54,7 @@ impl Consumers {
         groups: &[(&str, &Value)],
         consumers: &[(&str, &Value)],
         credentials: &[(&str, &Value)],
+        metadata: &HashMap<String, Value>,
         skip: Skip<'_>,
     ) -> Consumers {
         let mut group_plugins: HashMap<&str, Plugins> = HashMap::new();
@@ -76,11 +77,23 @@ impl Consumers {
                     None => None,
                 };
                 let own = c.plugins.as_ref().unwrap_or(&empty);
+                let group_key = c
+                    .group_id
+                    .as_ref()
+                    .map(|g| Kind::ConsumerGroups.key(&g.0))
+                    .unwrap_or_default();
                 let consumer = Arc::new(Consumer {
                     username: c.username.clone(),
                     group_id: c.group_id.as_ref().map(|g| g.0.clone()),
                     custom_id: c.labels.as_ref().and_then(|l| l.get("custom_id")).cloned(),
-                    plugins: Chain::build(&[group.unwrap_or(&empty), own], true)?,
+                    plugins: Chain::build(
+                        &[
+                            (&group_key, group.unwrap_or(&empty)),
+                            (&Kind::Consumers.key(id), own),
+                        ],
+                        true,
+                        metadata,
+                    )?,
                 });
                 Ok((consumer, own.clone()))
             });

@@ -61,6 +61,20 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         tracing::warn!(key = kind.key(id), error = %e, "configuration left out");
     };
 
+    // Stored metadata carries its id and times beside the plugin's settings.
+    let metadata: HashMap<String, Value> = of(Kind::PluginMetadata)
+        .iter()
+        .map(|(name, value)| {
+            let mut settings = (*value).clone();
+            if let Some(fields) = settings.as_object_mut() {
+                for field in ["id", "create_time", "update_time"] {
+                    fields.remove(field);
+                }
+            }
+            (name.to_string(), settings)
+        })
+        .collect();
+
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (id, value) in of(Kind::Upstreams) {
         let owner = Kind::Upstreams.key(id);
@@ -95,22 +109,29 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
             Err(e) => skip(Kind::PluginConfigs, id, e),
         }
     }
-    let mut global_plugins = Plugins::new();
+    let mut global_rules = Vec::new();
     for (id, value) in of(Kind::GlobalRules) {
         match resource::parse::<resource::PluginSet>(value) {
-            Ok(rule) => global_plugins.extend(rule.plugins),
+            Ok(rule) => global_rules.push((Kind::GlobalRules.key(id), rule.plugins)),
             Err(e) => skip(Kind::GlobalRules, id, e),
         }
     }
-    let global = Chain::build(&[&global_plugins], false).unwrap_or_else(|e| {
+    let layers: Vec<(&str, &Plugins)> = global_rules.iter().map(|(k, p)| (k.as_str(), p)).collect();
+    let global = Chain::build(&layers, false, &metadata).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "global rules left out");
         Chain::default()
     });
 
     let mut routes = Vec::new();
     for (id, value) in of(Kind::Routes) {
-        let route = resource::parse::<resource::Route>(value)
-            .and_then(|r| compile_route(id, &r, &upstreams, &services, &plugin_configs, checks));
+        let route = resource::parse::<resource::Route>(value).and_then(|r| {
+            let layers = Layers {
+                services: &services,
+                plugin_configs: &plugin_configs,
+                metadata: &metadata,
+            };
+            compile_route(id, &r, &upstreams, &layers, checks)
+        });
         match route {
             Ok(Some(route)) => routes.push(route),
             Ok(None) => {}
@@ -136,21 +157,9 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         of(Kind::ConsumerGroups),
         of(Kind::Consumers),
         of(Kind::Credentials),
+        &metadata,
         &skip,
     );
-    // Stored metadata carries its id and times beside the plugin's settings.
-    let metadata = of(Kind::PluginMetadata)
-        .iter()
-        .map(|(name, value)| {
-            let mut settings = (*value).clone();
-            if let Some(fields) = settings.as_object_mut() {
-                for field in ["id", "create_time", "update_time"] {
-                    fields.remove(field);
-                }
-            }
-            (name.to_string(), settings)
-        })
-        .collect();
     Snapshot {
         revision,
         router: Router::new(routes),
@@ -186,14 +195,26 @@ fn resolve_upstream(
 }
 
 /// The route as it serves; None when it is disabled (`status: 0`).
+/// What a route's plugins are built from besides its own: its service's and plugin config's,
+/// and the plugins' metadata.
+struct Layers<'a> {
+    services: &'a HashMap<&'a str, (resource::Service, Option<Arc<Upstream>>)>,
+    plugin_configs: &'a HashMap<&'a str, Plugins>,
+    metadata: &'a HashMap<String, Value>,
+}
+
 fn compile_route(
     id: &str,
     r: &resource::Route,
     upstreams: &HashMap<&str, Arc<Upstream>>,
-    services: &HashMap<&str, (resource::Service, Option<Arc<Upstream>>)>,
-    plugin_configs: &HashMap<&str, Plugins>,
+    layers: &Layers<'_>,
     checks: &HealthChecks,
 ) -> Result<Option<Route>, Invalid> {
+    let Layers {
+        services,
+        plugin_configs,
+        metadata,
+    } = layers;
     if r.status == Some(0) {
         return Ok(None);
     }
@@ -213,15 +234,27 @@ fn compile_route(
         .as_ref()
         .map(|pid| find(plugin_configs, Kind::PluginConfigs, &pid.0))
         .transpose()?;
+    let service_key = r.service_id.as_ref().map(|s| Kind::Services.key(&s.0));
+    let config_key = r
+        .plugin_config_id
+        .as_ref()
+        .map(|p| Kind::PluginConfigs.key(&p.0));
     let plugins = Chain::build(
         &[
-            service
-                .and_then(|(s, _)| s.plugins.as_ref())
-                .unwrap_or(&empty),
-            plugin_config.unwrap_or(&empty),
-            r.plugins.as_ref().unwrap_or(&empty),
+            (
+                service_key.as_deref().unwrap_or_default(),
+                service
+                    .and_then(|(s, _)| s.plugins.as_ref())
+                    .unwrap_or(&empty),
+            ),
+            (
+                config_key.as_deref().unwrap_or_default(),
+                plugin_config.unwrap_or(&empty),
+            ),
+            (&owner, r.plugins.as_ref().unwrap_or(&empty)),
         ],
         false,
+        metadata,
     )?;
     let mut host_texts: Vec<&String> = r.hosts().collect();
     if host_texts.is_empty()

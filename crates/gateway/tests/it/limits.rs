@@ -443,3 +443,103 @@ async fn limit_conn_in_redis_holds_across_two_gateways_and_degrades_when_asked()
     .await;
     assert_eq!(get(&one, "/conn", &[]).await.0, 200);
 }
+
+/// APISIX's "Rate Limit with Anonymous Consumer" example: a consumer's limit follows it over
+/// every route it calls, and the anonymous consumer's limit counts every unauthenticated request.
+#[tokio::test]
+async fn limit_count_on_consumers_counts_each_consumer_over_every_route() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/consumers",
+        json!({"username": "john", "plugins": {"limit-count": {
+            "count": 3, "time_window": 30, "rejected_code": 429}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/consumers/john/credentials",
+        json!({"id": "cred-john-key-auth", "plugins": {"key-auth": {"key": "john-key"}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/consumers",
+        json!({"username": "anonymous", "plugins": {"limit-count": {
+            "count": 1, "time_window": 30, "rejected_code": 429}}}),
+    )
+    .await;
+    for (id, uri) in [("key-auth-route", "/anything"), ("other-route", "/other")] {
+        gw.put(
+            "/apisix/admin/routes",
+            json!({"id": id, "uri": uri,
+                   "plugins": {"key-auth": {"anonymous_consumer": "anonymous"}},
+                   "upstream": {"type": "roundrobin", "nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    gw.wait_for("/other", 200).await; // the anonymous consumer's one request
+    let john = [("apikey", "john-key")];
+    let statuses: Vec<u16> = futures::future::join_all((0..5).map(|i| {
+        let uri = if i % 2 == 0 { "/anything" } else { "/other" };
+        get(&gw, uri, &john)
+    }))
+    .await
+    .iter()
+    .map(|(status, _, _)| *status)
+    .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    // The anonymous consumer had its one request already, on the other route.
+    assert_eq!(get(&gw, "/anything", &[]).await.0, 429);
+}
+
+/// A global rule's limit counts the requests of every route; `plugin_metadata/limit-count`
+/// names the quota headers (APISIX's "Customize Rate Limiting Headers").
+#[tokio::test]
+async fn global_limits_count_across_routes_with_the_header_names_metadata_gives() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/plugin_metadata/limit-count",
+        json!({"limit_header": "X-Custom-RateLimit-Limit",
+               "remaining_header": "X-Custom-RateLimit-Remaining",
+               "reset_header": "X-Custom-RateLimit-Reset"}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/global_rules/1",
+        json!({"plugins": {"limit-count": {"count": 3, "time_window": 60, "rejected_code": 429,
+            "key_type": "constant", "key": "everyone"}}}),
+    )
+    .await;
+    for uri in ["/a", "/b"] {
+        gw.put(
+            &format!("/apisix/admin/routes{uri}"),
+            json!({"uri": uri, "upstream": {"nodes": {up.to_string(): 1}}}),
+        )
+        .await;
+    }
+    let (status, _, headers) = eventually(10, "the routes and the rule", || async {
+        let answer = get(&gw, "/b", &[]).await;
+        answer
+            .2
+            .contains_key("x-custom-ratelimit-limit")
+            .then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-custom-ratelimit-limit"], "3");
+    assert!(!headers.contains_key("x-ratelimit-limit"));
+    let mut statuses = Vec::new();
+    for uri in ["/a", "/b", "/a"] {
+        statuses.push(get(&gw, uri, &[]).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429], "one count for both routes");
+}

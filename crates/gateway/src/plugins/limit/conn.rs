@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin, Shared};
+use crate::plugins::{Ctx, Flow, Plugin, Shared, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,9 +85,11 @@ struct LimitConn {
     adaptive: bool,
     redis: Option<Arc<SharedRedis>>,
     key_ttl: Duration,
+    /// See [`super::scope`].
+    scope: String,
 }
 
-pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.conn == 0 {
         return Err("conn: must be above 0".into());
@@ -102,6 +104,7 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
     let redis = SharedRedis::of("limit-conn", c.policy, c.redis(), c.allow_degradation)?;
     Ok(Arc::new(LimitConn {
         redis: redis.map(Arc::new),
+        scope: super::scope(site.owner, None),
         key_ttl: Duration::from_secs(c.key_ttl),
         conn: c.conn,
         burst: c.burst,
@@ -122,7 +125,7 @@ impl Plugin for LimitConn {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let key = self.key.counter(ctx, None);
+        let key = self.key.counter(ctx, &self.scope);
         let most = self.conn.saturating_add(self.burst);
         let Some(redis) = &self.redis else {
             let Some(in_flight) = ctx.shared.connections.enter(&key, most) else {

@@ -1,9 +1,12 @@
 //! `limit-count` (priority 1002): at most `count` requests per `time_window` seconds per key,
-//! per route — or per `group`, shared by every route naming it. A window starts with its first request, as APISIX's do, and the next
+//! counted where the plugin is configured (see [`super::scope`]) — or per `group`, shared by
+//! every limit naming it. A window starts with its first request, as APISIX's do, and the next
 //! follows on from it; `window_type: sliding` weighs the previous window's count by how much of
-//! it still overlaps.
-//! Local counters outlive configuration changes; `policy: redis` counts with
-//! `core::kv`'s windows (see [`super`]).
+//! it still overlaps. The quota headers' names come from `plugin_metadata` (APISIX's
+//! `limit_header`, `remaining_header`, `reset_header`).
+//!
+//! Local counters outlive configuration changes; `policy: redis` counts with `core::kv`'s
+//! windows (see [`super`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin, Reply};
+use crate::plugins::{Ctx, Flow, Plugin, Reply, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +78,8 @@ struct LimitCount {
     window: Duration,
     sliding: bool,
     key: Key,
-    group: Option<String>,
+    /// See [`super::scope`].
+    scope: String,
     redis: Option<SharedRedis>,
 }
 
@@ -87,9 +91,66 @@ struct Quota {
     limit: HeaderValue,
     rejected: Rejection,
     show_headers: bool,
+    names: HeaderNames,
 }
 
-pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
+/// The quota headers' names: APISIX's, or those `plugin_metadata/limit-count` sets.
+#[derive(Debug, Clone)]
+struct HeaderNames {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+struct Metadata {
+    limit_header: String,
+    remaining_header: String,
+    reset_header: String,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata {
+            limit_header: "X-RateLimit-Limit".into(),
+            remaining_header: "X-RateLimit-Remaining".into(),
+            reset_header: "X-RateLimit-Reset".into(),
+        }
+    }
+}
+
+impl HeaderNames {
+    /// APISIX's names, made once (a name made from static text costs nothing to copy).
+    const DEFAULT: HeaderNames = HeaderNames {
+        limit: HeaderName::from_static("x-ratelimit-limit"),
+        remaining: HeaderName::from_static("x-ratelimit-remaining"),
+        reset: HeaderName::from_static("x-ratelimit-reset"),
+    };
+
+    fn of(metadata: Option<&Value>) -> Result<HeaderNames, String> {
+        let Some(metadata) = metadata else {
+            return Ok(HeaderNames::DEFAULT);
+        };
+        let m: Metadata = crate::resource::parse(metadata).map_err(|e| e.0)?;
+        let name = |field: &str, text: &str| {
+            HeaderName::from_bytes(text.as_bytes())
+                .map_err(|_| format!("{field}: {text:?} is not a header name"))
+        };
+        Ok(HeaderNames {
+            limit: name("limit_header", &m.limit_header)?,
+            remaining: name("remaining_header", &m.remaining_header)?,
+            reset: name("reset_header", &m.reset_header)?,
+        })
+    }
+}
+
+/// Checks `plugin_metadata/limit-count`.
+pub(crate) fn check_metadata(metadata: &Value) -> Result<(), String> {
+    HeaderNames::of(Some(metadata)).map(|_| ())
+}
+
+pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if c.count == 0 {
         return Err("count: must be above 0".into());
@@ -109,11 +170,14 @@ pub(crate) fn build(config: &Value) -> Result<Arc<dyn Plugin>, String> {
             limit: HeaderValue::from(c.count),
             rejected,
             show_headers: c.show_limit_quota_header,
+            // Checked when the metadata was written; the defaults should it not read now.
+            names: HeaderNames::of(site.metadata.get("limit-count"))
+                .unwrap_or(HeaderNames::DEFAULT),
         }),
         window: Duration::from_secs(c.time_window),
         sliding: c.window_type == WindowType::Sliding,
         key,
-        group: c.group,
+        scope: super::scope(site.owner, c.group.as_deref()),
         redis,
     }))
 }
@@ -151,18 +215,15 @@ impl Quota {
         count: Count,
         headers: &mut Vec<(HeaderName, HeaderValue)>,
     ) -> Result<(), Reply> {
-        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
         let allowed = count.used <= self.count as f64;
         let mut reply = (!allowed).then(|| self.rejected.reply());
         if self.show_headers {
             let remaining = (self.count as f64 - count.used).max(0.0).floor() as u64;
             let reset = count.reset_ms.div_ceil(1000);
             let quota = [
-                (LIMIT, self.limit.clone()),
-                (REMAINING, HeaderValue::from(remaining)),
-                (RESET, HeaderValue::from(reset)),
+                (self.names.limit.clone(), self.limit.clone()),
+                (self.names.remaining.clone(), HeaderValue::from(remaining)),
+                (self.names.reset.clone(), HeaderValue::from(reset)),
             ];
             match reply.as_mut() {
                 Some(reply) => reply.headers.extend(quota),
@@ -183,7 +244,7 @@ impl Plugin for LimitCount {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let counter = self.key.counter(ctx, self.group.as_deref());
+        let counter = self.key.counter(ctx, &self.scope);
         let Some(redis) = &self.redis else {
             let count = ctx
                 .shared

@@ -52,28 +52,35 @@ impl Key {
         })
     }
 
-    /// The counter this request counts against: its route's, or a `group` shared by routes,
-    /// for the key's value (the client address when that is empty).
-    pub(super) fn counter(&self, ctx: &Ctx, group: Option<&str>) -> String {
+    /// The counter this request counts against in `scope` (see [`scope`]), for the key's value
+    /// (the client address when that is empty).
+    pub(super) fn counter(&self, ctx: &Ctx, scope: &str) -> String {
         let vars = ctx.vars();
         let value = match self {
             Key::Var(var) => var.read(&vars).unwrap_or_default(),
             Key::Combination(template) => template.render(&vars, &[]).into(),
             Key::Constant(c) => c.as_str().into(),
         };
-        let (scope, name) = match group {
-            Some(group) => ("group:", group),
-            None => ("route:", &*ctx.route_id),
-        };
-        let mut counter = String::with_capacity(scope.len() + name.len() + 1 + value.len());
+        let mut counter = String::with_capacity(scope.len() + 1 + value.len());
         counter.push_str(scope);
-        counter.push_str(name);
         counter.push(':');
         match value.is_empty() {
             true => counter.push_str(&ctx.remote_addr.to_string()),
             false => counter.push_str(&value),
         }
         counter
+    }
+}
+
+/// What a limit's counters are shared by: the resource it is configured on (`owner`, its key),
+/// as APISIX scopes them — a route's count is the route's, a service's is shared by the
+/// service's routes, a consumer's (or consumer group's) follows the consumer over every route
+/// it calls, a global rule's counts every request; or, for limit-count, a `group` of limits
+/// that share one count wherever they are.
+pub(super) fn scope(owner: &str, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("group:{group}"),
+        None => owner.to_string(),
     }
 }
 

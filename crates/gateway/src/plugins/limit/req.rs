@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin};
+use crate::plugins::{Ctx, Flow, Plugin, Site};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,9 +73,11 @@ struct LimitReq {
     rejected: Rejection,
     nodelay: bool,
     redis: Option<SharedRedis>,
+    /// See [`super::scope`].
+    scope: String,
 }
 
-pub(crate) fn build(config: &Value) -> Result<std::sync::Arc<dyn Plugin>, String> {
+pub(crate) fn build(config: &Value, site: &Site) -> Result<std::sync::Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if !(c.rate > 0.0 && c.rate <= MAX_RATE) {
         return Err(format!("rate: above 0, up to {MAX_RATE}, expected"));
@@ -86,6 +88,7 @@ pub(crate) fn build(config: &Value) -> Result<std::sync::Arc<dyn Plugin>, String
     let redis = SharedRedis::of("limit-req", c.policy, c.redis(), c.allow_degradation)?;
     Ok(std::sync::Arc::new(LimitReq {
         redis,
+        scope: super::scope(site.owner, None),
         rate: c.rate,
         burst: c.burst,
         key: Key::parse(c.key_type, &c.key)?,
@@ -104,7 +107,7 @@ impl Plugin for LimitReq {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        let key = self.key.counter(ctx, None);
+        let key = self.key.counter(ctx, &self.scope);
         let Some(redis) = &self.redis else {
             return match ctx.shared.buckets.pour(key, self.rate, self.burst) {
                 Some(excess) => self.queued(excess),
