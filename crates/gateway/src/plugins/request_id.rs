@@ -1,7 +1,8 @@
 //! `request-id` (priority 12015): gives every request an id in a header (`X-Request-Id`),
-//! keeping one the client sent, passes it upstream and, by default, back in the response.
-//! Algorithms: `uuid` (v4), `nanoid` (21 URL-safe characters) and `range_id` (`length`
-//! characters from `char_set`).
+//! keeping one the client sent (an empty one is replaced), passes it upstream and, by default,
+//! back in the response. Algorithms: `uuid` (v4), `uuidv7` (time-ordered), `nanoid` (21
+//! URL-safe characters), `ksuid` (27 base62 characters, time-ordered: Segment's K-Sortable
+//! Unique IDs) and `range_id` (`length` characters from `char_set`).
 
 use std::sync::Arc;
 
@@ -30,8 +31,10 @@ pub(crate) struct Config {
 enum Algorithm {
     #[default]
     Uuid,
+    Uuidv7,
     Nanoid,
     RangeId,
+    Ksuid,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -64,6 +67,8 @@ const NANOID_ALPHABET: &str = "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK
 #[derive(Debug)]
 enum Generator {
     Uuid,
+    Uuidv7,
+    Ksuid,
     /// Random characters from the set.
     Chars(Vec<char>, usize),
 }
@@ -81,6 +86,8 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
         .map_err(|_| format!("header_name: {:?} is not a header name", c.header_name))?;
     let generator = match c.algorithm {
         Algorithm::Uuid => Generator::Uuid,
+        Algorithm::Uuidv7 => Generator::Uuidv7,
+        Algorithm::Ksuid => Generator::Ksuid,
         Algorithm::Nanoid => Generator::Chars(NANOID_ALPHABET.chars().collect(), 21),
         Algorithm::RangeId => {
             let range = c.range_id.unwrap_or(RangeId {
@@ -109,6 +116,8 @@ impl RequestId {
     fn generate(&self) -> String {
         match &self.generator {
             Generator::Uuid => uuid::Uuid::new_v4().to_string(),
+            Generator::Uuidv7 => uuid::Uuid::now_v7().to_string(),
+            Generator::Ksuid => ksuid(std::time::SystemTime::now(), rand::random()),
             Generator::Chars(chars, length) => {
                 let mut rng = rand::rng();
                 (0..*length)
@@ -117,6 +126,34 @@ impl RequestId {
             }
         }
     }
+}
+
+/// The seconds KSUID timestamps count from (2014-05-13T16:53:20Z).
+const KSUID_EPOCH: u64 = 1_400_000_000;
+
+/// A KSUID (Segment's format): 4 bytes of seconds since [`KSUID_EPOCH`] and 16 random bytes,
+/// as 27 base62 digits (`0-9A-Za-z`, most significant first, zero-padded), so ids sort by time.
+fn ksuid(now: std::time::SystemTime, random: [u8; 16]) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let seconds = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(KSUID_EPOCH) as u32;
+    let mut number = [0u8; 20];
+    number[..4].copy_from_slice(&seconds.to_be_bytes());
+    number[4..].copy_from_slice(&random);
+    // Long division by 62, one base-256 digit at a time, 27 times.
+    let mut digits = [b'0'; 27];
+    for slot in digits.iter_mut().rev() {
+        let mut remainder = 0u32;
+        for byte in number.iter_mut() {
+            let value = remainder * 256 + u32::from(*byte);
+            *byte = (value / 62) as u8;
+            remainder = value % 62;
+        }
+        *slot = DIGITS[remainder as usize];
+    }
+    String::from_utf8_lossy(&digits).into_owned()
 }
 
 impl Plugin for RequestId {
@@ -129,9 +166,8 @@ impl Plugin for RequestId {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        if !ctx.headers.contains_key(&self.header)
-            && let Ok(id) = HeaderValue::from_str(&self.generate())
-        {
+        let given = ctx.headers.get(&self.header).is_some_and(|v| !v.is_empty());
+        if !given && let Ok(id) = HeaderValue::from_str(&self.generate()) {
             ctx.headers.insert(self.header.clone(), id);
         }
         Flow::Next
@@ -143,5 +179,26 @@ impl Plugin for RequestId {
         {
             head.headers().insert(self.header.clone(), id.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segment's own example: the KSUID of 2017-10-10T04:00:47Z (timestamp 107608047) and this
+    /// payload.
+    #[test]
+    fn ksuids_are_segments() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(107_608_047 + KSUID_EPOCH);
+        let payload = 0xB5A1CD34B5F99D1154FB6853345C9735u128.to_be_bytes();
+        assert_eq!(ksuid(at, payload), "0ujtsYcgvSTl8PAuAdqWYSMnLOv");
+        let zero = ksuid(std::time::UNIX_EPOCH, [0; 16]);
+        assert_eq!(
+            zero, "000000000000000000000000000",
+            "before the epoch: zero"
+        );
+        let later = ksuid(std::time::SystemTime::now(), [0; 16]);
+        assert!(later > ksuid(at, [0xff; 16]), "ids sort by time");
     }
 }

@@ -272,6 +272,11 @@ async fn ip_restriction_request_id_cors_and_fault_injection() {
     )
     .await;
     gw.put(
+        "/apisix/admin/routes/ksuid",
+        route("/ksuid", json!({"request-id": {"algorithm": "ksuid"}})),
+    )
+    .await;
+    gw.put(
         "/apisix/admin/routes/cors",
         route("/cors", json!({"cors": {"allow_origins": "https://shop.example.com",
             "allow_origins_by_regex": [".*\\.dealer\\.example\\.com"], "allow_methods": "GET,POST",
@@ -321,9 +326,20 @@ async fn ip_restriction_request_id_cors_and_fault_injection() {
     let (_, seen, headers) = get(&gw, "/id", &[("X-Request-Id", "from-client")]).await;
     assert_eq!(seen["headers"]["x-request-id"], "from-client");
     assert_eq!(headers["x-request-id"], "from-client");
+    // An empty header gets an id too (APISIX's `curl -H 'X-Request-Id;'`).
+    let (_, seen, headers) = get(&gw, "/id", &[("X-Request-Id", "")]).await;
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    assert_eq!(seen["headers"]["x-request-id"], id);
     let (_, seen, headers) = get(&gw, "/nano", &[]).await;
     assert_eq!(seen["headers"]["x-trace"].as_str().unwrap().len(), 21);
     assert!(!headers.contains_key("x-trace"));
+    let (_, _, headers) = get(&gw, "/ksuid", &[]).await;
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert!(
+        id.len() == 27 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a KSUID: {id}"
+    );
 
     let preflight = [
         ("Origin", "https://shop.example.com"),
