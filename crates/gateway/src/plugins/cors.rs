@@ -1,7 +1,11 @@
 //! `cors` (priority 4000): answers preflight (`OPTIONS`) requests and adds the
-//! `Access-Control-*` headers to responses for allowed origins — `allow_origins` (`*`, `**`
-//! for any origin even with credentials, or a comma-separated list) or
-//! `allow_origins_by_regex`.
+//! `Access-Control-*` headers to responses for allowed origins, as APISIX decides them:
+//! origins named in `plugin_metadata/cors`'s `allow_origins` under the keys
+//! `allow_origins_by_metadata` lists; else `allow_origins_by_regex` (regexes found anywhere in
+//! the origin, as APISIX's — anchor them with `^…$`), which replaces `allow_origins` when set;
+//! else `allow_origins` (`*`, `**` for any origin even with credentials, or a comma-separated
+//! list). `timing_allow_origins` and `timing_allow_origins_by_regex` grant
+//! `Timing-Allow-Origin` the same way.
 
 use std::sync::Arc;
 
@@ -29,9 +33,26 @@ pub(crate) struct Config {
     #[serde(default)]
     allow_credential: bool,
     allow_origins_by_regex: Option<Vec<String>>,
-    allow_origins_by_metadata: Option<Value>,
-    timing_allow_origins: Option<Value>,
-    timing_allow_origins_by_regex: Option<Value>,
+    /// Keys of `plugin_metadata/cors`'s `allow_origins`.
+    allow_origins_by_metadata: Option<Vec<String>>,
+    timing_allow_origins: Option<String>,
+    timing_allow_origins_by_regex: Option<Vec<String>>,
+}
+
+/// `plugin_metadata/cors`: origins by key, for `allow_origins_by_metadata`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+struct Metadata {
+    allow_origins: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks `plugin_metadata/cors`.
+pub(super) fn check_metadata(metadata: &Value) -> Result<(), String> {
+    let m: Metadata = crate::resource::parse(metadata).map_err(|e| e.0)?;
+    for (key, origins) in &m.allow_origins {
+        super::head_text(&format!("allow_origins.{key}"), origins)?;
+    }
+    Ok(())
 }
 
 fn star() -> String {
@@ -47,7 +68,13 @@ const ALL_METHODS: &str = "GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE"
 #[derive(Debug)]
 struct Cors {
     origins: Origins,
-    by_regex: Vec<Regex>,
+    /// `allow_origins_by_regex`, one alternation.
+    by_regex: Option<Regex>,
+    /// The origins `allow_origins_by_metadata` names, when set.
+    by_metadata: Option<Vec<Origins>>,
+    /// `Timing-Allow-Origin`'s origins, when set.
+    timing: Option<Origins>,
+    timing_by_regex: Option<Regex>,
     methods: HeaderValue,
     /// None: `**`, echo the preflight's `Access-Control-Request-Headers`.
     headers: Option<HeaderValue>,
@@ -63,20 +90,66 @@ enum Origins {
     List(Vec<String>),
 }
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
-    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    for (field, set) in [
-        ("allow_origins_by_metadata", &c.allow_origins_by_metadata),
-        ("timing_allow_origins", &c.timing_allow_origins),
-        (
-            "timing_allow_origins_by_regex",
-            &c.timing_allow_origins_by_regex,
-        ),
-    ] {
-        if set.is_some() {
-            return Err(format!("{field}: not supported yet"));
+impl Origins {
+    fn parse(text: &str) -> Origins {
+        match text {
+            "*" => Origins::Star,
+            "**" => Origins::Any,
+            list => Origins::List(list.split(',').map(|o| o.trim().to_string()).collect()),
         }
     }
+
+    /// The allow-origin value for a request from `origin`; None when it is not allowed.
+    fn admit(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match self {
+            Origins::Star => Some(HeaderValue::from_static("*")),
+            Origins::Any => Some(origin.cloned().unwrap_or(HeaderValue::from_static("*"))),
+            Origins::List(list) => {
+                let origin = origin?;
+                let text = origin.to_str().ok()?;
+                list.iter().any(|o| o == text).then(|| origin.clone())
+            }
+        }
+    }
+}
+
+/// Regexes as one alternation, found anywhere in an origin (as APISIX's `re_find`).
+fn alternation(field: &str, regexes: Option<&Vec<String>>) -> Result<Option<Regex>, String> {
+    let Some(regexes) = regexes.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let joined = regexes
+        .iter()
+        .map(|r| format!("(?:{r})"))
+        .collect::<Vec<_>>()
+        .join("|");
+    Regex::new(&joined)
+        .map(Some)
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+/// `origin` when `regex` finds itself in it.
+fn by_regex(regex: &Regex, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let origin = origin?;
+    regex
+        .is_match(origin.to_str().ok()?)
+        .then(|| origin.clone())
+}
+
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
+    let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    // Checked when the metadata was written; a key it does not have names no origin.
+    let metadata: Metadata = site
+        .metadata
+        .get("cors")
+        .and_then(|m| crate::resource::parse(m).ok())
+        .unwrap_or_default();
+    let by_metadata = c.allow_origins_by_metadata.as_ref().map(|keys| {
+        keys.iter()
+            .filter_map(|key| metadata.allow_origins.get(key))
+            .map(|origins| Origins::parse(origins))
+            .collect()
+    });
     if c.allow_credential {
         let starred = [&c.allow_origins, &c.allow_methods, &c.allow_headers]
             .into_iter()
@@ -91,19 +164,12 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
     let value = |field: &str, text: &str| {
         HeaderValue::from_str(text).map_err(|_| format!("{field}: not valid in a header"))
     };
-    let origins = match c.allow_origins.as_str() {
-        "*" => Origins::Star,
-        "**" => Origins::Any,
-        list => Origins::List(list.split(',').map(|o| o.trim().to_string()).collect()),
-    };
-    let by_regex = c
-        .allow_origins_by_regex
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("allow_origins_by_regex: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let origins = Origins::parse(&c.allow_origins);
+    let by_regex = alternation("allow_origins_by_regex", c.allow_origins_by_regex.as_ref())?;
+    let timing_by_regex = alternation(
+        "timing_allow_origins_by_regex",
+        c.timing_allow_origins_by_regex.as_ref(),
+    )?;
     let methods = match c.allow_methods.as_str() {
         "**" => ALL_METHODS,
         other => other,
@@ -111,6 +177,9 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
     Ok(Arc::new(Cors {
         origins,
         by_regex,
+        by_metadata,
+        timing: c.timing_allow_origins.as_deref().map(Origins::parse),
+        timing_by_regex,
         methods: value("allow_methods", methods)?,
         headers: match c.allow_headers.as_str() {
             "**" => None,
@@ -129,17 +198,32 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
 impl Cors {
     /// The `Access-Control-Allow-Origin` for a request from `origin`; None when not allowed.
     fn allowed(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-        if let Origins::Star = self.origins {
-            return Some(HeaderValue::from_static("*"));
+        if let Some(sets) = &self.by_metadata {
+            let listed = |set: &Origins| {
+                set.admit(origin)
+                    .is_some_and(|allowed| allowed == "*" || Some(&allowed) == origin)
+            };
+            if origin.is_some() && sets.iter().any(listed) {
+                return origin.cloned();
+            }
+            // Not among the metadata's: `allow_origins` decides, unless it is the default `*`.
+            if matches!(self.origins, Origins::Star) {
+                return None;
+            }
         }
-        let origin = origin?;
-        let text = origin.to_str().ok()?;
-        let listed = match &self.origins {
-            Origins::Any => true,
-            Origins::List(list) => list.iter().any(|o| o == text),
-            Origins::Star => false,
-        };
-        (listed || self.by_regex.iter().any(|r| r.is_match(text))).then(|| origin.clone())
+        match &self.by_regex {
+            Some(regex) => by_regex(regex, origin),
+            None => self.origins.admit(origin),
+        }
+    }
+
+    /// The `Timing-Allow-Origin` for a request from `origin`, when timing is allowed.
+    fn timing(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match (&self.timing_by_regex, &self.timing) {
+            (Some(regex), _) => by_regex(regex, origin),
+            (None, Some(origins)) => origins.admit(origin).filter(|a| Some(a) == origin),
+            (None, None) => None,
+        }
     }
 }
 
@@ -164,13 +248,20 @@ impl Plugin for Cors {
     }
 
     fn response(&self, ctx: &Ctx, head: &mut ResponseHead) {
-        let Some(origin) = self.allowed(ctx.headers.get(header::ORIGIN)) else {
+        let requested = ctx.headers.get(header::ORIGIN);
+        if let Some(timing) = self.timing(requested) {
+            head.headers().insert("timing-allow-origin", timing);
+        }
+        // The answer depends on the request's origin, unless every origin gets `*`.
+        let star = matches!(self.origins, Origins::Star);
+        if !star || self.by_regex.is_some() || self.by_metadata.is_some() {
+            head.headers()
+                .append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        let Some(origin) = self.allowed(requested) else {
             return;
         };
         let h = head.headers();
-        if origin != "*" {
-            h.append(header::VARY, HeaderValue::from_static("Origin"));
-        }
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
         let allow_headers = match &self.headers {

@@ -366,7 +366,7 @@ const REGISTRY: &[Registered] = &[
         build: cors::build,
         schema: schema_of::<cors::Config>,
         authentication: None,
-        metadata: None,
+        metadata: Some(cors::check_metadata),
     },
     Registered {
         name: "ip-restriction",

@@ -278,8 +278,8 @@ async fn ip_restriction_request_id_cors_and_fault_injection() {
     .await;
     gw.put(
         "/apisix/admin/routes/cors",
-        route("/cors", json!({"cors": {"allow_origins": "https://shop.example.com",
-            "allow_origins_by_regex": [".*\\.dealer\\.example\\.com"], "allow_methods": "GET,POST",
+        route("/cors", json!({"cors": {"allow_origins": "https://shop.example.com,https://a.dealer.example.com",
+            "allow_methods": "GET,POST",
             "allow_headers": "**", "expose_headers": "X-Request-Id", "max_age": 60, "allow_credential": true}})),
     )
     .await;
@@ -432,4 +432,82 @@ async fn bad_plugin_configs_are_refused_naming_the_field() {
         route(json!({"request-id": {"_meta": {"disable": true}}})),
     )
     .await;
+}
+
+/// APISIX's cors examples "Use RegEx to Match Origin" and "Configure Origins in Plugin
+/// Metadata", and Timing-Allow-Origin.
+#[tokio::test]
+async fn cors_matches_origins_by_regex_and_by_metadata() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    gw.put(
+        "/apisix/admin/plugin_metadata/cors",
+        json!({"allow_origins": {"key_1": "https://domain.com",
+            "key_2": "https://sub.domain.com,https://sub2.domain.com", "key_3": "*"}}),
+    )
+    .await;
+    let common = json!({"allow_methods": "GET,POST", "allow_headers": "headr1,headr2",
+        "expose_headers": "ex-headr1,ex-headr2", "max_age": 50});
+    let with = |extra: Value| {
+        let mut cors = common.clone();
+        cors.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        cors
+    };
+    for (id, cors) in [
+        (
+            "regex",
+            with(json!({"allow_origins_by_regex": [".*\\.test.com$"]})),
+        ),
+        (
+            "metadata",
+            with(json!({"allow_origins_by_metadata": ["key_1"]})),
+        ),
+        (
+            "timing",
+            json!({"timing_allow_origins": "https://timing.example.com"}),
+        ),
+    ] {
+        gw.put(
+            "/apisix/admin/routes",
+            json!({"id": id, "uri": format!("/{id}"), "plugins": {"cors": cors},
+                   "upstream": {"nodes": {up.to_string(): 1}, "type": "roundrobin"}}),
+        )
+        .await;
+    }
+    gw.wait_for("/timing", 200).await;
+
+    let origin = async |uri: &str, origin: &str| get(&gw, uri, &[("Origin", origin)]).await.2;
+    let headers = origin("/regex", "http://a.test.com").await;
+    assert_eq!(headers["access-control-allow-origin"], "http://a.test.com");
+    assert_eq!(headers["vary"], "Origin");
+    assert_eq!(headers["access-control-allow-methods"], "GET,POST");
+    assert_eq!(headers["access-control-max-age"], "50");
+    assert_eq!(
+        headers["access-control-expose-headers"],
+        "ex-headr1,ex-headr2"
+    );
+    assert_eq!(headers["access-control-allow-headers"], "headr1,headr2");
+    let headers = origin("/regex", "http://a.test2.com").await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    assert_eq!(headers["vary"], "Origin");
+
+    let headers = origin("/metadata", "https://domain.com").await;
+    assert_eq!(headers["access-control-allow-origin"], "https://domain.com");
+    let headers = origin("/metadata", "http://a.test2.com").await;
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "{headers:?}"
+    );
+    let headers = origin("/metadata", "https://sub.domain.com").await;
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "key_2 is not named"
+    );
+
+    let headers = origin("/timing", "https://timing.example.com").await;
+    assert_eq!(headers["timing-allow-origin"], "https://timing.example.com");
+    let headers = origin("/timing", "https://else.example.com").await;
+    assert!(!headers.contains_key("timing-allow-origin"));
 }
