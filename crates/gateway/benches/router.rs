@@ -45,6 +45,7 @@ fn lookup(snapshot: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
         server_port: 9080,
         consumer_name: None,
         jwt_payload: None,
+        uri_params: &[],
     };
     snapshot.router.find(&request).is_some()
 }

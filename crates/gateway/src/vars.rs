@@ -4,8 +4,9 @@
 //! holds when all hold; a list may start with `"AND"`, `"OR"`, `"!AND"` or `"!OR"` and then
 //! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
 //! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `consumer_name`, `arg_<name>`,
-//! `http_<header>` (lower case, `-` as `_`) and `cookie_<name>`; and Axle's `jwt_claim_<name>`,
-//! a claim of the token jwt-auth verified when it keeps the payload (`store_in_ctx`). Operators: `==`, `~=`, `>`,
+//! `http_<header>` (lower case, `-` as `_`), `cookie_<name>` and `uri_param_<name>` (a `:name`
+//! segment of the route's uri); and Axle's `jwt_claim_<name>`, a claim of the token jwt-auth
+//! verified when it keeps the payload (`store_in_ctx`). Operators: `==`, `~=`, `>`,
 //! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
 
 use std::borrow::Cow;
@@ -32,6 +33,8 @@ pub struct Request<'a> {
     pub consumer_name: Option<&'a str>,
     /// The payload of the token jwt-auth verified, when it keeps it (`store_in_ctx`).
     pub jwt_payload: Option<&'a serde_json::Map<String, Value>>,
+    /// The route's `:name` segments, and where in `path` each value lies.
+    pub uri_params: &'a [(std::sync::Arc<str>, std::ops::Range<usize>)],
 }
 
 impl<'a> Request<'a> {
@@ -98,6 +101,7 @@ pub enum Var {
     QueryString,
     ConsumerName,
     JwtClaim(String),
+    UriParam(String),
     Arg(String),
     Header(String),
     Cookie(String),
@@ -118,6 +122,8 @@ impl Var {
             _ => {
                 if let Some(claim) = name.strip_prefix("jwt_claim_") {
                     Var::JwtClaim(claim.to_string())
+                } else if let Some(param) = name.strip_prefix("uri_param_") {
+                    Var::UriParam(param.to_string())
                 } else if let Some(arg) = name.strip_prefix("arg_") {
                     Var::Arg(arg.to_string())
                 } else if let Some(header) = name.strip_prefix("http_") {
@@ -145,6 +151,12 @@ impl Var {
             Var::ServerPort => Some(Cow::Owned(r.server_port.to_string())),
             Var::QueryString => r.query.map(Cow::Borrowed),
             Var::ConsumerName => r.consumer_name.map(Cow::Borrowed),
+            Var::UriParam(name) => r
+                .uri_params
+                .iter()
+                .find(|(n, _)| **n == **name)
+                .and_then(|(_, at)| r.path.get(at.clone()))
+                .map(Cow::Borrowed),
             Var::JwtClaim(name) => match r.jwt_payload?.get(name)? {
                 Value::String(text) => Some(Cow::Borrowed(text)),
                 Value::Null => None,
@@ -381,6 +393,7 @@ mod tests {
             server_port: 9080,
             consumer_name: None,
             jwt_payload: None,
+            uri_params: &[],
         };
         Vars::compile(&vars).unwrap().matches(&request)
     }

@@ -136,6 +136,8 @@ pub struct Ctx {
     /// The payload of the token jwt-auth verified, kept for the plugins after it when the
     /// route asks (`store_in_ctx`; APISIX's `ctx.jwt_auth_payload`), as `$jwt_claim_<name>`.
     pub jwt_payload: Option<Box<serde_json::Map<String, Value>>>,
+    /// The route's `:name` segments in `original_path` (`$uri_param_<name>`).
+    pub uri_params: Vec<(Arc<str>, std::ops::Range<usize>)>,
 }
 
 impl Ctx {
@@ -151,6 +153,7 @@ impl Ctx {
             server_port: self.server_port,
             consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
             jwt_payload: self.jwt_payload.as_deref(),
+            uri_params: &self.uri_params,
         }
     }
 
@@ -733,11 +736,11 @@ pub(crate) fn head_text(field: &str, text: &str) -> Result<(), String> {
 }
 
 /// `headers` in proxy-rewrite and response-rewrite: `{add, set, remove}`, or the older form, a
-/// plain object of headers to set.
+/// plain object of headers to set. A value may be a list: the header once for each.
 #[derive(Debug, Clone, Default)]
 struct HeaderEdits {
-    add: Vec<(http::HeaderName, Template)>,
-    set: Vec<(http::HeaderName, Template)>,
+    add: Vec<(http::HeaderName, Vec<Template>)>,
+    set: Vec<(http::HeaderName, Vec<Template>)>,
     remove: Vec<http::HeaderName>,
 }
 
@@ -750,21 +753,32 @@ impl HeaderEdits {
             .keys()
             .all(|k| matches!(k.as_str(), "add" | "set" | "remove"));
         let mut edits = HeaderEdits::default();
-        let pairs = |v: &Value, what: &str| -> Result<Vec<(http::HeaderName, Template)>, String> {
+        type Pairs = Vec<(http::HeaderName, Vec<Template>)>;
+        let pairs = |v: &Value, what: &str| -> Result<Pairs, String> {
             let Value::Object(m) = v else {
                 return Err(format!("headers.{what}: must be an object"));
+            };
+            let template = |k: &str, v: &Value| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err(format!("headers.{k}: must be a string or a list of them")),
+                };
+                head_text(&format!("headers.{what}.{k}"), &text)?;
+                Template::parse(&text)
             };
             m.iter()
                 .map(|(k, v)| {
                     let name = http::HeaderName::from_bytes(k.as_bytes())
                         .map_err(|_| format!("headers: {k:?} is not a header name"))?;
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        _ => return Err(format!("headers.{k}: must be a string")),
+                    let templates = match v {
+                        Value::Array(values) => values
+                            .iter()
+                            .map(|v| template(k, v))
+                            .collect::<Result<_, _>>()?,
+                        one => vec![template(k, one)?],
                     };
-                    head_text(&format!("headers.{what}.{k}"), &text)?;
-                    Ok((name, Template::parse(&text)?))
+                    Ok((name, templates))
                 })
                 .collect()
         };
@@ -794,17 +808,24 @@ impl HeaderEdits {
     }
 
     fn apply(&self, headers: &mut HeaderMap, vars: &vars::Request<'_>) {
-        for (name, template) in &self.add {
-            if let Ok(v) = http::HeaderValue::from_str(&template.render(vars, &[])) {
-                headers.append(name, v);
+        let values = |templates: &'_ [Template]| {
+            templates
+                .iter()
+                .map(|t| t.render(vars, &[]))
+                .filter(|v| !v.is_empty())
+                .filter_map(|v| http::HeaderValue::from_str(&v).ok())
+                .collect::<Vec<_>>()
+        };
+        for (name, templates) in &self.add {
+            for value in values(templates) {
+                headers.append(name, value);
             }
         }
-        for (name, template) in &self.set {
-            let value = template.render(vars, &[]);
-            if value.is_empty() {
-                headers.remove(name);
-            } else if let Ok(v) = http::HeaderValue::from_str(&value) {
-                headers.insert(name, v);
+        // An empty value removes the header.
+        for (name, templates) in &self.set {
+            headers.remove(name);
+            for value in values(templates) {
+                headers.append(name, value);
             }
         }
         for name in &self.remove {
@@ -938,6 +959,7 @@ mod tests {
             server_port: 1,
             consumer_name: None,
             jwt_payload: None,
+            uri_params: &[],
         };
         let t = Template::parse("/v2$uri?x=$arg_x&$1-${host}$").unwrap();
         assert!(Template::parse("$nope").is_err());

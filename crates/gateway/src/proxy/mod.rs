@@ -357,12 +357,14 @@ impl DataPlane {
             trace: None,
             jwt_payload: None,
             raw_path,
+            uri_params: Vec::new(),
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
             return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
         ctx.route_id = route.id.clone();
+        ctx.uri_params = route.uri_params(&ctx.original_path);
         ctx.service_id = route.service_id.clone();
         let global = &snapshot.global;
         let mut reply = match global.rewrite(&mut ctx).await {

@@ -31,7 +31,8 @@ pub enum UriPattern {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Segment {
     Literal(String),
-    Param,
+    /// `:name`.
+    Param(Arc<str>),
     Rest,
 }
 
@@ -42,8 +43,8 @@ impl UriPattern {
                 .split('/')
                 .skip(1)
                 .map(|s| {
-                    if s.starts_with(':') {
-                        Segment::Param
+                    if let Some(name) = s.strip_prefix(':') {
+                        Segment::Param(name.into())
                     } else if s.starts_with('*') {
                         Segment::Rest
                     } else {
@@ -82,7 +83,7 @@ fn params_match(segments: &[Segment], path: &str) -> bool {
                     return false;
                 }
             }
-            Segment::Param => match parts.next() {
+            Segment::Param(_) => match parts.next() {
                 Some(p) if !p.is_empty() => {}
                 _ => return false,
             },
@@ -146,6 +147,28 @@ pub struct Labels {
 }
 
 impl Route {
+    /// The values of the `:name` segments of the path-parameter uri `path` matched (where each
+    /// lies in `path`): `$uri_param_<name>`. Empty for a route without such a uri.
+    pub fn uri_params(&self, path: &str) -> Vec<(Arc<str>, std::ops::Range<usize>)> {
+        let Some(segments) = self.uris.iter().find_map(|u| match u {
+            UriPattern::Params(segments) if params_match(segments, path) => Some(segments),
+            _ => None,
+        }) else {
+            return Vec::new();
+        };
+        let mut at = 1; // after the leading `/`
+        let mut params = Vec::new();
+        for (segment, part) in segments.iter().zip(path[1..].split('/')) {
+            match segment {
+                Segment::Rest => break,
+                Segment::Param(name) => params.push((name.clone(), at..at + part.len())),
+                Segment::Literal(_) => {}
+            }
+            at += part.len() + 1;
+        }
+        params
+    }
+
     /// The `uris` and `hosts` entries a request for `path` on `host` matched ("" when the
     /// route has none).
     pub fn matched(&self, path: &str, host: &str) -> (Arc<str>, Arc<str>) {
@@ -403,6 +426,7 @@ mod tests {
                 server_port: 80,
                 consumer_name: None,
                 jwt_payload: None,
+                uri_params: &[],
             };
             let reference = build();
             let router = Router::new(build());

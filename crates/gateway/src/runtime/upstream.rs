@@ -525,6 +525,7 @@ mod tests {
             server_port: 80,
             consumer_name: None,
             jwt_payload: None,
+            uri_params: &[],
         }
     }
 

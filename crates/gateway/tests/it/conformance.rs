@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Gateway, read_request, spawn_gateway, spawn_gateway_with, spawn_upstream};
+use crate::helpers::{Gateway, spawn_gateway, spawn_gateway_with, spawn_recorder, spawn_upstream};
 
 /// Sends `request` on a connection of its own and reads until the gateway closes it: the
 /// response's status and body, or None when it closed without one.
@@ -152,29 +152,6 @@ async fn a_request_names_its_host_once() {
             assert_eq!(seen["path"], "/h", "{body}");
         }
     }
-}
-
-/// A node that answers each request with the head it received.
-async fn spawn_recorder() -> std::net::SocketAddr {
-    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = node.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = node.accept().await {
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                while let Some((head, _)) = read_request(&mut stream, &mut read).await {
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
-                        head.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

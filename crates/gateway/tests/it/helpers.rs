@@ -477,3 +477,29 @@ pub async fn read_request(
     };
     Some((head, body))
 }
+
+/// A node that answers each request with the head it received.
+pub async fn spawn_recorder() -> std::net::SocketAddr {
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = node.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = node.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                while let Some((head, _)) = read_request(&mut stream, &mut read).await {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

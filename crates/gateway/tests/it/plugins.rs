@@ -511,3 +511,55 @@ async fn cors_matches_origins_by_regex_and_by_metadata() {
     let headers = origin("/timing", "https://else.example.com").await;
     assert!(!headers.contains_key("timing-allow-origin"));
 }
+
+/// APISIX's proxy-rewrite examples "Set or Append Multiple Values for the Same Header" and
+/// "Dynamically Forward Requests" (`$uri_param_*`).
+#[tokio::test]
+async fn proxy_rewrite_sets_lists_of_values_and_path_parameters() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let addr = crate::helpers::spawn_recorder().await;
+    let upstream = json!({"type": "roundrobin", "nodes": {addr.to_string(): 1}});
+    gw.put(
+        "/apisix/admin/routes",
+        json!({"id": "proxy-rewrite-route", "methods": ["GET"], "uri": "/",
+               "plugins": {"proxy-rewrite": {"uri": "/headers",
+                   "headers": {"set": {"X-Api-Version": ["v1", "v2"]}}}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes",
+        json!({"id": "append", "uri": "/append",
+               "plugins": {"proxy-rewrite": {"headers": {"add": {"X-Api-Version": ["v1", "v2"]}}}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes",
+        json!({"id": "httpbin", "uri": "/anything/user/:user_id/profile",
+               "plugins": {"proxy-rewrite": {"headers": {"set": {"X-User-Id": "$uri_param_user_id"}}}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.wait_for("/anything/user/123/profile", 200).await;
+
+    let (_, head, _) = get(&gw, "/", &[("X-Api-Version", "v0")]).await;
+    let head = head.as_str().unwrap().to_string();
+    assert!(head.starts_with("get /headers "), "{head}");
+    assert!(
+        head.contains("x-api-version: v1\r\nx-api-version: v2\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("v0"), "set replaces the client's: {head}");
+    let (_, head, _) = get(&gw, "/append", &[("X-Api-Version", "v0")]).await;
+    let head = head.as_str().unwrap().to_string();
+    assert!(
+        head.contains("x-api-version: v0\r\nx-api-version: v1\r\nx-api-version: v2\r\n"),
+        "{head}"
+    );
+    let (_, head, _) = get(&gw, "/anything/user/123/profile", &[]).await;
+    assert!(
+        head.as_str().unwrap().contains("x-user-id: 123\r\n"),
+        "{head}"
+    );
+}
