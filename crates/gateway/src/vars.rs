@@ -5,8 +5,10 @@
 //! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
 //! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `consumer_name`, `arg_<name>`,
 //! `http_<header>` (lower case, `-` as `_`), `cookie_<name>` and `uri_param_<name>` (a `:name`
-//! segment of the route's uri); and Axle's `jwt_claim_<name>`, a claim of the token jwt-auth
-//! verified when it keeps the payload (`store_in_ctx`). Operators: `==`, `~=`, `>`,
+//! segment of the route's uri); in the response phase `status`, `balancer_ip` and
+//! `balancer_port` (the node that answered) and `upstream_addr`; and Axle's
+//! `jwt_claim_<name>`, a claim of the token jwt-auth verified when it keeps the payload
+//! (`store_in_ctx`). Operators: `==`, `~=`, `>`,
 //! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
 
 use std::borrow::Cow;
@@ -35,6 +37,16 @@ pub struct Request<'a> {
     pub jwt_payload: Option<&'a serde_json::Map<String, Value>>,
     /// The route's `:name` segments, and where in `path` each value lies.
     pub uri_params: &'a [(std::sync::Arc<str>, std::ops::Range<usize>)],
+    /// In the response phase: the response's status, and the node that answered.
+    pub response: Option<Response<'a>>,
+}
+
+/// What the response phase adds to a request's variables.
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a> {
+    pub status: u16,
+    /// The upstream node that answered (host, port); none when the gateway answered itself.
+    pub node: Option<(&'a str, u16)>,
 }
 
 impl<'a> Request<'a> {
@@ -102,6 +114,10 @@ pub enum Var {
     ConsumerName,
     JwtClaim(String),
     UriParam(String),
+    Status,
+    BalancerIp,
+    BalancerPort,
+    UpstreamAddr,
     Arg(String),
     Header(String),
     Cookie(String),
@@ -119,6 +135,10 @@ impl Var {
             "server_port" => Var::ServerPort,
             "query_string" | "args" => Var::QueryString,
             "consumer_name" => Var::ConsumerName,
+            "status" => Var::Status,
+            "balancer_ip" => Var::BalancerIp,
+            "balancer_port" => Var::BalancerPort,
+            "upstream_addr" => Var::UpstreamAddr,
             _ => {
                 if let Some(claim) = name.strip_prefix("jwt_claim_") {
                     Var::JwtClaim(claim.to_string())
@@ -151,6 +171,16 @@ impl Var {
             Var::ServerPort => Some(Cow::Owned(r.server_port.to_string())),
             Var::QueryString => r.query.map(Cow::Borrowed),
             Var::ConsumerName => r.consumer_name.map(Cow::Borrowed),
+            Var::Status => r.response.map(|a| Cow::Owned(a.status.to_string())),
+            Var::BalancerIp => r.response?.node.map(|(host, _)| Cow::Borrowed(host)),
+            Var::BalancerPort => r
+                .response?
+                .node
+                .map(|(_, port)| Cow::Owned(port.to_string())),
+            Var::UpstreamAddr => r
+                .response?
+                .node
+                .map(|(host, port)| Cow::Owned(format!("{host}:{port}"))),
             Var::UriParam(name) => r
                 .uri_params
                 .iter()
@@ -394,6 +424,7 @@ mod tests {
             consumer_name: None,
             jwt_payload: None,
             uri_params: &[],
+            response: None,
         };
         Vars::compile(&vars).unwrap().matches(&request)
     }

@@ -138,6 +138,8 @@ pub struct Ctx {
     pub jwt_payload: Option<Box<serde_json::Map<String, Value>>>,
     /// The route's `:name` segments in `original_path` (`$uri_param_<name>`).
     pub uri_params: Vec<(Arc<str>, std::ops::Range<usize>)>,
+    /// The upstream node that answered (host, port), for the response phase.
+    pub answered_by: Option<(Arc<str>, u16)>,
 }
 
 impl Ctx {
@@ -154,6 +156,23 @@ impl Ctx {
             consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
             jwt_payload: self.jwt_payload.as_deref(),
             uri_params: &self.uri_params,
+            response: None,
+        }
+    }
+
+    /// The variables of the response phase: the request's, with `head`'s status and the node
+    /// that answered.
+    pub fn response_vars(&self, head: &ResponseHead) -> vars::Request<'_> {
+        let node = self
+            .answered_by
+            .as_ref()
+            .map(|(host, port)| (&**host, *port));
+        vars::Request {
+            response: Some(vars::Response {
+                status: head.status.as_u16(),
+                node,
+            }),
+            ..self.vars()
         }
     }
 
@@ -250,13 +269,29 @@ pub enum Flow<'a> {
 }
 
 /// The upstream's response head, which response plugins may change; `body` replaces the
-/// upstream's body when set.
+/// upstream's body when set, else `rewrite` rewrites it whole (read up to its `limit`).
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
     /// Kept where they came from until a plugin reads them.
     pub fields: Fields,
     pub body: Option<Bytes>,
+    pub rewrite: Option<BodyRewrite>,
+}
+
+/// A change to a whole response body (response-rewrite's `filters`): the body, read up to
+/// `limit` bytes (the rest cut off), goes through `apply`.
+pub struct BodyRewrite {
+    pub limit: usize,
+    pub apply: Box<dyn FnOnce(Bytes) -> Bytes + Send + Sync>,
+}
+
+impl std::fmt::Debug for BodyRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyRewrite")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseHead {
@@ -960,6 +995,7 @@ mod tests {
             consumer_name: None,
             jwt_payload: None,
             uri_params: &[],
+            response: None,
         };
         let t = Template::parse("/v2$uri?x=$arg_x&$1-${host}$").unwrap();
         assert!(Template::parse("$nope").is_err());

@@ -1,5 +1,7 @@
 //! `response-rewrite` (priority 899): changes the status, headers and body returned to the
-//! client, when the request matches `vars` (always, without them).
+//! client, when the request (and the response: `status`, `balancer_ip`…) matches `vars`
+//! (always, without them). The body is replaced (`body`), or rewritten by regex `filters`
+//! (the first match or every one, as `scope` says), read whole up to `max_resp_body_size`.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, HeaderEdits, Plugin, ResponseHead, Site};
+use super::{BodyRewrite, Ctx, HeaderEdits, Plugin, ResponseHead, Site};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -22,7 +24,46 @@ pub(crate) struct Config {
     body_base64: bool,
     headers: Option<Value>,
     vars: Option<Value>,
-    filters: Option<Value>,
+    filters: Option<Vec<Filter>>,
+    #[serde(default = "default_max_body")]
+    max_resp_body_size: usize,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024 * 1024
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Filter {
+    regex: String,
+    #[serde(default)]
+    scope: Scope,
+    replace: String,
+    /// PCRE-style flags as nginx's `ngx.re` takes them: `i`, `m`, `s`, `x` are honoured; `j`
+    /// and `o` (compile once, JIT) are what Axle always does.
+    #[serde(default = "default_options")]
+    options: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    #[default]
+    Once,
+    Global,
+}
+
+fn default_options() -> String {
+    "jo".into()
+}
+
+/// A compiled filter.
+#[derive(Debug)]
+struct Substitution {
+    regex: regex::bytes::Regex,
+    replace: Vec<u8>,
+    every: bool,
 }
 
 #[derive(Debug)]
@@ -31,13 +72,47 @@ struct ResponseRewrite {
     body: Option<Bytes>,
     headers: HeaderEdits,
     vars: Option<Vars>,
+    filters: Option<Arc<Vec<Substitution>>>,
+    max_body: usize,
 }
 
 pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    if c.filters.is_some() {
-        return Err("filters: body filters are not supported yet (body is)".into());
+    if c.filters.is_some() && c.body.is_some() {
+        return Err("filters: not with body (one or the other changes the body)".into());
     }
+    if c.max_resp_body_size == 0 {
+        return Err("max_resp_body_size: at least 1".into());
+    }
+    let filters = c
+        .filters
+        .map(|filters| {
+            filters
+                .iter()
+                .map(|f| {
+                    let mut regex = regex::bytes::RegexBuilder::new(&f.regex);
+                    for flag in f.options.chars() {
+                        match flag {
+                            'i' => regex.case_insensitive(true),
+                            'm' => regex.multi_line(true),
+                            's' => regex.dot_matches_new_line(true),
+                            'x' => regex.ignore_whitespace(true),
+                            'j' | 'o' | 'u' | 'U' | 'J' => &mut regex,
+                            other => {
+                                return Err(format!("filters.options: {other:?} is not supported"));
+                            }
+                        };
+                    }
+                    Ok(Substitution {
+                        regex: regex.build().map_err(|e| format!("filters.regex: {e}"))?,
+                        replace: f.replace.clone().into_bytes(),
+                        every: f.scope == Scope::Global,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map(Arc::new)
+        })
+        .transpose()?;
     let status = match c.status_code {
         Some(code) if (200..=598).contains(&code) => {
             Some(StatusCode::from_u16(code).map_err(|e| format!("status_code: {e}"))?)
@@ -70,6 +145,8 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
         body,
         headers,
         vars,
+        filters,
+        max_body: c.max_resp_body_size,
     }))
 }
 
@@ -83,16 +160,38 @@ impl Plugin for ResponseRewrite {
     }
 
     fn response(&self, ctx: &Ctx, head: &mut ResponseHead) {
-        let vars = ctx.vars();
+        let vars = ctx.response_vars(head);
         if self.vars.as_ref().is_some_and(|v| !v.matches(&vars)) {
             return;
         }
+        self.headers.apply(head.headers(), &vars);
         if let Some(status) = self.status {
             head.status = status;
         }
-        self.headers.apply(head.headers(), &vars);
         if let Some(body) = &self.body {
             head.body = Some(body.clone());
         }
+        if let Some(filters) = &self.filters {
+            let filters = filters.clone();
+            head.rewrite = Some(BodyRewrite {
+                limit: self.max_body,
+                apply: Box::new(move |body| substitute(&filters, body)),
+            });
+        }
     }
+}
+
+/// `body` through each filter in turn.
+fn substitute(filters: &[Substitution], body: Bytes) -> Bytes {
+    let mut body = body.to_vec();
+    for filter in filters {
+        let replaced = match filter.every {
+            true => filter.regex.replace_all(&body, filter.replace.as_slice()),
+            false => filter.regex.replace(&body, filter.replace.as_slice()),
+        };
+        if let std::borrow::Cow::Owned(changed) = replaced {
+            body = changed;
+        }
+    }
+    Bytes::from(body)
 }

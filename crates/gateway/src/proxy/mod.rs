@@ -358,6 +358,7 @@ impl DataPlane {
             jwt_payload: None,
             raw_path,
             uri_params: Vec::new(),
+            answered_by: None,
         };
 
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
@@ -415,8 +416,9 @@ impl DataPlane {
                     .await;
                 match forwarded {
                     Ok(answer) => {
-                        let node = upstream.targets[answer.node].host.clone();
-                        answered_by = Some((node, answer.took));
+                        let target = &upstream.targets[answer.node];
+                        ctx.answered_by = Some((target.host.clone(), target.port));
+                        answered_by = Some((target.host.clone(), answer.took));
                         upstream_status = Some(answer.status.as_u16());
                         if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
                             tunnel(client, upgraded);
@@ -446,17 +448,22 @@ impl DataPlane {
             status: out.status,
             fields,
             body: None,
+            rewrite: None,
         };
         global.response(&ctx, &mut head);
         plugins.response(&ctx, &mut head);
-        let body = match head.body.take() {
-            Some(replaced) => {
+        let body = match (head.body.take(), head.rewrite.take()) {
+            (None, None) => out.body,
+            (replaced, rewrite) => {
                 let headers = head.headers();
                 headers.remove(header::CONTENT_LENGTH);
                 headers.remove(header::TRANSFER_ENCODING);
-                full(replaced)
+                match (replaced, rewrite) {
+                    (Some(replaced), _) => full(replaced),
+                    (None, Some(rewrite)) => rewritten(out.body, rewrite),
+                    (None, None) => out.body,
+                }
             }
-            None => out.body,
         };
         let ResponseHead { status, fields, .. } = head;
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
@@ -1077,6 +1084,26 @@ fn tee(body: Body) -> (Body, Body) {
         Some((Ok::<_, BoxError>(hyper::body::Frame::data(chunk)), receiver))
     });
     (http_body_util::StreamBody::new(chunks).boxed(), body)
+}
+
+/// `body` read whole (up to the rewrite's limit; the rest is cut off) and rewritten, sent as
+/// one piece once it is.
+fn rewritten(body: Body, rewrite: crate::plugins::BodyRewrite) -> Body {
+    let whole = async move {
+        let mut body = body;
+        let mut read = bytes::BytesMut::new();
+        while read.len() < rewrite.limit {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            if let Ok(data) = frame?.into_data() {
+                let room = rewrite.limit - read.len();
+                read.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        Ok::<_, BoxError>(hyper::body::Frame::data((rewrite.apply)(read.freeze())))
+    };
+    http_body_util::StreamBody::new(futures::stream::once(whole)).boxed()
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {

@@ -427,6 +427,7 @@ mod tests {
                 consumer_name: None,
                 jwt_payload: None,
                 uri_params: &[],
+                response: None,
             };
             let reference = build();
             let router = Router::new(build());

@@ -276,8 +276,8 @@ async fn configuration_that_cannot_work_is_refused_in_apisix_shape(backends: Bac
         status
     };
     let huge = vec![b' '; 3 * 1024 * 1024];
-    let too_large = gw
-        .client
+    // A client of its own: the refused body's connection is not one to reuse.
+    let too_large = reqwest::Client::new()
         .put(gw.admin.url("/apisix/admin/routes/1"))
         .header("X-API-KEY", KEY)
         .body(huge)

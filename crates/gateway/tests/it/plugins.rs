@@ -563,3 +563,59 @@ async fn proxy_rewrite_sets_lists_of_values_and_path_parameters() {
         "{head}"
     );
 }
+
+/// APISIX's response-rewrite examples "Rewrite Header and Body" (only for a `200`, with the
+/// answering node in `$balancer_ip:$balancer_port`) and "Rewrite Header With RegEx Filter".
+#[tokio::test]
+async fn response_rewrite_follows_the_status_and_filters_the_body() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    let (down, _) = crate::helpers::spawn_node("down", None, reqwest::StatusCode::NOT_FOUND).await;
+    for (id, node) in [("ok", up), ("missing", down)] {
+        gw.put(
+            "/apisix/admin/routes",
+            json!({"id": id, "methods": ["GET"], "uri": format!("/{id}"),
+                "plugins": {"response-rewrite": {
+                    "body": "{\"code\":\"ok\",\"message\":\"new json body\"}",
+                    "headers": {"set": {"X-Server-id": 3, "X-Server-status": "on",
+                        "X-Server-balancer-addr": "$balancer_ip:$balancer_port"}},
+                    "vars": [["status", "==", 200]]}},
+                "upstream": {"type": "roundrobin", "nodes": {node.to_string(): 1}}}),
+        )
+        .await;
+    }
+    gw.put(
+        "/apisix/admin/routes",
+        json!({"id": "filtered", "methods": ["GET"], "uri": "/headers",
+            "plugins": {"response-rewrite": {"filters": [
+                {"regex": "X-Amzn-Trace-Id", "scope": "global", "replace": "X-Amzn-Trace-Id-Replace",
+                 "options": "ijo"},
+                {"regex": "(up)stream\"", "replace": "${1}per\""}]}},
+            "upstream": {"type": "roundrobin", "nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/headers", 200).await;
+
+    let (status, body, headers) = get(&gw, "/ok", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"code": "ok", "message": "new json body"}));
+    assert_eq!(headers["x-server-id"], "3");
+    assert_eq!(headers["x-server-status"], "on");
+    assert_eq!(headers["x-server-balancer-addr"], up.to_string());
+    // A 404 does not match `vars`: left as the node sent it.
+    let (status, body, headers) = get(&gw, "/missing", &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["upstream"], "down");
+    assert!(!headers.contains_key("x-server-id"));
+
+    let (status, body, _) = get(&gw, "/headers", &[("X-Amzn-Trace-Id", "Root=1-abc")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["headers"]["X-Amzn-Trace-Id-Replace"], "Root=1-abc",
+        "{body}"
+    );
+    assert_eq!(
+        body["upper"], "up",
+        "the first match of the second filter, with its capture: {body}"
+    );
+}
