@@ -162,3 +162,88 @@ async fn stopping_finishes_the_requests_in_flight_before_the_services_go() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// APISIX's jwt-auth example "Manage Secrets in Environment Variables": a credential's secret
+/// is `$env://JACK_JWT_SECRET`, resolved from the gateway's environment.
+#[tokio::test]
+async fn jwt_auth_secrets_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, secret) = (free_port(), "jack-hs256-secret-that-is-very-long");
+    let server = Server::serve(
+        dir.path(),
+        free_port(),
+        &[
+            (
+                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin}"),
+            ),
+            ("AXLE__SERVICES__GATEWAY__ADMIN_KEY", ADMIN_KEY.into()),
+            ("JACK_JWT_SECRET", secret.into()),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let admin_put = async |path: &str, body: serde_json::Value| {
+        let r = client
+            .put(format!("http://127.0.0.1:{admin}/apisix/admin/{path}"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    };
+    admin_put("consumers", json!({"username": "jack"})).await;
+    admin_put(
+        "consumers/jack/credentials",
+        json!({"id": "cred-jack-jwt-auth",
+               "plugins": {"jwt-auth": {"key": "jack-key", "secret": "$env://JACK_JWT_SECRET"}}}),
+    )
+    .await;
+    let upstream = format!("127.0.0.1:{}", server.masterdata_port);
+    admin_put(
+        "routes",
+        json!({"id": "jwt-route", "uri": "/healthz", "plugins": {"jwt-auth": {}},
+               "upstream": {"type": "roundrobin", "nodes": {upstream: 1}}}),
+    )
+    .await;
+    let sign = |secret: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"key": "jack-key", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let url = format!("http://127.0.0.1:{}/healthz", server.gateway_port);
+    let status = async |token: &str| {
+        let r = client
+            .get(&url)
+            .header("Authorization", token)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    };
+    let good = sign(secret);
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered = status(&good).await;
+        if answered != 404 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, 200, "signed with the environment's secret");
+    assert_eq!(
+        status(&sign("$env://JACK_JWT_SECRET")).await,
+        401,
+        "not with the reference"
+    );
+    assert!(server.terminate().status.success());
+}

@@ -126,6 +126,7 @@ impl Consumers {
             let Some(field) = plugins::identity_field(plugin) else {
                 continue;
             };
+            let config = &*plugins::with_secrets(config);
             let Some(identity) = config.get(field).and_then(Value::as_str) else {
                 continue;
             };
