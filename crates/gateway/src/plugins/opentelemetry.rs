@@ -11,21 +11,25 @@
 //!
 //! `plugin_metadata/opentelemetry` sets the collector (`address`, `request_timeout`,
 //! `request_headers`), the `resource` attributes and the `batch_span_processor`; a change
-//! starts a new exporter and flushes the old one.
+//! starts a new exporter and flushes the old one. With `trace_id_source: x-request-id`, a
+//! trace the request starts takes its id from the `X-Request-Id` header when that is 32
+//! hexadecimal digits (as APISIX's; otherwise a random id).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Span as _, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracer,
+    SdkTracerProvider,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -177,9 +181,6 @@ fn parse_metadata(metadata: &Value) -> Result<Metadata, String> {
         return Ok(Metadata::default());
     }
     let m: Metadata = crate::resource::parse(metadata).map_err(|e| e.0)?;
-    if m.trace_id_source == TraceIdSource::XRequestId {
-        return Err("trace_id_source: x-request-id is not supported yet; use random".into());
-    }
     let endpoint = format!("http://{}/v1/traces", m.collector.address);
     reqwest::Url::parse(&endpoint)
         .ok()
@@ -245,10 +246,49 @@ struct OpenTelemetry {
     header_prefixes: Vec<String>,
     /// The tracer of this snapshot's metadata, found on first use.
     tracer: OnceLock<SdkTracer>,
+    /// Whether a new trace's id is the request's `X-Request-Id` (`trace_id_source`).
+    from_request_id: bool,
 }
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
+thread_local! {
+    /// The id the next trace started on this thread is to have, handed to [`RequestIds`].
+    static NEXT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// The exporter's ids: a trace id handed over for the span being started (the request's
+/// `X-Request-Id`), else random ones.
+#[derive(Debug, Default)]
+struct RequestIds(RandomIdGenerator);
+
+impl IdGenerator for RequestIds {
+    fn new_trace_id(&self) -> TraceId {
+        NEXT_TRACE_ID
+            .take()
+            .unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// The request's `X-Request-Id` as a trace id: 32 hexadecimal digits, not all zero.
+fn request_trace_id(ctx: &Ctx) -> Option<TraceId> {
+    let id = ctx.headers.get("x-request-id")?.to_str().ok()?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    TraceId::from_hex(&id.to_ascii_lowercase())
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)
+}
+
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
+    // Checked when it was written.
+    let metadata = site.metadata.get("opentelemetry").map(parse_metadata);
+    let from_request_id =
+        matches!(metadata, Some(Ok(m)) if m.trace_id_source == TraceIdSource::XRequestId);
     let options = &c.sampler.options;
     check_fraction(options.fraction, "sampler.options.fraction")?;
     let sampler = match c.sampler.name {
@@ -287,6 +327,7 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
             .map(|p| p.to_ascii_lowercase())
             .collect(),
         tracer: OnceLock::new(),
+        from_request_id,
     }))
 }
 
@@ -355,11 +396,15 @@ impl Plugin for OpenTelemetry {
                 attributes.push(KeyValue::new(name.to_string(), value.to_string()));
             }
         }
+        if self.from_request_id && remote.is_none() {
+            NEXT_TRACE_ID.set(request_trace_id(ctx));
+        }
         let span = tracer
             .span_builder(format!("{} {}", ctx.method, ctx.original_path))
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        NEXT_TRACE_ID.set(None);
         // The upstream continues the trace from this span.
         let child = Context::new().with_remote_span_context(span.span_context().clone());
         propagator.inject_context(&child, &mut HeadersMut(&mut ctx.headers));
@@ -472,7 +517,9 @@ fn start(m: &Metadata) -> SdkTracerProvider {
             .with_timeout(timeout)
             .with_headers(headers)
             .build();
-        let mut provider = SdkTracerProvider::builder().with_resource(resource);
+        let mut provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_id_generator(RequestIds::default());
         match exporter {
             Ok(exporter) => {
                 let processor = BatchSpanProcessor::builder(exporter)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axle_core::testing::Backends;
+use axle_core::testing::{Backends, eventually};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use prost::Message;
@@ -244,11 +244,6 @@ async fn opentelemetry_exports_spans_that_continue_the_callers_trace() {
     for (path, body, field) in [
         (
             "/apisix/admin/plugin_metadata/opentelemetry",
-            json!({"trace_id_source": "x-request-id"}),
-            "trace_id_source",
-        ),
-        (
-            "/apisix/admin/plugin_metadata/opentelemetry",
             json!({"collector": {"address": "a b"}}),
             "collector.address",
         ),
@@ -261,4 +256,57 @@ async fn opentelemetry_exports_spans_that_continue_the_callers_trace() {
     ] {
         gw.refused_naming(path, body, field).await;
     }
+}
+
+/// `trace_id_source: x-request-id`: a trace the request starts takes the request's id, when
+/// that is 32 hexadecimal digits; a caller's trace is still continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_can_take_the_request_id_as_their_id() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    let (collector, spans) = spawn_collector().await;
+    gw.put(
+        "/apisix/admin/plugin_metadata/opentelemetry",
+        json!({"trace_id_source": "x-request-id",
+               "collector": {"address": collector.to_string(), "request_timeout": 3},
+               "batch_span_processor": {"batch_timeout": 0.2}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/on",
+        json!({"uri": "/on", "plugins": {"opentelemetry": {"sampler": {"name": "always_on"}}},
+               "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/on", 200).await;
+    let request_id = "0AF7651916CD43DD8448EB211C80319C";
+    get(&gw, "/on", &[("x-request-id", request_id)]).await;
+    let uuid = "0af76519-16cd-43dd-8448-eb211c80319c";
+    get(&gw, "/on", &[("x-request-id", uuid)]).await;
+    let caller = format!("00-{TRACE}-{CALLER}-01");
+    get(
+        &gw,
+        "/on",
+        &[("x-request-id", request_id), ("traceparent", &caller)],
+    )
+    .await;
+    let received = eventually(10, "the spans", || async {
+        let received = spans.lock().unwrap().clone();
+        (received.len() >= 3).then_some(received)
+    })
+    .await;
+    let traces: Vec<&str> = received.iter().map(|s| s.trace_id.as_str()).collect();
+    assert!(
+        traces.contains(&"0af7651916cd43dd8448eb211c80319c"),
+        "{traces:?}"
+    );
+    assert!(
+        traces.contains(&TRACE),
+        "the caller's trace goes on: {traces:?}"
+    );
+    let others = traces
+        .iter()
+        .filter(|t| **t != TRACE && !t.starts_with("0af76519"))
+        .count();
+    assert!(others >= 1, "a UUID is no trace id: {traces:?}");
 }
