@@ -157,6 +157,54 @@ pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
     }
 }
 
+/// Fills in the defaults APISIX's schemas give the fields a document leaves out, as APISIX
+/// stores it (a route's `priority` and `status`; an upstream's `type`, `hash_on`, `scheme`,
+/// `pass_host` and, when it has one, its keepalive pool's settings; an SSL's `type` and
+/// `status`), so what the Admin API answers and the store holds is what APISIX's would.
+pub fn with_defaults(kind: Kind, value: &mut Value) {
+    fn fill(value: &mut Value, defaults: &[(&str, Value)]) {
+        if let Some(fields) = value.as_object_mut() {
+            for (field, default) in defaults {
+                fields
+                    .entry(field.to_string())
+                    .or_insert_with(|| default.clone());
+            }
+        }
+    }
+    fn upstream(value: &mut Value) {
+        fill(
+            value,
+            &[
+                ("type", "roundrobin".into()),
+                ("hash_on", "vars".into()),
+                ("scheme", "http".into()),
+                ("pass_host", "pass".into()),
+            ],
+        );
+        if let Some(pool) = value.get_mut("keepalive_pool") {
+            fill(
+                pool,
+                &[
+                    ("size", 320.into()),
+                    ("idle_timeout", 60.into()),
+                    ("requests", 1000.into()),
+                ],
+            );
+        }
+    }
+    match kind {
+        Kind::Routes => fill(value, &[("priority", 0.into()), ("status", 1.into())]),
+        Kind::Ssls => fill(value, &[("type", "server".into()), ("status", 1.into())]),
+        Kind::Upstreams => upstream(value),
+        _ => {}
+    }
+    if matches!(kind, Kind::Routes | Kind::Services)
+        && let Some(inline) = value.get_mut("upstream")
+    {
+        upstream(inline);
+    }
+}
+
 /// Reads a stored document into its typed form.
 /// Errors name the field's path (`upstream.nodes`).
 pub fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Invalid> {

@@ -109,7 +109,10 @@ pub fn router(state: AdminState) -> Router {
             get(get_one).put(put).patch(patch).delete(delete),
         )
         .route("/apisix/admin/plugins/list", get(plugins_list))
+        .route("/apisix/admin/plugins", get(all_plugin_schemas))
+        .route("/apisix/admin/plugins/{name}", get(plugin_schema))
         .route("/apisix/admin/schema/plugins/{name}", get(plugin_schema))
+        .route("/apisix/admin/schema/validate/{kind}", post(validate))
         .route("/apisix/admin/{kind}/{id}/{*path}", any(nested))
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
@@ -172,6 +175,38 @@ async fn plugin_schema(
         ))),
         None => Err(AdminError::Bad(format!("not found plugin {name}"))),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct AllQuery {
+    all: Option<String>,
+}
+
+/// `GET /apisix/admin/plugins?all=true`: every plugin's schema, by name (as APISIX's).
+async fn all_plugin_schemas(Query(q): Query<AllQuery>) -> Result<axum::Json<Value>> {
+    if q.all.as_deref() != Some("true") {
+        return Err(AdminError::Bad(
+            "all: true expected (or ask plugins/list)".into(),
+        ));
+    }
+    let schemas = crate::plugins::names()
+        .into_iter()
+        .filter_map(|name| {
+            let schema = crate::plugins::schema(name, crate::plugins::SchemaType::Route)?;
+            Some((name.to_string(), json!({"schema": schema})))
+        })
+        .collect::<serde_json::Map<_, _>>();
+    Ok(axum::Json(Value::Object(schemas)))
+}
+
+/// `POST /apisix/admin/schema/validate/{kind}`: checks a document as a write would, stores
+/// nothing: 200, or 400 with the problem.
+async fn validate(Path(segment): Path<String>, body: Bytes) -> Result<Response> {
+    let kind = Kind::from_segment(&segment)
+        .ok_or_else(|| AdminError::Bad(format!("Unsupported resource type: {segment}")))?;
+    let value = body_json(&body)?;
+    resource::validate(kind, &value)?;
+    Ok(StatusCode::OK.into_response())
 }
 
 /// `allow_admin`, then the key from `X-API-KEY` (or the `api_key` query parameter).
@@ -278,6 +313,9 @@ struct ListQuery {
     name: Option<String>,
     label: Option<String>,
     uri: Option<String>,
+    /// `key=value&…` (URL-encoded once more): routes whose `service_id` or `upstream_id` is
+    /// that, as APISIX's `list_filter_fields`; other fields are not filtered by.
+    filter: Option<String>,
 }
 
 async fn list(
@@ -322,7 +360,18 @@ async fn list_in(state: &AdminState, scope: &Scope, q: ListQuery) -> Result<Resp
                                 .any(|x| x.contains(u.as_str()))
                         }))
             });
-            name_ok && label_ok && uri_ok
+            let filter_ok = q.filter.as_ref().is_none_or(|filter| {
+                form_urlencoded::parse(filter.as_bytes())
+                    .filter(|(k, _)| {
+                        kind == Kind::Routes && matches!(&**k, "service_id" | "upstream_id")
+                    })
+                    .all(|(k, want)| {
+                        v.get(&*k)
+                            .and_then(resource::id_text)
+                            .is_some_and(|have| have == want)
+                    })
+            });
+            name_ok && label_ok && uri_ok && filter_ok
         })
         .collect();
     let total = matching.len();
@@ -523,6 +572,7 @@ async fn write_once(state: &AdminState, scope: &Scope, id: &str, edit: &Edit) ->
         .unwrap_or(Value::from(now));
     map.insert("create_time".into(), created);
     map.insert("update_time".into(), Value::from(now));
+    resource::with_defaults(kind, &mut value);
     resource::validate(kind, &value)?;
 
     let owner = scope
@@ -630,7 +680,7 @@ async fn nested(
             let edit = Edit::Merge(body_json(&body)?);
             write(&state, &scope, credential, edit).await
         }
-        (Method::DELETE, false) => delete_in(&state, &scope, credential).await,
+        (Method::DELETE, false) => delete_in(&state, &scope, credential, false).await,
         _ => Err(AdminError::NotFound),
     }
 }
@@ -651,19 +701,28 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    /// `true`: delete even what others refer to (APISIX's force deletion).
+    force: Option<String>,
+}
+
 async fn delete(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Response> {
-    delete_in(&state, &Scope::top(&segment)?, id).await
+    let force = q.force.as_deref() == Some("true");
+    delete_in(&state, &Scope::top(&segment)?, id, force).await
 }
 
-/// Deletes a resource nothing refers to; a consumer's credentials go with it.
-async fn delete_in(state: &AdminState, scope: &Scope, id: String) -> Result<Response> {
-    retried!(state, delete_once(state, scope, &id))
+/// Deletes a resource nothing refers to (or anyway, when `force`); a consumer's credentials go
+/// with it.
+async fn delete_in(state: &AdminState, scope: &Scope, id: String, force: bool) -> Result<Response> {
+    retried!(state, delete_once(state, scope, &id, force))
 }
 
-async fn delete_once(state: &AdminState, scope: &Scope, id: &str) -> Result<Response> {
+async fn delete_once(state: &AdminState, scope: &Scope, id: &str, force: bool) -> Result<Response> {
     let kind = scope.kind;
     let key = scope.key(id);
     let revision = state.store.revision().await?;
@@ -676,7 +735,7 @@ async fn delete_once(state: &AdminState, scope: &Scope, id: &str) -> Result<Resp
         let Some((referrer, rid)) = resource::parse_key(&entry.key) else {
             continue;
         };
-        if resource::references(referrer, &entry.value).contains(&target) {
+        if !force && resource::references(referrer, &entry.value).contains(&target) {
             return Err(AdminError::Bad(format!(
                 "can not delete this {}, {} [{rid}] is still using it now",
                 kind.noun(),

@@ -42,7 +42,7 @@ pub fn document() -> Value {
                 "get": operation(&tag, &format!("Get a {noun}"), vec![], None, "Item"),
                 "put": operation(&tag, &format!("Create or replace a {noun}"), vec![], Some("Resource"), "Written"),
                 "patch": operation(&tag, &format!("Change a {noun} (JSON merge patch)"), vec![], Some("Resource"), "Written"),
-                "delete": operation(&tag, &format!("Delete a {noun} nothing refers to"), vec![], None, "Deleted"),
+                "delete": operation(&tag, &format!("Delete a {noun} nothing refers to"), vec![force()], None, "Deleted"),
             }),
         );
         paths.insert(
@@ -82,11 +82,29 @@ pub fn document() -> Value {
     let side = json!({"name": "schema_type", "in": "query", "required": false,
         "description": "`route` (default) or `consumer`: which side of an authentication plugin",
         "schema": {"type": "string", "enum": ["route", "consumer"]}});
+    for path in [
+        "/apisix/admin/schema/plugins/{name}",
+        "/apisix/admin/plugins/{name}",
+    ] {
+        paths.insert(
+            path.into(),
+            json!({
+                "parameters": [path_parameter("name", "The plugin's name")],
+                "get": operation(&plugins, "A plugin configuration's JSON Schema", vec![side.clone()], None, "Any"),
+            }),
+        );
+    }
+    let all = json!({"name": "all", "in": "query", "required": true,
+        "description": "`true`", "schema": {"type": "string", "enum": ["true"]}});
     paths.insert(
-        "/apisix/admin/schema/plugins/{name}".into(),
+        "/apisix/admin/plugins".into(),
+        json!({"get": operation(&plugins, "Every plugin's schema, by name", vec![all], None, "Any")}),
+    );
+    paths.insert(
+        "/apisix/admin/schema/validate/{kind}".into(),
         json!({
-            "parameters": [path_parameter("name", "The plugin's name")],
-            "get": operation(&plugins, "A plugin configuration's JSON Schema", vec![side], None, "Any"),
+            "parameters": [path_parameter("kind", "A resource kind: routes, upstreams…")],
+            "post": operation(&["schema"], "Check a document as a write would, storing nothing", vec![], Some("Resource"), "Any"),
         }),
     );
     let history = ["history"];
@@ -218,6 +236,13 @@ fn path_parameter(name: &str, description: &str) -> Value {
         "schema": {"type": "string"}})
 }
 
+/// `force=true`: delete even what others refer to.
+fn force() -> Value {
+    json!({"name": "force", "in": "query", "required": false,
+        "description": "`true`: delete even what other resources refer to",
+        "schema": {"type": "string"}})
+}
+
 /// Paging and filters of a list.
 fn list_parameters() -> Vec<Value> {
     let query = |name: &str, kind: &str, description: &str| {
@@ -241,6 +266,11 @@ fn list_parameters() -> Vec<Value> {
             "uri",
             "string",
             "Routes only: those whose uri contains this",
+        ),
+        query(
+            "filter",
+            "string",
+            "Routes only: `service_id=…&upstream_id=…`, URL-encoded once more",
         ),
     ]
 }

@@ -497,3 +497,124 @@ async fn the_plugin_list_and_schemas_name_every_plugin_and_need_the_key() {
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 }
+
+/// The Admin API's v3 features as APISIX's documentation shows them: force deletion, list
+/// filters, schema validation, plugin schemas, and the defaults APISIX stores.
+#[tokio::test]
+async fn apisix_v3_admin_features_work_as_documented() {
+    let gw = crate::helpers::spawn_gateway(Backends::embedded()).await;
+    // Defaults filled in as APISIX stores them.
+    gw.put(
+        "/apisix/admin/upstreams/1",
+        json!({"nodes": {"127.0.0.1:8080": 1}, "type": "roundrobin"}),
+    )
+    .await;
+    let route = gw
+        .put(
+            "/apisix/admin/routes/1",
+            json!({"uri": "/*", "upstream_id": 1}),
+        )
+        .await;
+    assert_eq!(
+        (&route["value"]["priority"], &route["value"]["status"]),
+        (&json!(0), &json!(1)),
+        "{route}"
+    );
+    let (_, upstream) = gw
+        .admin(Method::GET, "/apisix/admin/upstreams/1", None)
+        .await;
+    for (field, default) in [
+        ("hash_on", "vars"),
+        ("scheme", "http"),
+        ("pass_host", "pass"),
+    ] {
+        assert_eq!(upstream["value"][field], default, "{upstream}");
+    }
+
+    // Force deletion: refused, refused with another value, done with true.
+    let (status, body) = gw
+        .admin(Method::DELETE, "/apisix/admin/upstreams/1", None)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error_msg"],
+        "can not delete this upstream, route [1] is still using it now"
+    );
+    let (status, _) = gw
+        .admin(
+            Method::DELETE,
+            "/apisix/admin/upstreams/1?force=anyvalue",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = gw
+        .admin(Method::DELETE, "/apisix/admin/upstreams/1?force=true", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"deleted": "1", "key": "/apisix/upstreams/1"}))
+    );
+
+    // Routes filtered by service_id (escaped once more).
+    gw.put(
+        "/apisix/admin/services/1",
+        json!({"upstream": {"nodes": {"127.0.0.1:8080": 1}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"uri": "/a", "service_id": "1"}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/3",
+        json!({"uri": "/b", "service_id": 1}),
+    )
+    .await;
+    let (_, listed) = gw
+        .admin(
+            Method::GET,
+            "/apisix/admin/routes?filter=service_id%3D1",
+            None,
+        )
+        .await;
+    assert_eq!(listed["total"], 2, "{listed}");
+    let (_, all) = gw.admin(Method::GET, "/apisix/admin/routes", None).await;
+    assert_eq!(all["total"], 3);
+
+    // Validation without storing.
+    let (status, _) = gw
+        .admin(
+            Method::POST,
+            "/apisix/admin/schema/validate/routes",
+            Some(json!({"uri": "/v", "upstream": {"nodes": {"127.0.0.1:1": 1}}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = gw
+        .admin(
+            Method::POST,
+            "/apisix/admin/schema/validate/routes",
+            Some(json!({"uri": 1})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("uri"),
+        "{body}"
+    );
+    let (_, all) = gw.admin(Method::GET, "/apisix/admin/routes", None).await;
+    assert_eq!(all["total"], 3, "nothing stored");
+
+    // Plugin schemas at APISIX's paths.
+    let (status, schema) = gw
+        .admin(Method::GET, "/apisix/admin/plugins/limit-count", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(schema["properties"]["count"].is_object(), "{schema}");
+    let (_, all) = gw
+        .admin(Method::GET, "/apisix/admin/plugins?all=true", None)
+        .await;
+    assert!(all["key-auth"]["schema"]["properties"].is_object(), "{all}");
+}
