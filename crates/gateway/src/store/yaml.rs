@@ -16,7 +16,9 @@
 //! As in APISIX, the file counts only once it ends with the `#END` line, so a half-written
 //! file is never applied; a file that does not parse is logged and the last good one keeps
 //! serving. Items without an `id` are numbered by position (consumers are named by
-//! `username`).
+//! `username`). `${{NAME}}` (or `${{NAME:=default}}`) is the environment variable `NAME`,
+//! substituted in the text before it is read, as APISIX does (so `"${{PORT}}"` stays text and
+//! `${{PORT}}` a number); a variable neither set nor given a default refuses the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -138,12 +140,45 @@ fn entry(key: &str, value: &Value, revision: i64) -> Entry {
     }
 }
 
-/// The file's resources by key (`/apisix/routes/1`).
+/// The file's resources by key (`/apisix/routes/1`), its variables from the environment.
 pub fn parse(text: &str) -> Result<BTreeMap<String, Value>, String> {
+    parse_with(text, |name| std::env::var(name).ok())
+}
+
+/// `text` with each `${{NAME}}` or `${{NAME:=default}}` replaced by what `env` says of `NAME`
+/// (else the default); an error names a variable with neither.
+fn substitute(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    static VARIABLE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\$\{\{\s*([A-Za-z0-9_]+)(?:\s*:=\s*(.*?))?\s*\}\}").ok()
+    });
+    let Some(variable) = VARIABLE.as_ref() else {
+        return Ok(text.to_string());
+    };
+    let mut missing = None;
+    let replaced = variable.replace_all(text, |found: &regex::Captures<'_>| {
+        let name = &found[1];
+        env(name)
+            .or_else(|| found.get(2).map(|d| d.as_str().to_string()))
+            .unwrap_or_else(|| {
+                missing.get_or_insert_with(|| name.to_string());
+                String::new()
+            })
+    });
+    match missing {
+        Some(name) => Err(format!("can't find environment variable {name}")),
+        None => Ok(replaced.into_owned()),
+    }
+}
+
+fn parse_with(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Value>, String> {
     if !text.lines().any(|line| line.trim_end() == "#END") {
         return Err("no #END line yet (the file is complete only once it ends with #END)".into());
     }
-    let document: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let text = substitute(text, env)?;
+    let document: Value = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
     let sections = match document {
         Value::Object(sections) => sections,
         Value::Null => serde_json::Map::new(), // only comments
@@ -199,6 +234,21 @@ mod tests {
             ]
         );
         assert_eq!(config["/apisix/upstreams/1"]["nodes"]["127.0.0.1:1980"], 1);
+    }
+
+    /// APISIX's example: `"${{UPSTREAM_ADDR}}": 1`; a default with `:=`; one neither set nor
+    /// defaulted refuses the file.
+    #[test]
+    fn environment_variables_are_substituted() {
+        let env = |name: &str| (name == "UPSTREAM_ADDR").then(|| "127.0.0.1:1980".to_string());
+        let text = "routes:\n  -\n    uri: /hello\n    priority: ${{PRIORITY:=3}}\n    upstream:\n        \
+                    nodes:\n            \"${{UPSTREAM_ADDR}}\": 1\n        type: roundrobin\n#END\n";
+        let config = parse_with(text, env).unwrap();
+        let route = &config["/apisix/routes/1"];
+        assert_eq!(route["upstream"]["nodes"]["127.0.0.1:1980"], 1);
+        assert_eq!(route["priority"], 3, "a number, as the text became");
+        let missing = parse_with("routes:\n  - uri: ${{NOWHERE}}\n#END\n", env).unwrap_err();
+        assert!(missing.contains("NOWHERE"), "{missing}");
     }
 
     #[test]
