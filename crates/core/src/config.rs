@@ -275,6 +275,14 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Seconds one request may take.
     pub timeout_secs: u64,
+    /// Keep the secrets APISIX's plugins list as `encrypt_fields` (key-auth's `key`,
+    /// basic-auth's `password`, jwt-auth's `secret`, the limits' `redis_password`) encrypted in
+    /// etcd (APISIX's `data_encryption.enable_encrypt_fields`).
+    pub encrypt_fields: bool,
+    /// AES keys, 16 or 32 characters each: the first encrypts, any opens (APISIX's
+    /// `data_encryption.keyring`, whose default this is, so an etcd APISIX wrote reads
+    /// unchanged). SSL private keys are encrypted whenever it is not empty.
+    pub keyring: Vec<String>,
 }
 
 impl Default for EtcdConfig {
@@ -283,6 +291,8 @@ impl Default for EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/apisix".into(),
             timeout_secs: 30,
+            encrypt_fields: true,
+            keyring: vec!["qeddd145sfvddff3".into(), "edd1c9f0985e76a2".into()],
         }
     }
 }
@@ -421,6 +431,12 @@ impl Config {
         }
         let http_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
         let gw = &self.services.gateway;
+        if let Some(key) = gw.etcd.keyring.iter().find(|k| !matches!(k.len(), 16 | 32)) {
+            return Err(ConfigError::Invalid(format!(
+                "services.gateway.etcd.keyring: a key of {} bytes is neither AES-128 (16) nor AES-256 (32)",
+                key.len()
+            )));
+        }
         for cidr in &gw.allow_admin {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 return Err(ConfigError::Invalid(format!(
@@ -574,6 +590,10 @@ mod tests {
             (
                 "[services.gateway]\nconfig_provider = \"etcd\"\n[services.gateway.etcd]\nprefix = \"apisix/\"\n",
                 "services.gateway.etcd.prefix",
+            ),
+            (
+                "[services.gateway.etcd]\nkeyring = [\"too-short\"]\n",
+                "services.gateway.etcd.keyring",
             ),
             (
                 "[services.gateway]\nrole = \"edge\"\n",

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::encryption::Keyring;
 use super::{Change, Entry, Guard, StoreError, Update, Written};
 
 /// The prefix every key is handed to the rest of the gateway with.
@@ -38,6 +39,8 @@ pub struct Etcd {
     /// `/apisix` by default; no trailing slash.
     prefix: String,
     timeout: Duration,
+    /// Encrypts what APISIX keeps encrypted on the way in, decrypts it on the way out.
+    keyring: Keyring,
     /// Whether the last contact with etcd succeeded (`apisix_etcd_reachable`).
     pub reachable: std::sync::atomic::AtomicBool,
 }
@@ -49,6 +52,8 @@ impl Etcd {
             .tcp_keepalive(Duration::from_secs(10))
             .build()
             .map_err(|e| StoreError::Etcd(e.to_string()))?;
+        let keyring =
+            Keyring::new(&config.keyring, config.encrypt_fields).map_err(StoreError::Etcd)?;
         Ok(Etcd {
             http,
             endpoints: config
@@ -59,6 +64,7 @@ impl Etcd {
             preferred: AtomicUsize::new(0),
             prefix: config.prefix.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
+            keyring,
             reachable: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -69,10 +75,18 @@ impl Etcd {
         format!("{}{rest}", self.prefix)
     }
 
-    /// `<prefix>/routes/1` → `/apisix/routes/1`.
+    /// `<prefix>/routes/1` → `/apisix/routes/1`; none outside the prefix, and none for the
+    /// directory markers APISIX writes at start (`<prefix>/routes/` holding `init_dir`).
     fn inner(&self, key: &str) -> Option<String> {
         let rest = key.strip_prefix(&self.prefix)?;
-        Some(format!("{INNER_PREFIX}{rest}"))
+        (!rest.ends_with('/')).then(|| format!("{INNER_PREFIX}{rest}"))
+    }
+
+    /// The document a key holds, its encrypted fields opened.
+    fn open(&self, key: &str, kv: &Kv) -> Result<Value, StoreError> {
+        let mut value = kv.json(key)?;
+        self.keyring.open(key, &mut value);
+        Ok(value)
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers.
@@ -163,7 +177,7 @@ impl Etcd {
         let Some(key) = self.inner(&kv.key_text()?) else {
             return Ok(None);
         };
-        let value = kv.json(&key)?;
+        let value = self.open(&key, kv)?;
         Ok(Some(Entry {
             key,
             value,
@@ -219,12 +233,16 @@ impl Etcd {
         let ops: Vec<Value> = changes
             .iter()
             .map(|(key, value)| {
-                let key = B64.encode(self.outer(key));
+                let outer = B64.encode(self.outer(key));
                 match value {
-                    Some(v) => json!({"request_put": {
-                        "key": key, "value": B64.encode(v.to_string()), "prev_kv": true,
-                    }}),
-                    None => json!({"request_delete_range": {"key": key}}),
+                    Some(v) => {
+                        let mut sealed = v.clone();
+                        self.keyring.seal(key, &mut sealed);
+                        json!({"request_put": {
+                            "key": outer, "value": B64.encode(sealed.to_string()), "prev_kv": true,
+                        }})
+                    }
+                    None => json!({"request_delete_range": {"key": outer}}),
                 }
             })
             .collect();
@@ -345,7 +363,7 @@ impl Etcd {
     /// A key under the prefix with its document; an unreadable document counts as absent.
     fn document(&self, kv: &Kv) -> Option<(String, Option<Value>)> {
         let key = self.inner(&kv.key_text().ok()?)?;
-        match kv.json(&key) {
+        match self.open(&key, kv) {
             Ok(value) => Some((key, Some(value))),
             Err(e) => {
                 tracing::warn!(error = %e, "gateway: etcd value left out");
@@ -691,5 +709,10 @@ mod tests {
             Some("/apisix/routes/1")
         );
         assert_eq!(etcd.inner("/other/routes/1"), None);
+        assert_eq!(
+            etcd.inner("/prod/gw/routes/"),
+            None,
+            "APISIX's init_dir marker"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! (etcd's is configurable) translates at its edge.
 
 pub mod embedded;
+pub mod encryption;
 pub mod etcd;
 pub mod yaml;
 

@@ -118,6 +118,127 @@ async fn etcdctl_changes_apply_under_load_and_the_admin_api_writes_apisix_keys()
     etcdctl(&endpoint, &["del", "--prefix", &format!("{prefix}/")]);
 }
 
+/// An etcd APISIX has written: the `init_dir` markers it puts at start, a consumer whose
+/// key-auth key is encrypted with its keyring (t/node/data_encrypt.t's value), an SSL whose
+/// private key is. Axle reads them as APISIX does, and encrypts what it writes the same way.
+#[tokio::test]
+async fn an_etcd_apisix_wrote_reads_the_same_and_secrets_stay_encrypted() {
+    let Some(endpoint) = etcd() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("/axle-test-{}", axle_core::id::new_id().simple());
+    for directory in [
+        "routes",
+        "upstreams",
+        "services",
+        "consumers",
+        "ssls",
+        "global_rules",
+        "plugin_configs",
+        "plugin_metadata",
+        "consumer_groups",
+        "protos",
+        "secrets",
+        "stream_routes",
+        "plugins",
+    ] {
+        etcdctl(
+            &endpoint,
+            &["put", &format!("{prefix}/{directory}/"), "init_dir"],
+        );
+    }
+    let consumer = json!({"username": "jack",
+                          "plugins": {"key-auth": {"key": "vU/ZHVJw7b0XscDJ1Fhtig=="}}});
+    etcdctl(
+        &endpoint,
+        &[
+            "put",
+            &format!("{prefix}/consumers/jack"),
+            &consumer.to_string(),
+        ],
+    );
+    let up = spawn_upstream("up").await;
+    let route = json!({"uri": "/get", "plugins": {"key-auth": {}},
+                       "upstream": {"nodes": {up.to_string(): 1}}});
+    etcdctl(
+        &endpoint,
+        &["put", &format!("{prefix}/routes/1"), &route.to_string()],
+    );
+
+    let mut config = etcd_config(dir.path(), &endpoint, &prefix);
+    config.services.gateway.etcd.keyring = vec!["edd1c9f0985e76a2".into()];
+    let gw = spawn_gateway_with(config).await;
+    gw.wait_for("/get", 401).await;
+    let with_key = |key: &str| {
+        let request = gw.client.get(gw.url("/get")).header("apikey", key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(with_key("auth-two").await, 200, "the decrypted key opens");
+    assert_eq!(with_key("vU/ZHVJw7b0XscDJ1Fhtig==").await, 401);
+
+    // The Admin API lists past the markers and shows the key decrypted, as APISIX's does.
+    let (status, routes) = gw.admin(Method::GET, "/apisix/admin/routes", None).await;
+    assert_eq!(
+        (status, routes["total"].clone()),
+        (200, json!(1)),
+        "{routes}"
+    );
+    let (_, jack) = gw
+        .admin(Method::GET, "/apisix/admin/consumers/jack", None)
+        .await;
+    assert_eq!(jack["value"]["plugins"]["key-auth"]["key"], "auth-two");
+
+    // What Axle writes is encrypted as APISIX would (the same value in its test), and opens.
+    let bar = json!({"username": "bar", "plugins": {"key-auth": {"key": "bar"}}});
+    gw.put("/apisix/admin/consumers/bar", bar).await;
+    let stored = etcdctl(
+        &endpoint,
+        &[
+            "get",
+            &format!("{prefix}/consumers/bar"),
+            "--print-value-only",
+        ],
+    );
+    let stored: Value = serde_json::from_str(stored.trim()).unwrap();
+    assert_eq!(
+        stored["plugins"]["key-auth"]["key"],
+        "77+NmbYqNfN+oLm0aX5akg=="
+    );
+    eventually(10, "the new consumer to authenticate", || async {
+        (with_key("bar").await == 200).then_some(())
+    })
+    .await;
+
+    // An SSL's private key is kept encrypted, and the certificate still served.
+    let ca = crate::tls::Ca::new();
+    let (cert, key) = ca.issue(&["test.com"]);
+    gw.put(
+        "/apisix/admin/ssls/1",
+        json!({"cert": cert, "key": key, "snis": ["test.com"]}),
+    )
+    .await;
+    let stored = etcdctl(
+        &endpoint,
+        &["get", &format!("{prefix}/ssls/1"), "--print-value-only"],
+    );
+    let stored: Value = serde_json::from_str(stored.trim()).unwrap();
+    assert!(stored["cert"].as_str().unwrap().starts_with("-----BEGIN"));
+    assert!(
+        !stored["key"].as_str().unwrap().contains("PRIVATE KEY"),
+        "{stored}"
+    );
+    let served = eventually(10, "the certificate to be served", || async {
+        crate::tls::https_get(gw.tls_proxy, "test.com", &ca, &[], "/get")
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        served.status, 401,
+        "served over TLS, key-auth still asked for"
+    );
+    etcdctl(&endpoint, &["del", "--prefix", &format!("{prefix}/")]);
+}
+
 #[tokio::test]
 async fn a_control_plane_and_a_data_plane_share_etcd() {
     let Some(endpoint) = etcd() else { return };

@@ -19,12 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::helpers::{Gateway, spawn_gateway, spawn_upstream};
 
 /// A test certificate authority issuing leaf certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
@@ -32,7 +32,7 @@ impl Ca {
     }
 
     /// A certificate for `names` and its key, in PEM.
-    fn issue(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, names: &[&str]) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(names)
@@ -55,15 +55,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// What a TLS client saw: the protocol ALPN chose, the status and the body.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     alpn: Option<Vec<u8>>,
-    status: u16,
+    pub(crate) status: u16,
     body: String,
 }
 
 /// `GET path` over TLS to `addr` with SNI `sni` (none for an IP), trusting only `ca`, offering
 /// `alpn`; Err when the handshake fails.
-async fn https_get(
+pub(crate) async fn https_get(
     addr: SocketAddr,
     sni: &str,
     ca: &Ca,
