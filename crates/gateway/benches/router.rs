@@ -46,6 +46,7 @@ fn lookup(snapshot: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
         consumer_name: None,
         jwt_payload: None,
         uri_params: &[],
+        post: None,
         response: None,
     };
     snapshot.router.find(&request).is_some()

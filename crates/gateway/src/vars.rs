@@ -5,11 +5,14 @@
 //! holds nested lists. Variables are nginx's: `uri`, `request_uri`, `host`, `remote_addr`,
 //! `request_method`, `scheme`, `server_port`, `query_string`/`args`, `consumer_name`, `arg_<name>`,
 //! `http_<header>` (lower case, `-` as `_`), `cookie_<name>` and `uri_param_<name>` (a `:name`
-//! segment of the route's uri); in the response phase `status`, `balancer_ip` and
+//! segment of the route's uri); the request body's fields: `post_arg_<name>` (a form's) and
+//! `post_arg.<path>` (a form's or a JSON body's: `a.b` by keys, or a JSONPath such as
+//! `messages[*].type`, whose matches `has` looks through); in the response phase `status`, `balancer_ip` and
 //! `balancer_port` (the node that answered) and `upstream_addr`; and Axle's
 //! `jwt_claim_<name>`, a claim of the token jwt-auth verified when it keeps the payload
 //! (`store_in_ctx`). Operators: `==`, `~=`, `>`,
-//! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has`, `ipmatch`.
+//! `>=`, `<`, `<=`, `~~` (regex), `~*` (regex, any case), `in`/`IN`, `has` (a list variable
+//! holds the value), `ipmatch`.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -37,8 +40,81 @@ pub struct Request<'a> {
     pub jwt_payload: Option<&'a serde_json::Map<String, Value>>,
     /// The route's `:name` segments, and where in `path` each value lies.
     pub uri_params: &'a [(std::sync::Arc<str>, std::ops::Range<usize>)],
+    /// The body's fields, read when a `vars` expression asks for them.
+    pub post: Option<&'a PostArgs>,
     /// In the response phase: the response's status, and the node that answered.
     pub response: Option<Response<'a>>,
+}
+
+/// A request body's fields, for `post_arg_<name>` and `post_arg.<path>`: a form's
+/// (`application/x-www-form-urlencoded`; a repeated name holds a list) or a JSON document's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostArgs {
+    form: bool,
+    fields: Value,
+}
+
+impl PostArgs {
+    /// Whether a body with these headers has fields to read, by its `Content-Type`.
+    pub fn readable(headers: &HeaderMap) -> bool {
+        Self::kind(headers).is_some()
+    }
+
+    /// `Some(true)` for a form, `Some(false)` for JSON.
+    fn kind(headers: &HeaderMap) -> Option<bool> {
+        let content_type = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+        let content_type = content_type.to_ascii_lowercase();
+        if content_type.contains("application/x-www-form-urlencoded") {
+            Some(true)
+        } else if content_type.contains("application/json") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The fields of `body`; none when its type is not one read or it does not parse.
+    pub fn parse(headers: &HeaderMap, body: &[u8]) -> Option<PostArgs> {
+        let form = Self::kind(headers)?;
+        let fields = if form {
+            let mut fields = serde_json::Map::new();
+            let text = String::from_utf8_lossy(body);
+            for pair in text.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let value = Value::String(decode(v).into_owned());
+                match fields.entry(decode(k).into_owned()) {
+                    serde_json::map::Entry::Vacant(slot) => drop(slot.insert(value)),
+                    serde_json::map::Entry::Occupied(mut slot) => match slot.get_mut() {
+                        Value::Array(items) => items.push(value),
+                        first => *first = Value::Array(vec![first.take(), value]),
+                    },
+                }
+            }
+            Value::Object(fields)
+        } else {
+            serde_json::from_slice(body).ok()?
+        };
+        Some(PostArgs { form, fields })
+    }
+}
+
+/// A JSON value as a variable's text: strings as they are, other scalars and structures as
+/// JSON; none for null.
+fn scalar(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(text) => Some(Cow::Borrowed(text)),
+        Value::Null => None,
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
+/// Where `post_arg.<path>` looks in the body.
+#[derive(Debug, Clone)]
+pub enum BodyPath {
+    /// `a.b`: object keys, one after another.
+    Keys(Vec<String>),
+    /// A JSONPath (the path has `[`, `*` or `..`): every match.
+    Query(Box<serde_json_path::JsonPath>),
 }
 
 /// What the response phase adds to a request's variables.
@@ -121,6 +197,8 @@ pub enum Var {
     Arg(String),
     Header(String),
     Cookie(String),
+    PostArg(String),
+    PostField(BodyPath),
 }
 
 impl Var {
@@ -140,7 +218,17 @@ impl Var {
             "balancer_port" => Var::BalancerPort,
             "upstream_addr" => Var::UpstreamAddr,
             _ => {
-                if let Some(claim) = name.strip_prefix("jwt_claim_") {
+                if let Some(path) = name.strip_prefix("post_arg.") {
+                    Var::PostField(if path.contains(['[', '*']) || path.contains("..") {
+                        let query = serde_json_path::JsonPath::parse(&format!("$.{path}"))
+                            .map_err(|e| format!("{name:?}: {e}"))?;
+                        BodyPath::Query(Box::new(query))
+                    } else {
+                        BodyPath::Keys(path.split('.').map(str::to_string).collect())
+                    })
+                } else if let Some(field) = name.strip_prefix("post_arg_") {
+                    Var::PostArg(field.to_string())
+                } else if let Some(claim) = name.strip_prefix("jwt_claim_") {
                     Var::JwtClaim(claim.to_string())
                 } else if let Some(param) = name.strip_prefix("uri_param_") {
                     Var::UriParam(param.to_string())
@@ -199,7 +287,53 @@ impl Var {
                 .and_then(|v| v.to_str().ok())
                 .map(Cow::Borrowed),
             Var::Cookie(name) => r.cookie(name).map(Cow::Borrowed),
+            Var::PostArg(name) => {
+                let post = r.post.filter(|post| post.form)?;
+                match post.fields.get(name)? {
+                    Value::Array(values) => values.first().and_then(scalar),
+                    value => scalar(value),
+                }
+            }
+            Var::PostField(BodyPath::Query(query)) => {
+                let found = query.query(&r.post?.fields).all();
+                (!found.is_empty())
+                    .then(|| Cow::Owned(Value::from_iter(found.into_iter().cloned()).to_string()))
+            }
+            Var::PostField(BodyPath::Keys(keys)) => {
+                let found = keys
+                    .iter()
+                    .try_fold(&r.post?.fields, |at, key| at.get(key))?;
+                scalar(found)
+            }
         }
+    }
+
+    /// A list variable's items (a JSONPath's matches, a JSON array, a repeated form field);
+    /// none for a variable that is not a list.
+    fn items<'a>(&self, r: &Request<'a>) -> Option<Vec<Cow<'a, str>>> {
+        let Var::PostField(path) = self else {
+            return None;
+        };
+        let fields = &r.post?.fields;
+        match path {
+            BodyPath::Query(query) => Some(
+                query
+                    .query(fields)
+                    .all()
+                    .into_iter()
+                    .filter_map(scalar)
+                    .collect(),
+            ),
+            BodyPath::Keys(keys) => match keys.iter().try_fold(fields, |at, key| at.get(key))? {
+                Value::Array(items) => Some(items.iter().filter_map(scalar).collect()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether reading the variable needs the request body.
+    fn reads_body(&self) -> bool {
+        matches!(self, Var::PostArg(_) | Var::PostField(_))
     }
 }
 
@@ -240,6 +374,19 @@ impl Vars {
 
     pub fn matches(&self, request: &Request<'_>) -> bool {
         eval(&self.0, request)
+    }
+
+    /// Whether the expression reads the request body (`post_arg_*`), so it must be read before
+    /// the expression is evaluated.
+    pub fn reads_body(&self) -> bool {
+        fn walk(expr: &Expr) -> bool {
+            match expr {
+                Expr::All(subs) | Expr::Any(subs) => subs.iter().any(walk),
+                Expr::Not(sub) => walk(sub),
+                Expr::Rule { var, .. } => var.reads_body(),
+            }
+        }
+        walk(&self.0)
     }
 }
 
@@ -375,6 +522,12 @@ fn eval(expr: &Expr, r: &Request<'_>) -> bool {
         Expr::All(subs) => subs.iter().all(|e| eval(e, r)),
         Expr::Any(subs) => subs.iter().any(|e| eval(e, r)),
         Expr::Not(e) => !eval(e, r),
+        Expr::Rule {
+            var,
+            op: Op::Has(v),
+        } => var
+            .items(r)
+            .is_some_and(|items| items.iter().any(|i| i == v)),
         Expr::Rule { var, op } => {
             let value = var.read(r);
             let Some(value) = value.as_deref() else {
@@ -390,7 +543,7 @@ fn eval(expr: &Expr, r: &Request<'_>) -> bool {
                 Op::Le(n) => value.parse::<f64>().is_ok_and(|x| x <= *n),
                 Op::Regex(re) => re.is_match(value),
                 Op::In(set) => set.iter().any(|v| v == value),
-                Op::Has(v) => value.contains(v.as_str()),
+                Op::Has(_) => false, // evaluated above, on the variable's items
                 Op::IpMatch(nets) => value
                     .parse::<IpAddr>()
                     .is_ok_and(|ip| nets.iter().any(|n| n.contains(&ip))),
@@ -424,6 +577,7 @@ mod tests {
             consumer_name: None,
             jwt_payload: None,
             uri_params: &[],
+            post: None,
             response: None,
         };
         Vars::compile(&vars).unwrap().matches(&request)
@@ -455,7 +609,8 @@ mod tests {
             None,
             &[]
         ));
-        assert!(check(json!([["host", "has", "example"]]), None, &[]));
+        // `has` looks for an item of a list; a plain variable holds none (lua-resty-expr's).
+        assert!(!check(json!([["host", "has", "example"]]), None, &[]));
         assert!(check(
             json!([["remote_addr", "ipmatch", ["10.0.0.0/8"]]]),
             None,
@@ -496,6 +651,101 @@ mod tests {
             let e = Vars::compile(&vars).unwrap_err();
             assert!(e.contains(expect), "{e}");
         }
+    }
+
+    /// Rules over a body of `content_type`.
+    fn check_body(vars: Value, content_type: &str, body: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        let post = PostArgs::parse(&headers, body.as_bytes());
+        let request = Request {
+            method: "POST",
+            path: "/_post",
+            query: None,
+            host: "",
+            headers: &headers,
+            remote_addr: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            server_port: 9080,
+            consumer_name: None,
+            jwt_payload: None,
+            uri_params: &[],
+            post: post.as_ref(),
+            response: None,
+        };
+        let vars = Vars::compile(&vars).unwrap();
+        assert!(vars.reads_body());
+        vars.matches(&request)
+    }
+
+    #[test]
+    fn body_fields_as_apisix_reads_them() {
+        let form = "application/x-www-form-urlencoded";
+        // router-radixtree.md: a form field; only a form has `post_arg_<name>`.
+        let name_is_json = json!([["post_arg_name", "==", "json"]]);
+        assert!(check_body(name_is_json.clone(), form, "name=json&x=1"));
+        assert!(check_body(
+            name_is_json.clone(),
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "name=json"
+        ));
+        assert!(!check_body(name_is_json.clone(), form, "name=xml"));
+        assert!(!check_body(
+            name_is_json.clone(),
+            "application/json",
+            r#"{"name":"json"}"#
+        ));
+        assert!(
+            check_body(json!([["post_arg_a", "==", "x y"]]), form, "a=x+y&a=2"),
+            "the first of a repeated field"
+        );
+        // `post_arg.<path>` on JSON: keys, nested keys, and a JSONPath whose matches `has` reads.
+        let json = "application/json";
+        assert!(check_body(
+            json!([["post_arg.name", "==", "xyz"]]),
+            json,
+            r#"{"name":"xyz"}"#
+        ));
+        assert!(check_body(
+            json!([["post_arg.model.name", "==", "openai"]]),
+            json,
+            r#"{"model":{"name":"openai"}}"#
+        ));
+        assert!(check_body(
+            json!([["post_arg.n", ">", 2]]),
+            json,
+            r#"{"n":3}"#
+        ));
+        assert!(!check_body(
+            json!([["post_arg.name", "==", "xyz"]]),
+            json,
+            "not json"
+        ));
+        let image = json!([["post_arg.messages[*].content[*].type", "has", "image_url"]]);
+        let body = r#"{"model":"deepseek","messages":[{"role":"system","content":[
+            {"text":"You are a mathematician","type":"text"},
+            {"text":"You are a mathematician","type":"image_url"}]}]}"#;
+        assert!(check_body(image.clone(), json, body));
+        assert!(!check_body(
+            image,
+            json,
+            &body.replace("image_url", "audio")
+        ));
+        assert!(check_body(
+            json!([["post_arg.tags", "has", "b"]]),
+            json,
+            r#"{"tags":["a","b"]}"#
+        ));
+        assert!(
+            check_body(json!([["post_arg.id", "==", "1"]]), form, "id=1"),
+            "forms too"
+        );
+        assert!(Vars::compile(&json!([["post_arg.a[", "==", "1"]])).is_err());
+        assert!(
+            !Vars::compile(&json!([["arg_a", "==", "1"]]))
+                .unwrap()
+                .reads_body()
+        );
     }
 
     #[test]

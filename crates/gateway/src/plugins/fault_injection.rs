@@ -137,6 +137,15 @@ impl Plugin for FaultInjection {
         11000
     }
 
+    fn reads_body(&self) -> bool {
+        let abort = self.abort.as_ref().map(|a| &a.when);
+        let delay = self.delay.as_ref().map(|(_, when)| when);
+        abort
+            .into_iter()
+            .chain(delay)
+            .any(|when| when.vars.iter().any(Vars::reads_body))
+    }
+
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let reply = self.abort.as_ref().filter(|a| a.when.holds(ctx)).map(|a| {
             let vars = ctx.vars();

@@ -140,6 +140,8 @@ pub struct Ctx {
     pub uri_params: Vec<(Arc<str>, std::ops::Range<usize>)>,
     /// The upstream node that answered (host, port), for the response phase.
     pub answered_by: Option<(Arc<str>, u16)>,
+    /// The body's fields (`$post_arg_*`), read when the route or its plugins ask for them.
+    pub post: Option<vars::PostArgs>,
 }
 
 impl Ctx {
@@ -156,6 +158,7 @@ impl Ctx {
             consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
             jwt_payload: self.jwt_payload.as_deref(),
             uri_params: &self.uri_params,
+            post: self.post.as_ref(),
             response: None,
         }
     }
@@ -322,6 +325,10 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// Records the finished request (after the last byte of the response, or the client
     /// going away).
     fn log(&self, _log: &Log, _shared: &Shared) {}
+    /// Whether the plugin's `vars` read the request body (`post_arg_*`), so it is read first.
+    fn reads_body(&self) -> bool {
+        false
+    }
 }
 
 /// Builds a plugin from its configuration at its [`Site`].
@@ -785,6 +792,11 @@ impl Chain {
         }
     }
 
+    /// Whether a plugin reads the request body's fields.
+    pub fn reads_body(&self) -> bool {
+        self.0.iter().any(|p| p.reads_body())
+    }
+
     /// The plugins with a log phase.
     pub fn loggers(&self) -> impl Iterator<Item = &Arc<dyn Plugin>> {
         self.0.iter().filter(|p| p.logs())
@@ -1050,6 +1062,7 @@ mod tests {
             consumer_name: None,
             jwt_payload: None,
             uri_params: &[],
+            post: None,
             response: None,
         };
         let t = Template::parse("/v2$uri?x=$arg_x&$1-${host}$").unwrap();

@@ -144,6 +144,11 @@ impl Plugin for TrafficSplit {
         966
     }
 
+    fn reads_body(&self) -> bool {
+        let matches = self.rules.iter().flat_map(|rule| &rule.matches);
+        matches.clone().any(Vars::reads_body)
+    }
+
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let Some(rule) = self.rules.iter().find(|r| r.holds(ctx)) else {
             return Flow::Next;

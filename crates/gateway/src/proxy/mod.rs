@@ -35,6 +35,7 @@ use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
+use crate::vars::PostArgs;
 use crate::warnings;
 use fields::Fields;
 use pool::{Failure, Pool};
@@ -359,11 +360,28 @@ impl DataPlane {
             raw_path,
             uri_params: Vec::new(),
             answered_by: None,
+            post: None,
         };
 
+        // `post_arg_*` in a `vars` expression: the body is read before it is evaluated.
+        let mut body = body;
+        let mut read = false;
+        if snapshot.router.reads_body() {
+            read = true;
+            body = match self.read_post(&mut ctx, body).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
+            };
+        }
         let Some(route) = snapshot.router.find(&ctx.vars()) else {
             return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
+        if !read && (route.plugins.reads_body() || snapshot.global.reads_body()) {
+            body = match self.read_post(&mut ctx, body).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
+            };
+        }
         ctx.route_id = route.id.clone();
         ctx.uri_params = route.uri_params(&ctx.original_path);
         ctx.service_id = route.service_id.clone();
@@ -616,6 +634,27 @@ impl DataPlane {
 
     /// A request body the client is still sending, limited to `max_body_bytes`, with what it
     /// tells of the sending; a body already all here, as it is.
+    /// Reads a body whose type has fields (a form, JSON) into `ctx.post`, within the body
+    /// limit, and gives it back to be sent on; a client failing to send it is answered here
+    /// (400, 408, 413), on a connection that then closes.
+    async fn read_post(&self, ctx: &mut Ctx, body: Body) -> Result<Body, Outgoing> {
+        if hyper::body::Body::is_end_stream(&body) || !PostArgs::readable(&ctx.headers) {
+            return Ok(body);
+        }
+        let body = match self.limits.max_body_bytes {
+            0 => body,
+            max => http_body_util::Limited::new(body, max as usize).boxed(),
+        };
+        match body.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                ctx.post = PostArgs::parse(&ctx.headers, &bytes);
+                Ok(full(bytes))
+            }
+            Err(e) => Err(Outgoing::of(closing(error_page(client_fault(&e))))),
+        }
+    }
+
     fn client_body(&self, body: Body) -> (Body, Option<Arc<Sending>>) {
         if hyper::body::Body::is_end_stream(&body) {
             return (body, None);
@@ -699,6 +738,21 @@ impl Sending {
     }
 }
 
+/// The status for a client body that failed: over the limit (413), too slow (408), malformed
+/// or cut short (400).
+fn client_fault(e: &BoxError) -> StatusCode {
+    if e.is::<http_body_util::LengthLimitError>() {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
+    {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 /// A client's body, telling [`Sending`] how its reading goes.
 struct Watched {
     body: Body,
@@ -717,16 +771,7 @@ impl hyper::body::Body for Watched {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         self.sending.waiting.store(polled.is_pending(), Relaxed);
         if let std::task::Poll::Ready(Some(Err(e))) = &polled {
-            let status = if e.is::<http_body_util::LengthLimitError>() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else if e
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout)
-            {
-                StatusCode::REQUEST_TIMEOUT
-            } else {
-                StatusCode::BAD_REQUEST
-            };
+            let status = client_fault(e);
             self.sending.failed.store(status.as_u16(), Relaxed);
         }
         polled

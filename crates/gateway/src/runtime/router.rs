@@ -201,6 +201,8 @@ pub struct Router {
     params: FastMap<String, Vec<(Vec<Segment>, usize)>>,
     /// Prefix length → prefix → routes; longest first.
     prefixes: Vec<(usize, FastMap<String, Vec<usize>>)>,
+    /// Whether a route's `vars` read the request body (`post_arg_*`), so matching needs it.
+    reads_body: bool,
 }
 
 impl Router {
@@ -248,12 +250,19 @@ impl Router {
         }
         let mut prefixes: Vec<_> = by_len.into_iter().collect();
         prefixes.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        let reads_body = routes.iter().flat_map(|r| &r.vars).any(Vars::reads_body);
         Router {
             routes,
             exact,
             params,
             prefixes,
+            reads_body,
         }
+    }
+
+    /// Whether matching needs the request body's fields.
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
     }
 
     pub fn len(&self) -> usize {
@@ -427,6 +436,7 @@ mod tests {
                 consumer_name: None,
                 jwt_payload: None,
                 uri_params: &[],
+            post: None,
                 response: None,
             };
             let reference = build();

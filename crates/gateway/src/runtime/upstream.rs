@@ -526,6 +526,7 @@ mod tests {
             consumer_name: None,
             jwt_payload: None,
             uri_params: &[],
+            post: None,
             response: None,
         }
     }

@@ -220,6 +220,43 @@ async fn a_clients_broken_body_is_its_own_fault_not_the_nodes() {
     assert_eq!(seen.len(), 2, "both nodes still serve: {seen:?}");
 }
 
+/// A body read before routing, for `post_arg_*` in a route's `vars`, keeps the rules of a body
+/// streamed upstream: over the limit 413, malformed 400; and a body that arrives whole is read
+/// whatever its framing.
+#[tokio::test]
+async fn a_body_read_for_its_fields_keeps_the_body_rules() {
+    let (gw, _dir) = gateway_with(|g| g.max_body_bytes = 1024).await;
+    let node = spawn_upstream("a").await.to_string();
+    route(
+        &gw,
+        "1",
+        json!({"uri": "/form", "vars": [["post_arg_name", "==", "json"]],
+               "upstream": {"nodes": {node: 1}}}),
+    )
+    .await;
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let chunked = format!(
+        "POST /form HTTP/1.1\r\nHost: a\r\n{form}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nname\r\n5\r\n=json\r\n0\r\n\r\n"
+    );
+    let body = eventually(10, "the route to apply", || async {
+        let (status, body) = exchange(&gw, chunked.as_bytes()).await?;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert!(body.contains(r#""body":"name=json""#), "{body}");
+
+    let big = "x".repeat(2000);
+    let over = format!(
+        "POST /form HTTP/1.1\r\nHost: a\r\n{form}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\nname={big}\r\n0\r\n\r\n",
+        big.len() + 5
+    );
+    assert_eq!(exchange(&gw, over.as_bytes()).await.unwrap().0, 413);
+    let malformed = format!(
+        "POST /form HTTP/1.1\r\nHost: a\r\n{form}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    );
+    assert_eq!(exchange(&gw, malformed.as_bytes()).await.unwrap().0, 400);
+}
+
 /// A gateway with data-plane settings of the test's choosing.
 async fn gateway_with(
     set: impl FnOnce(&mut axle_core::config::GatewayConfig),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use axle_core::testing::Backends;
+use axle_core::testing::{Backends, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -130,4 +130,90 @@ async fn traffic_split_canary_blue_green_and_ab() {
                                                  "weighted_upstreams": [{"weight": 1}]}]}}});
     gw.refused_naming("/apisix/admin/routes/bad", route, "rules[0].match[0].vars")
         .await;
+}
+
+/// `POST path` with `content_type` and `body`: the status, and the upstream and body it saw.
+async fn post(gw: &Gateway, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let response = gw
+        .client
+        .post(gw.url(path))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// APISIX's examples of routing by the request body (router-radixtree.md, traffic-split.md):
+/// a form field in a route's `vars` and in traffic-split's `match`, a JSON field, and a JSONPath
+/// with `has`. The body still reaches the upstream whole.
+#[tokio::test]
+async fn routes_and_traffic_split_match_on_body_fields() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let (form, json, other) = (
+        spawn_upstream("form").await,
+        spawn_upstream("json").await,
+        spawn_upstream("other").await,
+    );
+    let form_type = "application/x-www-form-urlencoded";
+    gw.put(
+        "/apisix/admin/routes/1",
+        json!({"methods": ["POST", "GET"], "uri": "/_post",
+               "vars": [["post_arg_name", "==", "json"]],
+               "upstream": {"type": "roundrobin", "nodes": {form.to_string(): 1}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/2",
+        json!({"methods": ["POST"], "uri": "/_post", "vars": [["post_arg.name", "==", "xyz"]],
+               "upstream": {"type": "roundrobin", "nodes": {json.to_string(): 1}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/3",
+        json!({"methods": ["POST"], "uri": "/_post",
+               "vars": [["post_arg.messages[*].content[*].type", "has", "image_url"]],
+               "upstream": {"type": "roundrobin", "nodes": {other.to_string(): 1}}}),
+    )
+    .await;
+    let (status, seen) = post(&gw, "/_post", form_type, "name=json&age=3").await;
+    assert_eq!(
+        (status, seen["upstream"].as_str()),
+        (200, Some("form")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["body"], "name=json&age=3",
+        "the body is forwarded whole"
+    );
+    let (status, seen) = post(&gw, "/_post", "application/json", r#"{"name":"xyz"}"#).await;
+    assert_eq!((status, seen["upstream"].as_str()), (200, Some("json")));
+    assert_eq!(seen["body"], r#"{"name":"xyz"}"#);
+    let (status, _) = post(&gw, "/_post", form_type, "name=xml").await;
+    assert_eq!(status, 404, "no route's vars hold");
+    let (status, _) = post(&gw, "/_post", "text/plain", "name=json").await;
+    assert_eq!(status, 404, "only a form has post_arg_<name>");
+
+    // traffic-split.md: a form field sends the request to another upstream.
+    gw.put(
+        "/apisix/admin/routes/traffic-split-route",
+        json!({"uri": "/post", "methods": ["POST"],
+               "plugins": {"traffic-split": {"rules": [{
+                   "match": [{"vars": [["post_arg_id", "==", "1"]]}],
+                   "weighted_upstreams": [{"upstream": {"type": "roundrobin",
+                                                        "nodes": {json.to_string(): 1}}}]}]}},
+               "upstream": {"type": "roundrobin", "nodes": {form.to_string(): 1}}}),
+    )
+    .await;
+    let seen = eventually(10, "the route to apply", || async {
+        let (status, seen) = post(&gw, "/post", form_type, "id=1").await;
+        (status == 200).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen["upstream"], "json", "{seen}");
+    assert_eq!(seen["body"], "id=1");
+    let (_, seen) = post(&gw, "/post", form_type, "id=2").await;
+    assert_eq!(seen["upstream"], "form");
 }
