@@ -91,6 +91,7 @@ pub async fn build(
         )),
     });
 
+    let expiry = store.expire_lapsed(platform.shutdown.clone());
     let mut tasks = Vec::new();
     let mut exporter = None;
     let data_plane = if config.role == GatewayRole::ControlPlane {
@@ -145,6 +146,7 @@ pub async fn build(
         openapi,
     })?;
     admin.tasks.extend(tasks);
+    admin.tasks.extend(expiry);
     Ok(Gateway {
         admin,
         data_plane,

@@ -413,22 +413,53 @@ async fn get_in(state: &AdminState, scope: &Scope, id: &str) -> Result<Response>
 async fn put(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
+    Query(w): Query<WriteQuery>,
     body: Bytes,
 ) -> Result<Response> {
     let edit = Edit::Replace(body_json(&body)?);
-    write(&state, &Scope::top(&segment)?, id, edit).await
+    write(&state, &Scope::top(&segment)?, id, edit, w.ttl()?).await
+}
+
+#[derive(Debug, Deserialize)]
+struct WriteQuery {
+    /// Seconds the written resource lives; then it is deleted (APISIX's `?ttl=`, an etcd lease).
+    ttl: Option<String>,
+}
+
+impl WriteQuery {
+    fn ttl(&self) -> Result<Option<u64>> {
+        let Some(text) = self.ttl.as_deref() else {
+            return Ok(None);
+        };
+        let seconds: u64 = text
+            .parse()
+            .map_err(|_| AdminError::Bad("invalid argument ttl: should be a number".into()))?;
+        if !(1..=resource::MAX_SECONDS).contains(&seconds) {
+            return Err(AdminError::Bad(format!(
+                "invalid argument ttl: 1 to {} seconds expected",
+                resource::MAX_SECONDS
+            )));
+        }
+        Ok(Some(seconds))
+    }
 }
 
 /// `PUT /apisix/admin/<kind>` with the id (or a consumer's username) in the body.
 async fn put_without_id(
     State(state): State<AdminState>,
     Path(segment): Path<String>,
+    Query(w): Query<WriteQuery>,
     body: Bytes,
 ) -> Result<Response> {
-    put_without_id_in(&state, &Scope::top(&segment)?, body_json(&body)?).await
+    put_without_id_in(&state, &Scope::top(&segment)?, body_json(&body)?, w.ttl()?).await
 }
 
-async fn put_without_id_in(state: &AdminState, scope: &Scope, value: Value) -> Result<Response> {
+async fn put_without_id_in(
+    state: &AdminState,
+    scope: &Scope,
+    value: Value,
+    ttl: Option<u64>,
+) -> Result<Response> {
     let kind = scope.kind;
     let Some(id) = value.get(kind.id_field()).and_then(resource::id_text) else {
         return Err(AdminError::Bad(format!(
@@ -437,19 +468,25 @@ async fn put_without_id_in(state: &AdminState, scope: &Scope, value: Value) -> R
             kind.id_field()
         )));
     };
-    write(state, scope, id, Edit::Replace(value)).await
+    write(state, scope, id, Edit::Replace(value), ttl).await
 }
 
 /// `POST`: a new resource with a generated id.
 async fn create(
     State(state): State<AdminState>,
     Path(segment): Path<String>,
+    Query(w): Query<WriteQuery>,
     body: Bytes,
 ) -> Result<Response> {
-    create_in(&state, &Scope::top(&segment)?, body_json(&body)?).await
+    create_in(&state, &Scope::top(&segment)?, body_json(&body)?, w.ttl()?).await
 }
 
-async fn create_in(state: &AdminState, scope: &Scope, mut value: Value) -> Result<Response> {
+async fn create_in(
+    state: &AdminState,
+    scope: &Scope,
+    mut value: Value,
+    ttl: Option<u64>,
+) -> Result<Response> {
     let kind = scope.kind;
     match kind {
         Kind::Consumers => {
@@ -474,7 +511,7 @@ async fn create_in(state: &AdminState, scope: &Scope, mut value: Value) -> Resul
     if let Some(map) = value.as_object_mut() {
         map.insert("id".into(), Value::String(id.clone()));
     }
-    write(state, scope, id, Edit::Replace(value)).await
+    write(state, scope, id, Edit::Replace(value), ttl).await
 }
 
 /// What a write does to the stored document.
@@ -516,12 +553,24 @@ macro_rules! retried {
 
 /// Makes and stores the document `id` of `scope`: validated, its references and credentials
 /// checked, stamped with ids and times — and, should a racing write change the store while it
-/// was checked, all of it again on the new state.
-async fn write(state: &AdminState, scope: &Scope, id: String, edit: Edit) -> Result<Response> {
-    retried!(state, write_once(state, scope, &id, &edit))
+/// was checked, all of it again on the new state. With `ttl`, it lives that many seconds.
+async fn write(
+    state: &AdminState,
+    scope: &Scope,
+    id: String,
+    edit: Edit,
+    ttl: Option<u64>,
+) -> Result<Response> {
+    retried!(state, write_once(state, scope, &id, &edit, ttl))
 }
 
-async fn write_once(state: &AdminState, scope: &Scope, id: &str, edit: &Edit) -> Result<Response> {
+async fn write_once(
+    state: &AdminState,
+    scope: &Scope,
+    id: &str,
+    edit: &Edit,
+    ttl: Option<u64>,
+) -> Result<Response> {
     let kind = scope.kind;
     let id_field = kind.id_field();
     let key = scope.key(id);
@@ -596,7 +645,7 @@ async fn write_once(state: &AdminState, scope: &Scope, id: &str, edit: &Edit) ->
     let guard = Guard { revision, present };
     let written = state
         .store
-        .commit(&guard, &[(key.clone(), Some(value.clone()))])
+        .commit(&guard, &[(key.clone(), Some(value.clone()))], ttl)
         .await?;
     let status = match (edit, written.first()) {
         // A patch never creates; APISIX answers 200.
@@ -639,10 +688,11 @@ async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Val
 async fn patch(
     State(state): State<AdminState>,
     Path((segment, id)): Path<(String, String)>,
+    Query(w): Query<WriteQuery>,
     body: Bytes,
 ) -> Result<Response> {
     let edit = Edit::Merge(body_json(&body)?);
-    write(&state, &Scope::top(&segment)?, id, edit).await
+    write(&state, &Scope::top(&segment)?, id, edit, w.ttl()?).await
 }
 
 /// Below `/apisix/admin/<kind>/<id>/`: a consumer's credentials
@@ -652,8 +702,10 @@ async fn nested(
     method: Method,
     Path((segment, id, path)): Path<(String, String, String)>,
     Query(q): Query<ListQuery>,
+    Query(w): Query<WriteQuery>,
     body: Bytes,
 ) -> Result<Response> {
+    let ttl = w.ttl()?;
     let credential = (segment == "consumers")
         .then(|| path.strip_prefix("credentials"))
         .flatten()
@@ -664,21 +716,21 @@ async fn nested(
             return Err(AdminError::NotFound);
         }
         let edit = Edit::At(path, body_json(&body)?);
-        return write(&state, &Scope::top(&segment)?, id, edit).await;
+        return write(&state, &Scope::top(&segment)?, id, edit, ttl).await;
     };
     let scope = Scope::credentials(id);
     match (method, credential.is_empty()) {
         (Method::GET, true) => list_in(&state, &scope, q).await,
-        (Method::PUT, true) => put_without_id_in(&state, &scope, body_json(&body)?).await,
-        (Method::POST, true) => create_in(&state, &scope, body_json(&body)?).await,
+        (Method::PUT, true) => put_without_id_in(&state, &scope, body_json(&body)?, ttl).await,
+        (Method::POST, true) => create_in(&state, &scope, body_json(&body)?, ttl).await,
         (Method::GET, false) => get_in(&state, &scope, &credential).await,
         (Method::PUT, false) => {
             let edit = Edit::Replace(body_json(&body)?);
-            write(&state, &scope, credential, edit).await
+            write(&state, &scope, credential, edit, ttl).await
         }
         (Method::PATCH, false) => {
             let edit = Edit::Merge(body_json(&body)?);
-            write(&state, &scope, credential, edit).await
+            write(&state, &scope, credential, edit, ttl).await
         }
         (Method::DELETE, false) => delete_in(&state, &scope, credential, false).await,
         _ => Err(AdminError::NotFound),
@@ -755,7 +807,7 @@ async fn delete_once(state: &AdminState, scope: &Scope, id: &str, force: bool) -
         revision,
         present: vec![key.clone()],
     };
-    state.store.commit(&guard, &changes).await?;
+    state.store.commit(&guard, &changes, None).await?;
     Ok(axum::Json(json!({"deleted": id, "key": key})).into_response())
 }
 

@@ -19,7 +19,7 @@ pub fn document() -> Value {
         let tag = [segment];
         let mut collection = json!({
             "get": operation(&tag, &format!("List {segment}"), list_parameters(), None, "List"),
-            "put": operation(&tag, &format!("Create or replace a {noun}, its {} in the body", kind.id_field()), vec![], Some("Resource"), "Written"),
+            "put": operation(&tag, &format!("Create or replace a {noun}, its {} in the body", kind.id_field()), vec![ttl()], Some("Resource"), "Written"),
         });
         if !matches!(kind, Kind::Consumers | Kind::PluginMetadata) {
             collection["post"] = operation(
@@ -40,8 +40,8 @@ pub fn document() -> Value {
             json!({
                 "parameters": id,
                 "get": operation(&tag, &format!("Get a {noun}"), vec![], None, "Item"),
-                "put": operation(&tag, &format!("Create or replace a {noun}"), vec![], Some("Resource"), "Written"),
-                "patch": operation(&tag, &format!("Change a {noun} (JSON merge patch)"), vec![], Some("Resource"), "Written"),
+                "put": operation(&tag, &format!("Create or replace a {noun}"), vec![ttl()], Some("Resource"), "Written"),
+                "patch": operation(&tag, &format!("Change a {noun} (JSON merge patch)"), vec![ttl()], Some("Resource"), "Written"),
                 "delete": operation(&tag, &format!("Delete a {noun} nothing refers to"), vec![force()], None, "Deleted"),
             }),
         );
@@ -49,7 +49,7 @@ pub fn document() -> Value {
             format!("/apisix/admin/{segment}/{{id}}/{{path}}"),
             json!({
                 "parameters": [id[0].clone(), path_parameter("path", "A field of the document, `/`-separated")],
-                "patch": operation(&tag, &format!("Replace one field of a {noun}"), vec![], Some("Any"), "Written"),
+                "patch": operation(&tag, &format!("Replace one field of a {noun}"), vec![ttl()], Some("Any"), "Written"),
             }),
         );
     }
@@ -60,8 +60,8 @@ pub fn document() -> Value {
         json!({
             "parameters": [username.clone()],
             "get": operation(&credential, "List a consumer's credentials", list_parameters(), None, "List"),
-            "put": operation(&credential, "Create or replace a credential, its id in the body", vec![], Some("Resource"), "Written"),
-            "post": operation(&credential, "Create a credential with a generated id", vec![], Some("Resource"), "Written"),
+            "put": operation(&credential, "Create or replace a credential, its id in the body", vec![ttl()], Some("Resource"), "Written"),
+            "post": operation(&credential, "Create a credential with a generated id", vec![ttl()], Some("Resource"), "Written"),
         }),
     );
     paths.insert(
@@ -69,8 +69,8 @@ pub fn document() -> Value {
         json!({
             "parameters": [username, path_parameter("id", "The credential's id")],
             "get": operation(&credential, "Get a credential", vec![], None, "Item"),
-            "put": operation(&credential, "Create or replace a credential", vec![], Some("Resource"), "Written"),
-            "patch": operation(&credential, "Change a credential (JSON merge patch)", vec![], Some("Resource"), "Written"),
+            "put": operation(&credential, "Create or replace a credential", vec![ttl()], Some("Resource"), "Written"),
+            "patch": operation(&credential, "Change a credential (JSON merge patch)", vec![ttl()], Some("Resource"), "Written"),
             "delete": operation(&credential, "Delete a credential", vec![], None, "Deleted"),
         }),
     );
@@ -241,6 +241,13 @@ fn force() -> Value {
     json!({"name": "force", "in": "query", "required": false,
         "description": "`true`: delete even what other resources refer to",
         "schema": {"type": "string"}})
+}
+
+/// `ttl=N`: the written resource lives N seconds.
+fn ttl() -> Value {
+    json!({"name": "ttl", "in": "query", "required": false,
+        "description": "Seconds the resource lives, then it is deleted",
+        "schema": {"type": "integer", "minimum": 1}})
 }
 
 /// Paging and filters of a list.

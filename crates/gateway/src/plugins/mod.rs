@@ -141,7 +141,7 @@ pub struct Ctx {
     /// The upstream node that answered (host, port), for the response phase.
     pub answered_by: Option<(Arc<str>, u16)>,
     /// The body's fields (`$post_arg_*`), read when the route or its plugins ask for them.
-    pub post: Option<vars::PostArgs>,
+    pub post: Option<Box<vars::PostArgs>>,
 }
 
 impl Ctx {
@@ -158,7 +158,7 @@ impl Ctx {
             consumer_name: self.consumer.as_ref().map(|(c, _)| c.username.as_str()),
             jwt_payload: self.jwt_payload.as_deref(),
             uri_params: &self.uri_params,
-            post: self.post.as_ref(),
+            post: self.post.as_deref(),
             response: None,
         }
     }

@@ -363,12 +363,13 @@ impl DataPlane {
             post: None,
         };
 
-        // `post_arg_*` in a `vars` expression: the body is read before it is evaluated.
+        // `post_arg_*` in a `vars` expression: the body is read before it is evaluated (boxed:
+        // the reading is rare, and would otherwise grow every request's future).
         let mut body = body;
         let mut read = false;
         if snapshot.router.reads_body() {
             read = true;
-            body = match self.read_post(&mut ctx, body).await {
+            body = match Box::pin(self.read_post(&mut ctx, body)).await {
                 Ok(body) => body,
                 Err(refused) => return refused,
             };
@@ -377,7 +378,7 @@ impl DataPlane {
             return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
         if !read && (route.plugins.reads_body() || snapshot.global.reads_body()) {
-            body = match self.read_post(&mut ctx, body).await {
+            body = match Box::pin(self.read_post(&mut ctx, body)).await {
                 Ok(body) => body,
                 Err(refused) => return refused,
             };
@@ -385,11 +386,15 @@ impl DataPlane {
         ctx.route_id = route.id.clone();
         ctx.uri_params = route.uri_params(&ctx.original_path);
         ctx.service_id = route.service_id.clone();
+        // Each phase runs the global rules' plugins, then the route's; an empty chain is skipped
+        // (awaiting it would still build and move its future).
         let global = &snapshot.global;
-        let mut reply = match global.rewrite(&mut ctx).await {
-            Some(reply) => Some(reply),
-            None => route.plugins.rewrite(&mut ctx).await,
-        };
+        let mut reply = None;
+        for chain in [global, &route.plugins] {
+            if reply.is_none() && !chain.is_empty() {
+                reply = chain.rewrite(&mut ctx).await;
+            }
+        }
         // An authenticated consumer's plugins join the route's, theirs winning; they get their
         // rewrite phase now.
         let consumer = ctx.consumer.as_ref().map(|(c, _)| c.clone());
@@ -404,11 +409,10 @@ impl DataPlane {
             }
             _ => &route.plugins,
         };
-        if reply.is_none() {
-            reply = global.access(&mut ctx).await;
-        }
-        if reply.is_none() {
-            reply = plugins.access(&mut ctx).await;
+        for chain in [global, plugins] {
+            if reply.is_none() && !chain.is_empty() {
+                reply = chain.access(&mut ctx).await;
+            }
         }
         let mut answered_by = None;
         // As nginx's `$upstream_status`: the gateway's 502 or 504 when no node answered.
@@ -648,7 +652,7 @@ impl DataPlane {
         match body.collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                ctx.post = PostArgs::parse(&ctx.headers, &bytes);
+                ctx.post = PostArgs::parse(&ctx.headers, &bytes).map(Box::new);
                 Ok(full(bytes))
             }
             Err(e) => Err(Outgoing::of(closing(error_page(client_fault(&e))))),

@@ -128,17 +128,55 @@ impl Embedded {
         Ok((revision, rows.iter().map(entry).collect::<Result<_, _>>()?))
     }
 
+    /// Deletes keys whose time to live lapsed, every second until `shutdown`.
+    pub async fn expire_lapsed(&self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.expire().await {
+                tracing::warn!(error = %e, "gateway: deleting expired configuration failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Deletes the keys whose time to live has lapsed, as one change (so the history shows
+    /// when); another process sharing the database doing it first is no error.
+    async fn expire(&self) -> Result<(), StoreError> {
+        let revision = self.revision().await?;
+        let expired: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM gateway_config WHERE expires_at <= $1")
+                .bind(chrono::Utc::now().timestamp())
+                .fetch_all(self.db.pool())
+                .await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<_> = expired.into_iter().map(|key| (key, None)).collect();
+        let guard = Guard {
+            revision,
+            present: Vec::new(),
+        };
+        match self.commit(&guard, &changes, None).await {
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies `changes` in one transaction, one revision each, if `guard` holds: no revision
-    /// after `guard.revision` (which also keeps every key read as present). Writers in this
-    /// process take turns; a writer in another process sharing the database that took the same
-    /// revision makes one of the two fail on the history's key, which is a conflict too.
+    /// after `guard.revision` (which also keeps every key read as present); the keys written
+    /// live `ttl` seconds when given. Writers in this process take turns; a writer in another
+    /// process sharing the database that took the same revision makes one of the two fail on
+    /// the history's key, which is a conflict too.
     pub(super) async fn commit(
         &self,
         guard: &Guard,
         changes: &[(String, Option<Value>)],
+        ttl: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
         let _writing = self.writer.lock().await;
-        let applied = self.apply(guard, changes).await.map_err(|e| match e {
+        let applied = self.apply(guard, changes, ttl).await.map_err(|e| match e {
             StoreError::Db(e) if is_write_race(&e) => StoreError::Conflict,
             e => e,
         })?;
@@ -152,6 +190,7 @@ impl Embedded {
         &self,
         guard: &Guard,
         changes: &[(String, Option<Value>)],
+        ttl: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
         let mut tx = self.db.begin().await?;
         let mut revision: i64 =
@@ -162,6 +201,7 @@ impl Embedded {
             return Err(StoreError::Conflict);
         }
         let now = axle_core::time::now_text();
+        let expires_at = ttl.map(|ttl| chrono::Utc::now().timestamp().saturating_add_unsigned(ttl));
         let mut applied = Vec::new();
         for (key, value) in changes {
             revision += 1;
@@ -180,14 +220,17 @@ impl Embedded {
                 Some(text) => {
                     // The key's created_index: this revision when the key is new.
                     let created_index: i64 = sqlx::query_scalar(
-                        "INSERT INTO gateway_config (key, value, created_index, modified_index) \
-                         VALUES ($1, $2, $3, $3) ON CONFLICT (key) DO UPDATE \
-                         SET value = excluded.value, modified_index = excluded.modified_index \
+                        "INSERT INTO gateway_config \
+                         (key, value, created_index, modified_index, expires_at) \
+                         VALUES ($1, $2, $3, $3, $4) ON CONFLICT (key) DO UPDATE \
+                         SET value = excluded.value, modified_index = excluded.modified_index, \
+                         expires_at = excluded.expires_at \
                          RETURNING created_index",
                     )
                     .bind(key)
                     .bind(&text)
                     .bind(revision)
+                    .bind(expires_at)
                     .fetch_one(&mut *tx)
                     .await?;
                     Written {

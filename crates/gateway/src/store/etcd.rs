@@ -209,11 +209,22 @@ impl Etcd {
     /// Applies `changes` in one transaction (one etcd revision) if `guard` holds: no key under
     /// the prefix modified after `guard.revision` (a put, or a key created since) and every
     /// `present` key still there (a delete leaves no key to compare, so those are named).
+    /// The keys put live `ttl` seconds when given, on a lease of their own, as APISIX's
+    /// `?ttl=` does.
     pub(super) async fn commit(
         &self,
         guard: &Guard,
         changes: &[(String, Option<Value>)],
+        ttl: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
+        let lease = match ttl {
+            Some(ttl) => {
+                let granted: LeaseGrant =
+                    self.unary("/v3/lease/grant", json!({"TTL": ttl})).await?;
+                Some(granted.id)
+            }
+            None => None,
+        };
         let start = format!("{}/", self.prefix).into_bytes();
         let mut compare = vec![json!({
             "key": B64.encode(&start),
@@ -238,9 +249,13 @@ impl Etcd {
                     Some(v) => {
                         let mut sealed = v.clone();
                         self.keyring.seal(key, &mut sealed);
-                        json!({"request_put": {
+                        let mut put = json!({
                             "key": outer, "value": B64.encode(sealed.to_string()), "prev_kv": true,
-                        }})
+                        });
+                        if let Some(lease) = &lease {
+                            put["lease"] = lease.clone().into();
+                        }
+                        json!({ "request_put": put })
                     }
                     None => json!({"request_delete_range": {"key": outer}}),
                 }
@@ -611,6 +626,13 @@ impl Kv {
             error,
         })
     }
+}
+
+/// A lease etcd granted; its id is an int64, which the JSON gateway writes as a string.
+#[derive(Debug, Deserialize)]
+struct LeaseGrant {
+    #[serde(rename = "ID")]
+    id: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -159,6 +159,20 @@ impl ConfigStore {
         (rx, task)
     }
 
+    /// Deletes what was written with a time to live once it lapses, until `shutdown`: the
+    /// embedded store's task (etcd's leases do it there; a YAML file has no ttl).
+    pub fn expire_lapsed(self: &Arc<Self>, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
+        let ConfigStore::Embedded(_) = &**self else {
+            return None;
+        };
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            if let ConfigStore::Embedded(s) = &*store {
+                s.expire_lapsed(shutdown).await;
+            }
+        }))
+    }
+
     pub async fn revision(&self) -> Result<i64, StoreError> {
         match self {
             ConfigStore::Embedded(s) => s.revision().await,
@@ -185,13 +199,15 @@ impl ConfigStore {
     }
 
     /// Applies `changes` (`None`: delete) at once if `guard` still holds, else fails with
-    /// [`StoreError::Conflict`] and changes nothing; returns what each change did.
+    /// [`StoreError::Conflict`] and changes nothing; returns what each change did. The keys put
+    /// live `ttl` seconds when given (then are deleted, as a change of their own), else for good.
     pub async fn commit(
         &self,
         guard: &Guard,
         changes: &[(String, Option<Value>)],
+        ttl: Option<u64>,
     ) -> Result<Vec<Written>, StoreError> {
-        writable!(self, s => s.commit(guard, changes).await)
+        writable!(self, s => s.commit(guard, changes, ttl).await)
     }
 
     /// Changes before revision `before` (or the newest), newest first.
@@ -222,7 +238,7 @@ impl ConfigStore {
                 .collect();
             if !changes.is_empty() {
                 let guard = Guard { revision: now, present: Vec::new() };
-                s.commit(&guard, &changes).await?;
+                s.commit(&guard, &changes, None).await?;
             }
             Ok(diff)
         })

@@ -618,3 +618,83 @@ async fn apisix_v3_admin_features_work_as_documented() {
         .await;
     assert!(all["key-auth"]["schema"]["properties"].is_object(), "{all}");
 }
+
+on_every_backend!(ttl, resources_written_with_a_ttl_lapse);
+async fn resources_written_with_a_ttl_lapse(backends: Backends) {
+    lapse(&spawn_gateway(backends).await).await;
+}
+
+#[tokio::test]
+async fn resources_written_with_a_ttl_lapse_on_etcd() {
+    let Some(endpoint) = axle_core::testing::etcd_endpoints() else {
+        return;
+    };
+    let (gw, _dir) = crate::helpers::spawn_gateway_on_etcd(&endpoint).await;
+    lapse(&gw).await;
+}
+
+/// APISIX's example: "create a route that expires after 60 seconds" (`?ttl=`), here three
+/// seconds. It serves, then is gone from the data plane and the Admin API; a key rewritten
+/// without a ttl stays; a ttl that is not a number of seconds is refused.
+async fn lapse(gw: &crate::helpers::Gateway) {
+    let node = spawn_upstream("a").await;
+    let route = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {node.to_string(): 1}}});
+    let (status, created) = gw
+        .admin(
+            Method::PUT,
+            "/apisix/admin/routes/2?ttl=3",
+            Some(route("/aa")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    gw.admin(
+        Method::PUT,
+        "/apisix/admin/routes/3?ttl=1",
+        Some(route("/kept")),
+    )
+    .await;
+    gw.put("/apisix/admin/routes/3", route("/kept")).await;
+    let (status, posted) = gw
+        .admin(
+            Method::POST,
+            "/apisix/admin/upstreams?ttl=1",
+            Some(json!({"nodes": {node.to_string(): 1}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{posted}");
+    gw.wait_for("/aa", 200).await;
+
+    gw.wait_for("/aa", 404).await;
+    let gone = |path: String| async move { gw.admin(Method::GET, &path, None).await.0 };
+    assert_eq!(gone("/apisix/admin/routes/2".into()).await, 404);
+    let upstream = posted["key"]
+        .as_str()
+        .unwrap()
+        .replace("/apisix/", "/apisix/admin/");
+    axle_core::testing::eventually(10, "the posted upstream to lapse", || {
+        let path = upstream.clone();
+        async move { (gone(path).await == 404).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        gone("/apisix/admin/routes/3".into()).await,
+        200,
+        "rewritten for good"
+    );
+    gw.wait_for("/kept", 200).await;
+
+    for bad in ["abc", "0", "-1", "1.5"] {
+        let (status, refused) = gw
+            .admin(
+                Method::PUT,
+                &format!("/apisix/admin/routes/4?ttl={bad}"),
+                Some(route("/x")),
+            )
+            .await;
+        assert_eq!(status, 400, "ttl={bad}: {refused}");
+        assert!(
+            refused["error_msg"].as_str().unwrap().contains("ttl"),
+            "{refused}"
+        );
+    }
+}

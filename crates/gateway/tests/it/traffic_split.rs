@@ -178,6 +178,24 @@ async fn routes_and_traffic_split_match_on_body_fields() {
                "upstream": {"type": "roundrobin", "nodes": {other.to_string(): 1}}}),
     )
     .await;
+    // Routes apply in write order: once the last answers, all do.
+    let images = r#"{"model": "deepseek", "messages": [{"role": "system", "content": [
+        {"text": "You are a mathematician", "type": "text"},
+        {"text": "You are a mathematician", "type": "image_url"}]}]}"#;
+    let seen = eventually(10, "the routes to apply", || async {
+        let (status, seen) = post(&gw, "/_post", "application/json", images).await;
+        (status == 200).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen["upstream"], "other");
+    let (status, _) = post(
+        &gw,
+        "/_post",
+        "application/json",
+        &images.replace("image_url", "audio"),
+    )
+    .await;
+    assert_eq!(status, 404, "no image: no route");
     let (status, seen) = post(&gw, "/_post", form_type, "name=json&age=3").await;
     assert_eq!(
         (status, seen["upstream"].as_str()),
