@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Every service this binary can run, in start order.
 const SERVICES: &[&str] = &[
+    axle_identity::NAME,
     axle_vehicle::NAME,
     axle_masterdata::NAME,
     axle_gateway::NAME,
@@ -83,6 +84,7 @@ fn select(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
 
 async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
     match name {
+        axle_identity::NAME => axle_identity::build(platform).await,
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
         axle_masterdata::NAME => axle_masterdata::build(platform).await,
         _ => unreachable!("select() only returns names from SERVICES; the gateway is built apart"),
@@ -92,6 +94,7 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
 /// Where a service's HTTP API listens (the gateway's: its Admin API).
 fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     match name {
+        axle_identity::NAME => config.services.identity.listen,
         axle_vehicle::NAME => config.services.vehicle.listen,
         axle_masterdata::NAME => config.services.masterdata.listen,
         axle_gateway::NAME => config.services.gateway.admin_listen,
@@ -364,6 +367,11 @@ fn print_banner(
         if let Ok(addr) = listener.local_addr() {
             if service.name == axle_gateway::NAME {
                 println!("  admin    http://{addr}  (APISIX Admin API: /apisix/admin/...)");
+            } else if service.name == axle_identity::NAME {
+                println!(
+                    "  identity http://{addr}  (OpenID issuer {}, sign in as \"admin\")",
+                    platform.config.issuer()
+                );
             } else {
                 println!(
                     "  {:<8} http://{addr}  (health: /healthz, API: /openapi.json)",

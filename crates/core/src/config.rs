@@ -185,6 +185,7 @@ pub struct ServicesConfig {
     pub gateway: GatewayConfig,
     pub vehicle: ServiceConfig,
     pub masterdata: MasterdataConfig,
+    pub identity: IdentityConfig,
 }
 
 impl Default for ServicesConfig {
@@ -193,6 +194,7 @@ impl Default for ServicesConfig {
             gateway: GatewayConfig::default(),
             vehicle: ServiceConfig::on_port(9203),
             masterdata: MasterdataConfig::default(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -344,6 +346,57 @@ impl Default for MasterdataConfig {
     }
 }
 
+/// `[services.identity]`: the OpenID Connect provider, users, organisations and clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub listen: SocketAddr,
+    /// The issuer URL as browsers and clients reach it (through the gateway); unset:
+    /// `http://127.0.0.1:<gateway port>/api/identity`.
+    pub issuer: Option<String>,
+    /// The `aud` of access tokens.
+    pub audience: String,
+    /// Lifetime of access and ID tokens.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token (each use replaces it with a new one).
+    pub refresh_token_ttl_secs: u64,
+    /// How long a sign-on session lasts.
+    pub session_ttl_secs: u64,
+    /// Days a signing key signs before it is rotated (0 = only on request).
+    pub key_rotation_days: u64,
+    /// The first administrator's password (user `admin`, made on first start); unset: the
+    /// `AXLE_ADMIN_PASSWORD` environment variable, else generated and printed once.
+    pub admin_password: Option<SecretString>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9202)),
+            issuer: None,
+            audience: "axle".into(),
+            access_token_ttl_secs: 7200,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            session_ttl_secs: 12 * 3600,
+            key_rotation_days: 90,
+            admin_password: None,
+        }
+    }
+}
+
+impl Config {
+    /// The identity provider's issuer URL.
+    pub fn issuer(&self) -> String {
+        match &self.services.identity.issuer {
+            Some(issuer) => issuer.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://127.0.0.1:{}/api/identity",
+                self.services.gateway.listen.port()
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -468,6 +521,21 @@ impl Config {
             if gw.etcd.timeout_secs == 0 {
                 return invalid("services.gateway.etcd.timeout_secs: must be at least 1");
             }
+        }
+        let id = &self.services.identity;
+        if id.issuer.as_deref().is_some_and(|u| !http_url(u)) {
+            return invalid("services.identity.issuer: expected an http(s) URL");
+        }
+        if id.access_token_ttl_secs < 60 || id.access_token_ttl_secs > 86_400 {
+            return invalid("services.identity.access_token_ttl_secs: must be within 60 and 86400");
+        }
+        if id.refresh_token_ttl_secs < id.access_token_ttl_secs {
+            return invalid(
+                "services.identity.refresh_token_ttl_secs: must be at least access_token_ttl_secs",
+            );
+        }
+        if id.session_ttl_secs < 60 {
+            return invalid("services.identity.session_ttl_secs: must be at least 60");
         }
         let md = &self.services.masterdata;
         if !http_url(&md.vehicle_url) {

@@ -142,9 +142,15 @@ pub struct TestPlatform {
 
 impl TestPlatform {
     pub async fn start(backends: Backends) -> Self {
+        Self::start_with(backends, |_| {}).await
+    }
+
+    /// [`start`](Self::start), with the configuration changed by `adjust` first.
+    pub async fn start_with(backends: Backends, adjust: impl FnOnce(&mut Config)) -> Self {
         let tag = format!("t{}", crate::id::new_id().simple());
         let dir = tempfile::tempdir().expect("temporary data directory");
-        let config = Self::config(&backends, &tag, dir.path());
+        let mut config = Self::config(&backends, &tag, dir.path());
+        adjust(&mut config);
         let platform = Platform::start(config, CancellationToken::new())
             .await
             .expect("test platform starts (is the configured test server running?)");
@@ -230,9 +236,19 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `service` until the returned server is dropped.
     pub async fn spawn(service: &Service) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::serve(Self::reserve().await, service)
+    }
+
+    /// A listener on a free port, for a service that must know its own URL before it is built
+    /// (an OpenID issuer): reserve, build with the URL, then [`serve`](Self::serve).
+    pub async fn reserve() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("bind port 0");
+            .expect("bind port 0")
+    }
+
+    /// Serves `service` on `listener` until the returned server is dropped.
+    pub fn serve(listener: tokio::net::TcpListener, service: &Service) -> Self {
         let addr = listener.local_addr().expect("bound address");
         let shutdown = CancellationToken::new();
         let router = service.router.clone();

@@ -10,6 +10,7 @@ pub fn axle(dir: &Path) -> Command {
     // Tests run in parallel: no service may take its default port.
     for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
+        "AXLE__SERVICES__IDENTITY__LISTEN",
         "AXLE__SERVICES__GATEWAY__LISTEN",
         "AXLE__SERVICES__GATEWAY__TLS_LISTEN",
         "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
@@ -69,6 +70,8 @@ pub struct Server {
     pub masterdata_port: u16,
     /// Where the gateway's data plane listens.
     pub gateway_port: u16,
+    /// Where identity listens.
+    pub identity_port: u16,
 }
 
 impl Server {
@@ -76,8 +79,13 @@ impl Server {
     pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
         let masterdata = free_port();
         let gateway = free_port();
+        let identity = free_port();
         let mut cmd = axle(dir);
         cmd.arg("serve")
+            .env(
+                "AXLE__SERVICES__IDENTITY__LISTEN",
+                format!("127.0.0.1:{identity}"),
+            )
             .env(
                 "AXLE__SERVICES__GATEWAY__LISTEN",
                 format!("127.0.0.1:{gateway}"),
@@ -98,6 +106,7 @@ impl Server {
         let mut server = Self::start(cmd);
         server.masterdata_port = masterdata;
         server.gateway_port = gateway;
+        server.identity_port = identity;
         server
             .wait_ready(&format!("http://127.0.0.1:{port}/healthz"))
             .await;
@@ -117,6 +126,7 @@ impl Server {
             child: Some(child),
             masterdata_port: 0,
             gateway_port: 0,
+            identity_port: 0,
         }
     }
 

@@ -204,7 +204,7 @@ fn start_up_failures_are_one_clear_line_and_a_non_zero_exit() {
                 ),
                 ("AXLE__SERVICES__VEHICLE__LISTEN", listen.clone()),
             ],
-            "database for vehicle",
+            "database for identity",
         ),
         (
             vec!["serve"],
@@ -346,6 +346,7 @@ async fn every_openapi_document_passes_the_validator() {
     let services = [
         ("vehicle", vehicle),
         ("masterdata", server.masterdata_port),
+        ("identity", server.identity_port),
         ("gateway", admin),
     ];
     for (name, port) in services {
