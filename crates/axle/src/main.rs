@@ -5,6 +5,7 @@
 
 mod masterdata;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ enum Command {
         #[command(subcommand)]
         command: masterdata::MasterdataCommand,
     },
+    /// Print an access token for the command line (`curl -H "Authorization: Bearer $(axle token)"`).
+    Token(token::TokenArgs),
     /// Print the version.
     Version,
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Masterdata { command } => masterdata::run(command),
+        Command::Token(args) => token::run(args),
         Command::Version => {
             println!("axle {}", env!("CARGO_PKG_VERSION"));
             Ok(())

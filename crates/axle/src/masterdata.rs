@@ -31,8 +31,10 @@ pub fn run(command: MasterdataCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let report: serde_json::Value = runtime.block_on(async {
+        let token = crate::token::access_token(&config).await?;
         let response = reqwest::Client::new()
             .post(&url)
+            .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("master data at {url}"))?;

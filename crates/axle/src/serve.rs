@@ -91,6 +91,14 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
     }
 }
 
+/// The paths of a service anyone may call through the gateway without a token.
+fn public_paths(name: &str) -> &'static [&'static str] {
+    match name {
+        axle_masterdata::NAME => axle_masterdata::PUBLIC_PATHS,
+        _ => &[],
+    }
+}
+
 /// Where a service's HTTP API listens (the gateway's: its Admin API).
 fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     match name {
@@ -175,10 +183,15 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
     let mut exporters = Vec::new();
     for &name in &selected {
         let service = if name == axle_gateway::NAME {
-            let others: Vec<(&str, SocketAddr)> = selected
+            let others: Vec<axle_gateway::LocalService> = selected
                 .iter()
                 .filter(|s| **s != name)
-                .map(|s| (*s, listen_addr(&platform.config, s)))
+                .map(|s| axle_gateway::LocalService {
+                    name: s,
+                    addr: listen_addr(&platform.config, s),
+                    public: public_paths(s),
+                    open: *s == axle_identity::NAME,
+                })
                 .collect();
             let gateway = axle_gateway::build(&platform, &others).await?;
             if let (Some(exporter), Some(addr)) = (

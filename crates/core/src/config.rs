@@ -37,6 +37,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub events: EventsConfig,
     pub kv: KvConfig,
+    pub auth: AuthConfig,
     pub services: ServicesConfig,
 }
 
@@ -50,7 +51,37 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             events: EventsConfig::default(),
             kv: KvConfig::default(),
+            auth: AuthConfig::default(),
             services: ServicesConfig::default(),
+        }
+    }
+}
+
+/// `[auth]`: whose tokens the services (and the gateway's default routes) accept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Verify callers' bearer tokens. Off only for development against services reached
+    /// directly: every caller is then trusted with every role, named by the gateway's
+    /// `X-Consumer-Username` header if it has one.
+    pub verify_tokens: bool,
+    /// The issuer whose tokens are accepted; unset: Axle's own identity service
+    /// (`services.identity.issuer`). Set it to use Keycloak, Azure AD or any OIDC provider.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry; unset: `services.identity.audience`.
+    pub audience: Option<String>,
+    /// Where the roles are in a token: a claim, or a dotted path into one (Keycloak:
+    /// `realm_access.roles`).
+    pub roles_claim: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            verify_tokens: true,
+            issuer: None,
+            audience: None,
+            roles_claim: "roles".into(),
         }
     }
 }
@@ -385,6 +416,22 @@ impl Default for IdentityConfig {
 }
 
 impl Config {
+    /// The issuer whose tokens are accepted (`auth.issuer`, else Axle's own).
+    pub fn trusted_issuer(&self) -> String {
+        match &self.auth.issuer {
+            Some(issuer) => issuer.trim_end_matches('/').to_string(),
+            None => self.issuer(),
+        }
+    }
+
+    /// The audience accepted tokens must name.
+    pub fn trusted_audience(&self) -> String {
+        self.auth
+            .audience
+            .clone()
+            .unwrap_or_else(|| self.services.identity.audience.clone())
+    }
+
     /// The identity provider's issuer URL.
     pub fn issuer(&self) -> String {
         match &self.services.identity.issuer {
@@ -521,6 +568,9 @@ impl Config {
             if gw.etcd.timeout_secs == 0 {
                 return invalid("services.gateway.etcd.timeout_secs: must be at least 1");
             }
+        }
+        if self.auth.issuer.as_deref().is_some_and(|u| !http_url(u)) {
+            return invalid("auth.issuer: expected an http(s) URL");
         }
         let id = &self.services.identity;
         if id.issuer.as_deref().is_some_and(|u| !http_url(u)) {

@@ -48,6 +48,8 @@ pub struct Platform {
     pub config: Arc<Config>,
     pub bus: EventBus,
     pub kv: Kv,
+    /// Verifies callers' tokens for every service's operations.
+    pub verifier: http::Verifier,
     /// Cancelled when the process is asked to stop.
     pub shutdown: CancellationToken,
 }
@@ -59,6 +61,7 @@ impl Platform {
         let bus = EventBus::connect(&config.events, &config.data_dir).await?;
         let kv = Kv::connect(&config.kv).await?;
         Ok(Self {
+            verifier: http::Verifier::new(&config),
             config: Arc::new(config),
             bus,
             kv,
@@ -72,8 +75,9 @@ impl Platform {
         Db::open(service, &target, &self.config.database, migrations).await
     }
 
-    /// Completes a service from its parts: applies `Idempotency-Key` to its API, adds the
-    /// endpoints every service has, and starts its outbox relay and housekeeping.
+    /// Completes a service from its parts: applies `Idempotency-Key` to its API, gives its
+    /// handlers the token verifier (for [`Caller`](http::Caller)), adds the endpoints every
+    /// service has, and starts its outbox relay and housekeeping.
     pub fn assemble(&self, parts: ServiceParts) -> Result<Service, StartError> {
         let ServiceParts {
             name,
@@ -83,10 +87,12 @@ impl Platform {
             api,
             openapi,
         } = parts;
-        let api = api.layer(axum::middleware::from_fn_with_state(
-            db.clone(),
-            http::idempotency::layer,
-        ));
+        let api = api
+            .layer(axum::middleware::from_fn_with_state(
+                db.clone(),
+                http::idempotency::layer,
+            ))
+            .layer(axum::Extension(self.verifier.clone()));
         let router = http::service_router(
             api,
             ServiceHttp {

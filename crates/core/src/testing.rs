@@ -171,6 +171,9 @@ impl TestPlatform {
         config.events.max_attempts = 3;
         config.kv.redis_url = backends.redis.clone().map(SecretString::from);
         config.kv.key_prefix = format!("{tag}:");
+        // Services under test are called directly, without tokens; the identity tests and the
+        // binary's tests check verification end to end.
+        config.auth.verify_tokens = false;
         config
     }
 

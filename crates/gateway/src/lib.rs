@@ -6,9 +6,12 @@
 //!   plugin chains), swapped atomically as the store changes;
 //! - [`proxy`]: the hyper data plane serving requests from the current snapshot, running the
 //!   [`plugins`] phases, with [`vars`] expressions for matching and [`tls`] both ways; its
-//!   request-rate [`warnings`] are rate-limited per kind.
+//!   request-rate [`warnings`] are rate-limited per kind;
+//! - [`client`]: the outbound HTTP client the proxy forwards over, and plugins that fetch
+//!   (key sets, discovery, introspection) use too.
 
 pub mod admin;
+pub mod client;
 pub mod plugins;
 pub mod proxy;
 pub mod resource;
@@ -60,12 +63,25 @@ pub struct Gateway {
     pub exporter: Option<axum::Router>,
 }
 
+/// Another service of this process, as the gateway's default routes reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalService<'a> {
+    pub name: &'a str,
+    pub addr: SocketAddr,
+    /// Paths anyone may call without a token (besides `/healthz`, `/readyz` and
+    /// `/openapi.json`), e.g. a public catalog.
+    pub public: &'a [&'a str],
+    /// The service checks every caller itself and serves pages and sign-in endpoints
+    /// (identity): its route has no token check.
+    pub open: bool,
+}
+
 /// Builds the gateway: opens its store and, unless it is a control plane, compiles the first
 /// snapshot and follows the store. `services` are the other services of this process, routed
 /// under `/api/<name>/` when `default_routes` is on.
 pub async fn build(
     platform: &Platform,
-    services: &[(&str, SocketAddr)],
+    services: &[LocalService<'_>],
 ) -> Result<Gateway, StartError> {
     let config = &platform.config.services.gateway;
     let dir = platform.config.data_dir.join(NAME);
@@ -99,7 +115,13 @@ pub async fn build(
     } else {
         let runtime = Arc::new(runtime::Runtime::default());
         let defaults = if config.default_routes {
-            default_routes(services)
+            let discovery = platform.config.auth.verify_tokens.then(|| {
+                format!(
+                    "{}/.well-known/openid-configuration",
+                    platform.config.trusted_issuer()
+                )
+            });
+            default_routes(services, discovery.as_deref())
         } else {
             BTreeMap::new()
         };
@@ -183,22 +205,61 @@ fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> 
     axum::Router::new().route("/apisix/prometheus/metrics", axum::routing::get(scrape))
 }
 
-/// `/api/<name>/...` → the service's own listener, with the prefix stripped.
-fn default_routes(services: &[(&str, SocketAddr)]) -> BTreeMap<String, serde_json::Value> {
-    services
-        .iter()
-        .map(|(name, addr)| {
-            let id = format!("axle-{name}");
-            let route = json!({
+/// `/api/<name>/...` → the service's own listener, with the prefix stripped. With
+/// `discovery` (tokens are verified), each route but an open service's needs a bearer token of
+/// that issuer (`openid-connect`, `bearer_only`, keys from its JWKS); the health, readiness and
+/// OpenAPI endpoints and the paths a service declares public stay open, on a route of their
+/// own.
+fn default_routes(
+    services: &[LocalService<'_>],
+    discovery: Option<&str>,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut routes = BTreeMap::new();
+    for service in services {
+        let name = service.name;
+        let rewrite = json!({"proxy-rewrite": {"regex_uri": [format!("^/api/{name}(/.*)"), "$1"]}});
+        let upstream = json!({"type": "roundrobin", "nodes": {service.addr.to_string(): 1}});
+        let mut plugins = rewrite.clone();
+        if let (Some(discovery), false) = (discovery, service.open) {
+            plugins["openid-connect"] = json!({
+                "client_id": "axle-gateway",
+                "discovery": discovery,
+                "bearer_only": true,
+                "use_jwks": true,
+                "realm": "axle",
+                "set_access_token_header": false,
+            });
+            let id = format!("axle-{name}-public");
+            let uris: Vec<String> = ["/healthz", "/readyz", "/openapi.json"]
+                .iter()
+                .chain(service.public)
+                .map(|path| format!("/api/{name}{path}"))
+                .collect();
+            routes.insert(
+                resource::Kind::Routes.key(&id),
+                json!({
+                    "id": id,
+                    "name": format!("Axle {name} service, public paths"),
+                    "uris": uris,
+                    "priority": 10,
+                    "plugins": rewrite,
+                    "upstream": upstream,
+                }),
+            );
+        }
+        let id = format!("axle-{name}");
+        routes.insert(
+            resource::Kind::Routes.key(&id),
+            json!({
                 "id": id,
                 "name": format!("Axle {name} service"),
                 "uri": format!("/api/{name}/*"),
-                "plugins": {"proxy-rewrite": {"regex_uri": [format!("^/api/{name}(/.*)"), "$1"]}},
-                "upstream": {"type": "roundrobin", "nodes": {addr.to_string(): 1}},
-            });
-            (resource::Kind::Routes.key(&id), route)
-        })
-        .collect()
+                "plugins": plugins,
+                "upstream": upstream,
+            }),
+        );
+    }
+    routes
 }
 
 /// The Admin API key: configured, else from the environment, else generated once and kept in

@@ -95,6 +95,9 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
     bootstrap(&provider, admin_password)
         .await
         .map_err(|e| fail(format!("first administrator: {e}")))?;
+    ensure_cli_client(&provider, &config.data_dir)
+        .await
+        .map_err(|e| fail(format!("command-line client: {e}")))?;
 
     let api = api::router(api::AppState {
         secure_cookies: provider.settings.secure_issuer,
@@ -122,6 +125,61 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
 /// The client Axle's own pages sign in with (the web shell): public, with PKCE, first-party
 /// (users are not asked to consent), returning to `<site>/auth/callback`.
 pub const WEB_CLIENT: &str = "axle-web";
+
+/// The client the `axle` command line signs in as (client credentials, roles platform-admin
+/// and operator), its secret kept in the data directory for `axle token` to read.
+pub const CLI_CLIENT: &str = "axle-cli";
+
+/// Where the command line's client secret is kept, under the data directory.
+pub fn cli_secret_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join(NAME).join("cli_secret")
+}
+
+/// Registers [`CLI_CLIENT`] and writes its secret when it is missing.
+async fn ensure_cli_client(provider: &Provider, data_dir: &std::path::Path) -> Result<(), String> {
+    let store = &provider.store;
+    if store
+        .client(CLI_CLIENT)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let new = api::NewClient {
+        id: CLI_CLIENT.into(),
+        name: "Axle command line".into(),
+        kind: domain::ClientKind::Confidential,
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        grants: vec![domain::Grant::ClientCredentials],
+        scopes: vec![],
+        roles: vec![Role::PlatformAdmin, Role::Operator],
+        org_id: None,
+        first_party: true,
+    };
+    let (client, secret) = api::build_client(new).map_err(|e| e.to_string())?;
+    let secret = secret.ok_or("a confidential client has a secret")?;
+    let path = cli_secret_path(data_dir);
+    if let Some(dir) = path.parent() {
+        axle_core::files::private_dir(dir).map_err(|e| e.to_string())?;
+    }
+    axle_core::files::write_private(&path, secret.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let change = Change {
+        actor: "identity",
+        action: "client_created",
+        target: format!("client:{CLI_CLIENT}"),
+        version: 1,
+        detail: serde_json::json!({ "bootstrap": true }),
+        notice: None,
+    };
+    let hash = store::digest(&secret);
+    match store.create_client(&client, Some(&hash), &change).await {
+        Ok(()) | Err(store::StoreError::Exists(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 /// Registers [`WEB_CLIENT`] if it is missing.
 async fn ensure_web_client(provider: &Provider) -> Result<(), String> {

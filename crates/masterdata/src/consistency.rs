@@ -78,15 +78,17 @@ impl VehicleSource {
         }
     }
 
-    async fn page(&self, cursor: Option<&str>) -> Result<Page, CheckError> {
+    async fn page(&self, cursor: Option<&str>, token: Option<&str>) -> Result<Page, CheckError> {
         let mut url = format!("{}/vehicles?limit=200", self.base);
         if let Some(c) = cursor {
             url.push_str("&cursor=");
             url.push_str(c);
         }
-        let response = self
-            .client
-            .get(&url)
+        let mut request = self.client.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| CheckError::Source(e.to_string()))?;
@@ -103,7 +105,13 @@ impl VehicleSource {
     }
 }
 
-pub async fn check(store: &GoldenStore, source: &VehicleSource) -> Result<DriftReport, CheckError> {
+/// Compares every golden record with the source, reading the source as the caller whose
+/// `token` is given.
+pub async fn check(
+    store: &GoldenStore,
+    source: &VehicleSource,
+    token: Option<&str>,
+) -> Result<DriftReport, CheckError> {
     let mut report = DriftReport {
         checked: 0,
         drifting: 0,
@@ -120,7 +128,7 @@ pub async fn check(store: &GoldenStore, source: &VehicleSource) -> Result<DriftR
     let mut seen = BTreeSet::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = source.page(cursor.as_deref()).await?;
+        let page = source.page(cursor.as_deref(), token).await?;
         for vehicle in &page.items {
             seen.insert(vehicle.id);
             report.checked += 1;

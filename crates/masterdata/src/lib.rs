@@ -19,6 +19,9 @@ use axle_core::platform::{Platform, Service, ServiceParts, StartError};
 use prometheus::Registry;
 use utoipa::OpenApi;
 
+/// What anyone may read without signing in: the model catalog.
+pub const PUBLIC_PATHS: &[&str] = &["/models"];
+
 pub const NAME: &str = "masterdata";
 
 pub fn migrations() -> Migrations {

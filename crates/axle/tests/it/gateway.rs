@@ -136,7 +136,18 @@ async fn stopping_finishes_the_requests_in_flight_before_the_services_go() {
         "plugins": {"fault-injection": {"delay": {"duration": 1.5}},
                     "proxy-rewrite": {"uri": "/vehicles"}}});
     put_route(admin, "slow", &route).await;
-    let client = reqwest::Client::new();
+    let token = server.token(dir.path());
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
     let url = format!("http://127.0.0.1:{}/slow", server.gateway_port);
     let mut ready = false;
     for _ in 0..100 {

@@ -75,6 +75,30 @@ pub struct Server {
 }
 
 impl Server {
+    /// `axle <args>` for this server's data in `dir` (its gateway, so its issuer's URL).
+    pub fn command(&self, dir: &Path) -> Command {
+        let mut cmd = axle(dir);
+        cmd.env(
+            "AXLE__SERVICES__GATEWAY__LISTEN",
+            format!("127.0.0.1:{}", self.gateway_port),
+        );
+        cmd
+    }
+
+    /// An access token of the command line's client (platform-admin, operator), from
+    /// `axle token`.
+    pub fn token(&self, dir: &Path) -> String {
+        let mut cmd = self.command(dir);
+        cmd.arg("token");
+        let out = run_to_end(cmd, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "axle token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// `axle serve` in `dir` with the vehicle service on `port`, once it answers `/healthz`.
     pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
         let masterdata = free_port();

@@ -4,4 +4,5 @@
 
 mod gateway;
 mod helpers;
+mod identity;
 mod serve;

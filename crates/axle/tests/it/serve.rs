@@ -70,8 +70,21 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
         "the default data dir is created"
     );
 
+    let token = server.token(dir.path());
+    let unsigned = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/vehicles"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unsigned.status(),
+        401,
+        "the service checks the caller itself"
+    );
     let created = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/vehicles"))
+        .bearer_auth(&token)
         .json(
             &json!({"vin": "1HGCM82633A004352", "make": "Honda", "model": "Accord", "year": 2003}),
         )
@@ -80,16 +93,37 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(created.status(), 201);
 
-    // The gateway routes /api/<service>/ to each service of the process.
-    let through_gateway: serde_json::Value = reqwest::get(format!(
+    // The gateway routes /api/<service>/ to each service of the process, with a token.
+    let url = format!(
         "http://127.0.0.1:{}/api/vehicle/vehicles",
         server.gateway_port
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    );
+    let refused = reqwest::get(&url).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let health = format!(
+        "http://127.0.0.1:{}/api/vehicle/healthz",
+        server.gateway_port
+    );
+    assert_eq!(
+        reqwest::get(&health).await.unwrap().status(),
+        200,
+        "health stays open"
+    );
+    let through_gateway: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(through_gateway["items"][0]["vin"], "1HGCM82633A004352");
     assert!(
         dir.path().join("axle-data/gateway/admin_key").exists(),
@@ -98,7 +132,7 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
 
     // `axle masterdata check` asks the running master data to compare with the vehicle service.
     let check = || {
-        let mut cmd = axle(dir.path());
+        let mut cmd = server.command(dir.path());
         cmd.args(["masterdata", "check"]).env(
             "AXLE__SERVICES__MASTERDATA__LISTEN",
             format!("127.0.0.1:{masterdata_port}"),
@@ -146,7 +180,10 @@ async fn serve_with_no_arguments_answers_and_stops_cleanly_on_sigterm() {
 
     // The data survives the restart.
     let server = Server::serve(dir.path(), port, &[]).await;
-    let list: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/vehicles"))
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/vehicles"))
+        .bearer_auth(server.token(dir.path()))
+        .send()
         .await
         .unwrap()
         .json()
@@ -270,8 +307,10 @@ async fn traces_are_exported_over_otlp_with_the_callers_trace_id() {
     )
     .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let token = server.token(dir.path());
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/vehicles"))
+        .bearer_auth(token)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .await

@@ -62,12 +62,11 @@ async fn run_once(
             .into_response());
         }
     };
-    let consumer = request
-        .headers()
-        .get(super::CONSUMER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    // Keys are per caller (the verified token's subject), so one caller's key never replays
+    // another's response.
+    let consumer = super::auth::verified_subject(&request)
+        .await
+        .unwrap_or_default();
     let scoped_key = format!("{consumer}\n{key}");
 
     let (parts, body) = request.into_parts();

@@ -11,7 +11,7 @@
 //! Handlers use [`Json`], [`Path`] and [`Query`] from here so that bad input becomes a 4xx
 //! in the shape of [`ErrorBody`].
 
-mod actor;
+pub mod auth;
 mod error;
 pub mod idempotency;
 mod page;
@@ -38,7 +38,7 @@ use tower_http::request_id::{
 };
 use tracing::Instrument;
 
-pub use actor::{Actor, CONSUMER_HEADER};
+pub use auth::{Caller, Verifier};
 pub use error::{ApiError, ApiResult, ErrorBody, Json, Path, Query};
 pub use page::{Page, PageQuery};
 

@@ -14,9 +14,11 @@ mod consumer_restriction;
 mod cors;
 mod fault_injection;
 mod ip_restriction;
+mod jwks;
 mod jwt_auth;
 mod key_auth;
 mod limit;
+mod openid_connect;
 mod opentelemetry;
 mod prometheus;
 mod proxy_mirror;
@@ -36,7 +38,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
-use crate::proxy::fields::Fields;
+use crate::client::fields::Fields;
 use crate::resource::Invalid;
 use crate::runtime::Snapshot;
 use crate::runtime::consumer::{Consumer, Credential};
@@ -56,8 +58,10 @@ pub struct Shared {
     pub breakers: api_breaker::Breakers,
     /// `opentelemetry`'s span exporter.
     pub tracers: opentelemetry::Tracers,
-    /// `jwt-auth`'s fetched JWKS key sets.
-    pub key_sets: jwt_auth::KeySets,
+    /// Fetched JWKS key sets (`jwt-auth`, `openid-connect`).
+    pub key_sets: jwks::KeySets,
+    /// `openid-connect`'s discovery documents and verified tokens.
+    pub oidc: Arc<openid_connect::State>,
     /// The gateway's Prometheus metrics, `prometheus`'s among them.
     pub metrics: Metrics,
 }
@@ -389,6 +393,13 @@ const REGISTRY: &[Registered] = &[
         name: "api-breaker",
         build: api_breaker::build,
         schema: schema_of::<api_breaker::Config>,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "openid-connect",
+        build: openid_connect::build,
+        schema: schema_of::<openid_connect::Config>,
         authentication: None,
         metadata: None,
     },

@@ -3,17 +3,14 @@
 //!
 //! One request, top to bottom in [`DataPlane::handle`]: context → route match (404 when none)
 //! → `rewrite` and `access` phases (global rules first; a plugin may answer) → pick a node
-//! (the upstream's balancer) → forward over the worker's [`pool`] with `X-Forwarded-*` and
+//! (the upstream's balancer) → forward over the worker's [`pool`](crate::client::pool) with `X-Forwarded-*` and
 //! `X-Real-IP`, retrying other nodes when a connection fails and the request has no body →
 //! response phases → stream the body back. WebSocket upgrades are proxied when the route
 //! enables them. On the TLS listener the certificate is chosen by SNI from the snapshot's
 //! `ssls`, and ALPN offers HTTP/2. Clients are served HTTP/1.1 by [`server`], which hands
 //! what it does not take (bodies still arriving, upgrades, HTTP/2) to hyper's server.
 
-pub mod fields;
-pub mod http1;
 pub mod path;
-pub mod pool;
 mod server;
 
 use std::net::SocketAddr;
@@ -23,12 +20,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::fields::Fields;
+use crate::client::pool::{self, Failure, Pool};
+pub use crate::client::{Body, BoxError};
+use crate::client::{empty, full, http1};
 use crate::plugins::{Ctx, Log, Mirror, Plugin, Reply, ResponseHead, Shared};
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
@@ -37,11 +37,6 @@ use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
 use crate::vars::PostArgs;
 use crate::warnings;
-use fields::Fields;
-use pool::{Failure, Pool};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Limits the data plane enforces on clients.
 #[derive(Debug, Clone, Copy)]
@@ -1153,16 +1148,6 @@ fn rewritten(body: Body, rewrite: crate::plugins::BodyRewrite) -> Body {
         Ok::<_, BoxError>(hyper::body::Frame::data((rewrite.apply)(read.freeze())))
     };
     http_body_util::StreamBody::new(futures::stream::once(whole)).boxed()
-}
-
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-pub(crate) fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 fn reply_response(reply: Reply) -> Response<Body> {

@@ -31,8 +31,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::http1::{READ_SIZE, RequestFields, Rewind, has_token};
 use super::{Body, BoxError, DataPlane, Outgoing, Peer, declared_length, empty, full};
+use crate::client::http1::{READ_SIZE, RequestFields, Rewind, has_token};
 
 /// How much earlier than the head timeout an idle connection's timer may end: it is moved only
 /// when it would end this much too early, not for every request (moving a timer costs as much
@@ -447,9 +447,9 @@ impl Date {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fields::Fields;
-    use super::super::http1::Lines;
     use super::*;
+    use crate::client::fields::Fields;
+    use crate::client::http1::Lines;
     use http::{HeaderMap, Response};
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {

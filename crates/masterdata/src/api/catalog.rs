@@ -1,6 +1,6 @@
 //! `/models`: the model catalog as last synced, with its freshness.
 
-use axle_core::http::{ApiError, ApiResult, ErrorBody, Json, Query};
+use axle_core::http::{ApiError, ApiResult, Caller, ErrorBody, Json, Query};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -52,7 +52,8 @@ pub struct Synced {
 #[utoipa::path(post, path = "/models/sync", tag = "catalog",
     responses((status = 200, body = Synced), (status = 502, description = "CATALOG_UPSTREAM_UNAVAILABLE", body = ErrorBody),
               (status = 409, description = "CATALOG_NOT_CONFIGURED", body = ErrorBody)))]
-pub async fn sync(State(state): State<AppState>) -> ApiResult<Json<Synced>> {
+pub async fn sync(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Synced>> {
+    caller.require(super::operations::OPERATORS)?;
     match state.catalog.sync_once().await {
         Ok(changed) => Ok(Json(Synced { changed })),
         Err(e @ SyncError::NotConfigured) => {

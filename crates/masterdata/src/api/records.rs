@@ -1,6 +1,6 @@
 //! `/vehicles`: golden records, searched and fetched, and their timelines.
 
-use axle_core::http::{ApiError, ApiResult, ErrorBody, Json, Page, PageQuery, Path, Query};
+use axle_core::http::{ApiError, ApiResult, Caller, ErrorBody, Json, Page, PageQuery, Path, Query};
 use axle_vehicle_api::VehicleState;
 use axum::Router;
 use axum::extract::State;
@@ -37,6 +37,7 @@ pub struct SearchQuery {
     responses((status = 200, body = Page<GoldenVehicle>), (status = 400, body = ErrorBody)))]
 pub async fn search(
     State(state): State<AppState>,
+    _caller: Caller,
     Query(q): Query<SearchQuery>,
 ) -> ApiResult<Json<Page<GoldenVehicle>>> {
     let page = PageQuery {
@@ -62,6 +63,7 @@ pub async fn search(
     responses((status = 200, body = GoldenVehicle), (status = 404, description = "GOLDEN_RECORD_NOT_FOUND", body = ErrorBody)))]
 pub async fn fetch(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<GoldenVehicle>> {
     state.store.get(id).await?.map(Json).ok_or_else(|| {
@@ -82,6 +84,7 @@ pub struct Timeline {
     responses((status = 200, body = Timeline), (status = 404, body = ErrorBody)))]
 pub async fn timeline(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Timeline>> {
     let items = state.store.timeline(id).await?;

@@ -3,7 +3,7 @@
 //! Deducting and restoring are idempotent per (pool, vehicle), so the settlement saga can retry
 //! both the step and its compensation.
 
-use axle_core::http::{ApiError, ApiResult, ErrorBody, Json, Path};
+use axle_core::http::{ApiError, ApiResult, Caller, ErrorBody, Json, Path};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::vehicles::STAFF;
 use crate::store::{Deduction, Pool};
 
 pub fn router() -> Router<AppState> {
@@ -38,8 +39,10 @@ pub struct NewPool {
     responses((status = 201, body = Pool), (status = 409, description = "POOL_NAME_EXISTS", body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(new): Json<NewPool>,
 ) -> ApiResult<(StatusCode, Json<Pool>)> {
+    caller.require(STAFF)?;
     let name = new.name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::unprocessable(
@@ -62,7 +65,15 @@ pub async fn create(
 /// Fetch a pool with its use.
 #[utoipa::path(get, path = "/pools/{id}", tag = "pools", operation_id = "fetch_pool", params(("id" = Uuid, Path)),
     responses((status = 200, body = Pool), (status = 404, description = "POOL_NOT_FOUND", body = ErrorBody)))]
-pub async fn fetch(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Json<Pool>> {
+pub async fn fetch(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Pool>> {
+    pool(&state, id).await
+}
+
+async fn pool(state: &AppState, id: Uuid) -> ApiResult<Json<Pool>> {
     state
         .store
         .get_pool(id)
@@ -77,10 +88,12 @@ pub async fn fetch(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiRe
     responses((status = 200, body = Pool), (status = 404, body = ErrorBody), (status = 409, description = "POOL_EXHAUSTED", body = ErrorBody)))]
 pub async fn deduct(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, vehicle)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<Json<Pool>> {
+    caller.require(STAFF)?;
     match state.store.deduct(id, vehicle).await? {
-        Deduction::Deducted | Deduction::AlreadyDeducted => fetch(State(state), Path(id)).await,
+        Deduction::Deducted | Deduction::AlreadyDeducted => pool(&state, id).await,
         Deduction::Refused => match state.store.get_pool(id).await? {
             None => Err(ApiError::not_found(
                 "POOL_NOT_FOUND",
@@ -100,8 +113,10 @@ pub async fn deduct(
     responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
 pub async fn restore(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, vehicle)): Path<(Uuid, Uuid)>,
 ) -> ApiResult<Json<Pool>> {
+    caller.require(STAFF)?;
     state.store.restore(id, vehicle).await?;
-    fetch(State(state), Path(id)).await
+    pool(&state, id).await
 }

@@ -4,7 +4,7 @@
 //! effect (idempotent settlement steps), and 409 `VEHICLE_ILLEGAL_TRANSITION` when the vehicle's
 //! state does not allow it.
 
-use axle_core::http::{Actor, ApiError, ApiResult, ErrorBody, Json, Page, PageQuery, Path, Query};
+use axle_core::http::{ApiError, ApiResult, Caller, ErrorBody, Json, Page, PageQuery, Path, Query};
 use axle_vehicle_api::{InspectionReport, Pricing, Sale, VehicleState, types};
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +18,10 @@ use super::AppState;
 use crate::domain::{AttributeChanges, Command, NewVehicle, Outcome, Vehicle};
 use crate::events;
 use crate::store::{StoreError, VehicleFilter};
+
+/// Who may register vehicles and move them through their lifecycle (platform admins too);
+/// any signed-in caller may read them.
+pub const STAFF: &[&str] = &["operator", "auctioneer"];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -47,9 +51,11 @@ pub fn router() -> Router<AppState> {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    Actor(actor): Actor,
+    caller: Caller,
     Json(new): Json<NewVehicle>,
 ) -> ApiResult<(StatusCode, Json<Vehicle>)> {
+    caller.require(STAFF)?;
+    let actor = caller.name;
     let vehicle = Vehicle::receive(new, axle_core::id::new_id(), axle_core::time::now())?;
     let event = events::changed(&vehicle, types::RECEIVED, &actor).map_err(ApiError::internal)?;
     state.store.create(&vehicle, &event).await?;
@@ -65,6 +71,7 @@ pub async fn create(
 )]
 pub async fn fetch(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vehicle>> {
     Ok(Json(load(&state, id).await?))
@@ -88,6 +95,7 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(state): State<AppState>,
+    _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Vehicle>>> {
     let page = PageQuery {
@@ -114,11 +122,11 @@ pub async fn list(
 )]
 pub async fn update(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(changes): Json<AttributeChanges>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::Update(changes)).await
+    mutate(&state, id, caller, Command::Update(changes)).await
 }
 
 /// received → inspecting.
@@ -126,10 +134,10 @@ pub async fn update(
     responses((status = 200, body = Vehicle), (status = 409, description = "VEHICLE_ILLEGAL_TRANSITION", body = ErrorBody)))]
 pub async fn start_inspection(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::StartInspection).await
+    mutate(&state, id, caller, Command::StartInspection).await
 }
 
 /// inspecting → inspected, with the report (its grade becomes the condition grade).
@@ -137,11 +145,11 @@ pub async fn start_inspection(
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn complete_inspection(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(report): Json<InspectionReport>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::CompleteInspection(report)).await
+    mutate(&state, id, caller, Command::CompleteInspection(report)).await
 }
 
 /// inspected → priced (or re-price while priced).
@@ -149,11 +157,11 @@ pub async fn complete_inspection(
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn price(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(pricing): Json<Pricing>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::Price(pricing)).await
+    mutate(&state, id, caller, Command::Price(pricing)).await
 }
 
 /// priced → listed.
@@ -161,10 +169,10 @@ pub async fn price(
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody)))]
 pub async fn list_for_sale(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::List).await
+    mutate(&state, id, caller, Command::List).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -178,14 +186,14 @@ pub struct Reservation {
     responses((status = 200, body = Vehicle), (status = 409, description = "VEHICLE_RESERVED, VEHICLE_ILLEGAL_TRANSITION", body = ErrorBody)))]
 pub async fn reserve(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(r): Json<Reservation>,
 ) -> ApiResult<Json<Vehicle>> {
     mutate(
         &state,
         id,
-        actor,
+        caller,
         Command::Reserve {
             auction_id: r.auction_id,
         },
@@ -198,11 +206,11 @@ pub async fn reserve(
     responses((status = 200, body = Vehicle), (status = 409, description = "VEHICLE_ALREADY_SOLD, VEHICLE_ILLEGAL_TRANSITION", body = ErrorBody)))]
 pub async fn sell(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(sale): Json<Sale>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::MarkSold(sale)).await
+    mutate(&state, id, caller, Command::MarkSold(sale)).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -216,11 +224,11 @@ pub struct Release {
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody)))]
 pub async fn release(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Json(r): Json<Release>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::Release { sale_id: r.sale_id }).await
+    mutate(&state, id, caller, Command::Release { sale_id: r.sale_id }).await
 }
 
 /// sold → delivered.
@@ -228,10 +236,10 @@ pub async fn release(
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody)))]
 pub async fn deliver(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::Deliver).await
+    mutate(&state, id, caller, Command::Deliver).await
 }
 
 /// Any pre-sale state → withdrawn.
@@ -239,10 +247,10 @@ pub async fn deliver(
     responses((status = 200, body = Vehicle), (status = 409, body = ErrorBody)))]
 pub async fn withdraw(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Vehicle>> {
-    mutate(&state, id, actor, Command::Withdraw).await
+    mutate(&state, id, caller, Command::Withdraw).await
 }
 
 async fn load(state: &AppState, id: Uuid) -> ApiResult<Vehicle> {
@@ -257,9 +265,11 @@ async fn load(state: &AppState, id: Uuid) -> ApiResult<Vehicle> {
 async fn mutate(
     state: &AppState,
     id: Uuid,
-    Actor(actor): Actor,
+    caller: Caller,
     command: Command,
 ) -> ApiResult<Json<Vehicle>> {
+    caller.require(STAFF)?;
+    let actor = caller.name;
     const ATTEMPTS: usize = 3;
     for _ in 0..ATTEMPTS {
         let vehicle = load(state, id).await?;

@@ -29,7 +29,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines accepted in a response head.
 const MAX_HEADERS: usize = 128;
 /// How much room a read asks for.
-pub(super) const READ_SIZE: usize = 16 * 1024;
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 
 /// An upstream connection: plain TCP or TLS over it.
 #[derive(Debug)]
@@ -125,7 +125,7 @@ impl Lines {
 
     /// The lines of a response head in `text` (for tests).
     #[cfg(test)]
-    pub(super) fn of_head(text: &str) -> Lines {
+    pub(crate) fn of_head(text: &str) -> Lines {
         let head = parse_head(&mut BytesMut::from(text), &Method::GET);
         head.ok()
             .flatten()
@@ -625,7 +625,7 @@ impl<'a> ConnectionFields<'a> {
 
 /// `declared` with a `Content-Length` value added, strictly (RFC 9112 §6.3): digits only, and a
 /// list or repeated field only of one number; folded over a message's values, its length.
-pub(super) fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
+pub(crate) fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
     let mut declared = declared;
     for part in value.split(|&b| b == b',') {
         let n = digits(part.trim_ascii()).ok_or(Error::Invalid("bad content-length"))?;
@@ -638,11 +638,11 @@ pub(super) fn content_length(declared: Option<u64>, value: &[u8]) -> Result<Opti
 }
 
 /// The header lines httparse found in a read buffer, by name and where each value lies in it.
-pub(super) struct RequestFields(Vec<(HeaderName, Range<usize>)>);
+pub(crate) struct RequestFields(Vec<(HeaderName, Range<usize>)>);
 
 impl RequestFields {
     /// `lines` as parsed from `read`; none when a name is not a valid header name.
-    pub(super) fn of(lines: &[httparse::Header<'_>], read: &[u8]) -> Option<RequestFields> {
+    pub(crate) fn of(lines: &[httparse::Header<'_>], read: &[u8]) -> Option<RequestFields> {
         let base = read.as_ptr() as usize;
         let mut fields = Vec::with_capacity(lines.len());
         for line in lines {
@@ -653,13 +653,13 @@ impl RequestFields {
         Some(RequestFields(fields))
     }
 
-    pub(super) fn has_any(&self, names: &[HeaderName]) -> bool {
+    pub(crate) fn has_any(&self, names: &[HeaderName]) -> bool {
         self.0.iter().any(|(n, _)| names.contains(n))
     }
 
     /// Splits the head (its first `length` bytes) off `read`, with the header map whose values
     /// share those bytes rather than each being copied (none when a value is invalid).
-    pub(super) fn split_off(
+    pub(crate) fn split_off(
         self,
         read: &mut BytesMut,
         length: usize,
@@ -711,7 +711,7 @@ fn header_name(bytes: &[u8]) -> Option<HeaderName> {
 
 /// The elements of a comma-separated header value (`Connection`'s, `Transfer-Encoding`'s),
 /// trimmed, empty ones left out.
-pub(super) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
@@ -719,7 +719,7 @@ pub(super) fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 }
 
 /// Whether a comma-separated header value (`Connection`'s) names `token`.
-pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -948,16 +948,16 @@ mod tests {
 
     #[test]
     fn request_heads_are_written_whole_and_keep_out_injected_lines() {
-        let mut get = Request::start(Method::GET, "/a?b=1", crate::proxy::empty());
+        let mut get = Request::start(Method::GET, "/a?b=1", crate::client::empty());
         get.header("x-ok", b"1");
         get.header("x-evil", b"1\r\nx-injected: 2");
         assert_eq!(
             get.end(false).head,
             b"GET /a?b=1 HTTP/1.1\r\nx-ok: 1\r\n\r\n"
         );
-        let post = Request::start(Method::POST, "/", crate::proxy::empty()).end(false);
+        let post = Request::start(Method::POST, "/", crate::client::empty()).end(false);
         assert!(post.head.ends_with(b"\r\ncontent-length: 0\r\n\r\n"));
-        let declared = Request::start(Method::POST, "/", crate::proxy::empty()).end(true);
+        let declared = Request::start(Method::POST, "/", crate::client::empty()).end(true);
         assert_eq!(declared.head, b"POST / HTTP/1.1\r\n\r\n");
     }
 
