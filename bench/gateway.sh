@@ -41,29 +41,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
 PROXY_CPU="" LOAD_CPU=""
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
-
-nginx_conf() { # $1 = name, $2 = server block, $3 = more main-context directives
-  mkdir -p "$WORK/$1"
-  cat > "$WORK/$1/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-${3:-}
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1;
-  proxy_temp_path $WORK/$1;
-  fastcgi_temp_path $WORK/$1;
-  uwsgi_temp_path $WORK/$1;
-  scgi_temp_path $WORK/$1;
-  $2
-}
-CONF
-}
 
 # The upstream: nginx answering a small fixed body.
 nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
@@ -89,7 +71,6 @@ AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$METRICS_PORT" \
   $PROXY_CPU $WRAP "$AXLE" serve --only gateway --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
 AXLE_PID=$!
 
-wait_for() { for _ in $(seq 1 600); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes" 2>/dev/null && break; sleep 0.1; done
@@ -103,29 +84,6 @@ admin_put routes/plugins "{\"uri\": \"/plugins/*\", \"upstream\": {\"nodes\": {\
     \"limit-count\": {\"count\": 1000000000, \"time_window\": 60, \"key_type\": \"var\", \"key\": \"consumer_name\"}}}"
 wait_for "http://127.0.0.1:$AXLE_PORT/"
 for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
-
-# CPU time (user and system, all threads, in clock ticks) process $1 has used.
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-
-# Prints "requests/s p99_ms cpu_us" for one wrk run of URL $2 (more wrk arguments may follow),
-# cpu_us being the CPU time process $1 (the proxy) spent per request: what a request costs the
-# proxy's core even when the load, not the proxy, sets the pace.
-measure() {
-  local pid=$1 before
-  shift
-  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d2s "${@:2}" "$1" >/dev/null # warm-up
-  before=$(ticks "$pid")
-  $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:2}" "$1" | awk \
-    -v before="$before" -v after_file="/proc/$pid/stat" -v hz="$(getconf CLK_TCK)" '
-    /requests in/ { requests = $1 }
-    /Requests\/sec/ { rps = $2 }
-    /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }; p99 = v }
-    END { getline stat < after_file; split(stat, f, " "); cpu = (f[14] + f[15] - before) / hz
-          printf "%.0f %.2f %.1f\n", rps, p99, cpu * 1e6 / requests }'
-}
-
-# The median of a list of "requests/s p99_ms cpu_us" lines, by requests/s.
-median() { sort -n | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
 # Prints the instructions per request of URL $2 (more wrk arguments may follow) of the process
 # under callgrind whose command line matches $1.

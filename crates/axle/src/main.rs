@@ -3,6 +3,7 @@
 //! `main` parses the command line and calls one function per command; the wiring of services
 //! lives in [`serve`].
 
+mod demo;
 mod masterdata;
 mod serve;
 mod token;

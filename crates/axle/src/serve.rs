@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// Every service this binary can run, in start order.
 const SERVICES: &[&str] = &[
     axle_identity::NAME,
+    axle_web::NAME,
     axle_vehicle::NAME,
     axle_masterdata::NAME,
     axle_gateway::NAME,
@@ -43,6 +44,9 @@ pub struct ServeArgs {
     /// Threads of the gateway's data plane (overrides `services.gateway.workers`).
     #[arg(long)]
     workers: Option<usize>,
+    /// Add sample dealers, staff and vehicles to click through (once; again adds nothing).
+    #[arg(long)]
+    demo: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -61,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, selected))
+    runtime.block_on(serve(config, selected, args.demo))
 }
 
 fn select(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
@@ -85,6 +89,7 @@ fn select(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
 async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
     match name {
         axle_identity::NAME => axle_identity::build(platform).await,
+        axle_web::NAME => axle_web::build(platform).await,
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
         axle_masterdata::NAME => axle_masterdata::build(platform).await,
         _ => unreachable!("select() only returns names from SERVICES; the gateway is built apart"),
@@ -103,6 +108,7 @@ fn public_paths(name: &str) -> &'static [&'static str] {
 fn listen_addr(config: &Config, name: &str) -> SocketAddr {
     match name {
         axle_identity::NAME => config.services.identity.listen,
+        axle_web::NAME => config.services.web.listen,
         axle_vehicle::NAME => config.services.vehicle.listen,
         axle_masterdata::NAME => config.services.masterdata.listen,
         axle_gateway::NAME => config.services.gateway.admin_listen,
@@ -169,7 +175,7 @@ async fn run_data_plane(
     .map_err(std::io::Error::other)?
 }
 
-async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()> {
+async fn serve(config: Config, selected: Vec<&'static str>, demo: bool) -> anyhow::Result<()> {
     // Cancelled in turn when stopping: the gateway's data plane, the services' listeners, and
     // the platform's background tasks.
     let stop_gateway = CancellationToken::new();
@@ -191,6 +197,7 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
                     addr: listen_addr(&platform.config, s),
                     public: public_paths(s),
                     open: *s == axle_identity::NAME,
+                    pages: *s == axle_web::NAME,
                 })
                 .collect();
             let gateway = axle_gateway::build(&platform, &others).await?;
@@ -235,6 +242,21 @@ async fn serve(config: Config, selected: Vec<&'static str>) -> anyhow::Result<()
             .collect::<Vec<_>>(),
     );
 
+    if demo {
+        let config = (*platform.config).clone();
+        tokio::spawn(async move {
+            match crate::demo::seed(config).await {
+                Ok(()) => println!(
+                    "demo: dealers li.wei and zhang.min, auctioneer chen.auction, finance wang.finance \
+                     and operator zhao.ops, each with the password \"{}\"; five sample vehicles",
+                    crate::demo::PASSWORD
+                ),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "demo data could not be added")
+                }
+            }
+        });
+    }
     tokio::spawn(stop_on_signal(stop_gateway.clone()));
     let mut servers = tokio::task::JoinSet::new();
     let mut services = Vec::new();
@@ -380,6 +402,11 @@ fn print_banner(
         if let Ok(addr) = listener.local_addr() {
             if service.name == axle_gateway::NAME {
                 println!("  admin    http://{addr}  (APISIX Admin API: /apisix/admin/...)");
+            } else if service.name == axle_web::NAME {
+                println!(
+                    "  pages    {}/  (sign in as \"admin\"; served by http://{addr} through the gateway)",
+                    platform.config.site()
+                );
             } else if service.name == axle_identity::NAME {
                 println!(
                     "  identity http://{addr}  (OpenID issuer {}, sign in as \"admin\")",

@@ -217,6 +217,7 @@ pub struct ServicesConfig {
     pub vehicle: ServiceConfig,
     pub masterdata: MasterdataConfig,
     pub identity: IdentityConfig,
+    pub web: WebConfig,
 }
 
 impl Default for ServicesConfig {
@@ -226,6 +227,7 @@ impl Default for ServicesConfig {
             vehicle: ServiceConfig::on_port(9203),
             masterdata: MasterdataConfig::default(),
             identity: IdentityConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -373,6 +375,60 @@ impl Default for MasterdataConfig {
             vehicle_url: "http://127.0.0.1:9203".into(),
             catalog_url: None,
             catalog_interval_secs: 300,
+        }
+    }
+}
+
+/// `[services.web]`: the pages, served through the gateway at `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    /// Encrypts the pages' session cookie and keys their forms' CSRF tokens; the same on every
+    /// node. Unset: generated on first start and kept in `<data_dir>/web/session_secret`.
+    pub session_secret: Option<SecretString>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9201)),
+            session_secret: None,
+        }
+    }
+}
+
+impl Config {
+    /// The pages' session secret: configured, else kept in the data directory.
+    pub fn web_session_secret(&self) -> std::io::Result<String> {
+        if let Some(secret) = &self.services.web.session_secret {
+            return Ok(secret.expose_secret().to_string());
+        }
+        let path = self.data_dir.join("web").join("session_secret");
+        crate::files::kept_secret(&path, || {
+            use std::fmt::Write;
+            let mut text = String::new();
+            for byte in uuid::Uuid::new_v4()
+                .as_bytes()
+                .iter()
+                .chain(uuid::Uuid::new_v4().as_bytes())
+            {
+                let _ = write!(text, "{byte:02x}");
+            }
+            text
+        })
+        .map(|(secret, _)| secret)
+    }
+
+    /// The site's origin as browsers reach it (the issuer's scheme, host and port).
+    pub fn site(&self) -> String {
+        let issuer = self.issuer();
+        match issuer.find("://").map(|i| i + 3) {
+            Some(start) => match issuer[start..].find('/') {
+                Some(end) => issuer[..start + end].to_string(),
+                None => issuer,
+            },
+            None => issuer,
         }
     }
 }

@@ -73,6 +73,16 @@ pub struct Migrations {
     pub postgres: Migrator,
 }
 
+impl Migrations {
+    /// No tables of the service's own (core's are still made).
+    pub fn none() -> Self {
+        Self {
+            sqlite: Migrator::DEFAULT,
+            postgres: Migrator::DEFAULT,
+        }
+    }
+}
+
 /// Core's own tables, present in every service database. Versions 1–999 are reserved for them;
 /// services number their migrations from a timestamp (e.g. `20261121000001_vehicles.sql`).
 static CORE_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -42,6 +42,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(partial, path)
 }
 
+/// The secret kept in `path`: read when it is there, else `make`d, written (private) and
+/// answered. Answers whether it was made now, so the caller may say so once.
+pub fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(secret) if !secret.trim().is_empty() => return Ok((secret.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    let secret = make();
+    write_private(path, secret.as_bytes())?;
+    Ok((secret, true))
+}
+
 /// Makes the SQLite database at `path` private before it is opened: created empty as 0600 when
 /// missing (SQLite gives its `-wal` and `-shm` files the database's mode), and the three files
 /// tightened when they exist.

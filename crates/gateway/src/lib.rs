@@ -74,6 +74,8 @@ pub struct LocalService<'a> {
     /// The service checks every caller itself and serves pages and sign-in endpoints
     /// (identity): its route has no token check.
     pub open: bool,
+    /// The service is the pages at `/` (web): browsers are signed in to it.
+    pub pages: bool,
 }
 
 /// Builds the gateway: opens its store and, unless it is a control plane, compiles the first
@@ -115,13 +117,21 @@ pub async fn build(
     } else {
         let runtime = Arc::new(runtime::Runtime::default());
         let defaults = if config.default_routes {
-            let discovery = platform.config.auth.verify_tokens.then(|| {
-                format!(
-                    "{}/.well-known/openid-configuration",
-                    platform.config.trusted_issuer()
-                )
-            });
-            default_routes(services, discovery.as_deref())
+            let c = &platform.config;
+            let discovery = c
+                .auth
+                .verify_tokens
+                .then(|| format!("{}/.well-known/openid-configuration", c.trusted_issuer()));
+            let pages = match services.iter().any(|s| s.pages) {
+                true => Some(PagesSignIn {
+                    site: c.site(),
+                    secret: c
+                        .web_session_secret()
+                        .map_err(|e| fail(format!("the pages' session secret: {e}")))?,
+                }),
+                false => None,
+            };
+            default_routes(services, discovery.as_deref(), pages.as_ref())
         } else {
             BTreeMap::new()
         };
@@ -213,9 +223,14 @@ fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> 
 fn default_routes(
     services: &[LocalService<'_>],
     discovery: Option<&str>,
+    pages: Option<&PagesSignIn>,
 ) -> BTreeMap<String, serde_json::Value> {
     let mut routes = BTreeMap::new();
     for service in services {
+        if service.pages {
+            routes.extend(pages_routes(service, discovery, pages));
+            continue;
+        }
         let name = service.name;
         let rewrite = json!({"proxy-rewrite": {"regex_uri": [format!("^/api/{name}(/.*)"), "$1"]}});
         let upstream = json!({"type": "roundrobin", "nodes": {service.addr.to_string(): 1}});
@@ -262,6 +277,53 @@ fn default_routes(
     routes
 }
 
+/// How browsers are signed in to the pages: the site they reach, and the secret of their
+/// session cookie.
+#[derive(Debug)]
+struct PagesSignIn {
+    site: String,
+    secret: String,
+}
+
+/// `/*` → the pages, browsers signed in first (`openid-connect`'s authorization code flow with
+/// PKCE as the identity service's `axle-web` client, the session in an encrypted cookie,
+/// `/logout`); the assets stay open.
+fn pages_routes(
+    service: &LocalService<'_>,
+    discovery: Option<&str>,
+    sign_in: Option<&PagesSignIn>,
+) -> Vec<(String, serde_json::Value)> {
+    let upstream = json!({"type": "roundrobin", "nodes": {service.addr.to_string(): 1}});
+    let mut plugins = json!({});
+    if let (Some(discovery), Some(sign_in)) = (discovery, sign_in) {
+        let site = &sign_in.site;
+        plugins["openid-connect"] = json!({
+            "client_id": "axle-web",
+            "discovery": discovery,
+            "scope": "openid profile email",
+            "use_pkce": true,
+            "redirect_uri": format!("{site}/auth/callback"),
+            "logout_path": "/logout",
+            "post_logout_redirect_uri": format!("{site}/"),
+            "set_userinfo_header": false,
+            "session": {"secret": sign_in.secret, "cookie_name": "axle_session"},
+        });
+    }
+    let (id, public) = ("axle-web".to_string(), "axle-web-public".to_string());
+    vec![
+        (
+            resource::Kind::Routes.key(&public),
+            json!({"id": public, "name": "Axle pages, assets", "uris": ["/assets/*"],
+                   "priority": 10, "upstream": upstream}),
+        ),
+        (
+            resource::Kind::Routes.key(&id),
+            json!({"id": id, "name": "Axle pages", "uri": "/*", "priority": -100,
+                   "plugins": plugins, "upstream": upstream}),
+        ),
+    ]
+}
+
 /// The Admin API key: configured, else from the environment, else generated once and kept in
 /// the data directory (printed when generated, never logged).
 fn admin_key(configured: Option<SecretString>, data_dir: &Path) -> std::io::Result<SecretString> {
@@ -274,25 +336,17 @@ fn admin_key(configured: Option<SecretString>, data_dir: &Path) -> std::io::Resu
         return Ok(SecretString::from(key));
     }
     let path = data_dir.join(NAME).join("admin_key");
-    match std::fs::read_to_string(&path) {
-        Ok(key) if !key.trim().is_empty() => return Ok(SecretString::from(key.trim().to_string())),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let key: String = {
+    let (key, made) = axle_core::files::kept_secret(&path, || {
         use rand::Rng;
         let bytes: [u8; 16] = rand::rng().random();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
-    };
-    if let Some(dir) = path.parent() {
-        axle_core::files::private_dir(dir)?;
+    })?;
+    if made {
+        println!(
+            "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
+             services.gateway.admin_key to choose one)",
+            path.display()
+        );
     }
-    axle_core::files::write_private(&path, key.as_bytes())?;
-    println!(
-        "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
-         services.gateway.admin_key to choose one)",
-        path.display()
-    );
     Ok(SecretString::from(key))
 }

@@ -8,6 +8,9 @@
 //! from a CDN and nothing needs a Node build. Forms carry a [`csrf`] token, and every response
 //! gets the [`security`] headers.
 //!
+//! [`pages`] are the pages at `/` (home, my account, administration), a service of their own
+//! ([`build`]) that the gateway signs browsers in to.
+//!
 //! A service crate with pages adds `"../web/templates"` to its `askama.toml` and
 //! `{% extends "layout.html" %}`.
 
@@ -16,7 +19,49 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod assets;
 pub mod csrf;
+pub mod pages;
 pub mod security;
+
+use axle_core::platform::{Platform, Service, ServiceParts, StartError};
+
+pub const NAME: &str = "web";
+
+/// Builds the pages' service (served through the gateway at `/`, which signs browsers in).
+pub async fn build(platform: &Platform) -> Result<Service, StartError> {
+    let fail = |message: String| StartError::Service {
+        service: NAME,
+        message,
+    };
+    let config = &platform.config;
+    let secret = config
+        .web_session_secret()
+        .map_err(|e| fail(format!("session secret: {e}")))?;
+    let db = platform
+        .open_db(NAME, &axle_core::db::Migrations::none())
+        .await?;
+    let api = pages::router(pages::AppState {
+        identity: config.issuer(),
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default(),
+        csrf: csrf::CsrfKey::new(format!("csrf:{secret}").as_bytes()),
+        secure: config.issuer().starts_with("https://"),
+    });
+    platform.assemble(ServiceParts {
+        name: NAME,
+        db,
+        outbox: None,
+        registry: prometheus::Registry::new(),
+        api,
+        openapi: serde_json::json!({
+            "openapi": "3.1.0",
+            "info": {"title": "Axle pages", "version": VERSION,
+                "description": "Server-rendered pages; no JSON API."},
+            "paths": {},
+        }),
+    })
+}
 
 /// What the layout needs from every page.
 #[derive(Debug, Clone, Default)]

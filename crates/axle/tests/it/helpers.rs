@@ -11,6 +11,7 @@ pub fn axle(dir: &Path) -> Command {
     for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
         "AXLE__SERVICES__IDENTITY__LISTEN",
+        "AXLE__SERVICES__WEB__LISTEN",
         "AXLE__SERVICES__GATEWAY__LISTEN",
         "AXLE__SERVICES__GATEWAY__TLS_LISTEN",
         "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
@@ -101,11 +102,17 @@ impl Server {
 
     /// `axle serve` in `dir` with the vehicle service on `port`, once it answers `/healthz`.
     pub async fn serve(dir: &Path, port: u16, env: &[(&str, String)]) -> Self {
+        Self::serve_with(dir, port, &[], env).await
+    }
+
+    /// [`serve`](Self::serve) with more arguments after `serve` (`--demo`).
+    pub async fn serve_with(dir: &Path, port: u16, args: &[&str], env: &[(&str, String)]) -> Self {
         let masterdata = free_port();
         let gateway = free_port();
         let identity = free_port();
         let mut cmd = axle(dir);
         cmd.arg("serve")
+            .args(args)
             .env(
                 "AXLE__SERVICES__IDENTITY__LISTEN",
                 format!("127.0.0.1:{identity}"),

@@ -5,4 +5,5 @@
 mod gateway;
 mod helpers;
 mod identity;
+mod pages;
 mod serve;

@@ -93,6 +93,10 @@ impl ApiError {
         self.status
     }
 
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn code(&self) -> &str {
         &self.code
     }

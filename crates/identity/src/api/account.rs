@@ -158,8 +158,14 @@ pub async fn request_reset(
     State(state): State<AppState>,
     Json(request): Json<ResetRequest>,
 ) -> ApiResult<StatusCode> {
+    send_reset_link(&state, &request.username).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Sends `username` a reset link, if there is such a user.
+pub(super) async fn send_reset_link(state: &AppState, username: &str) -> ApiResult<()> {
     let store = &state.provider.store;
-    let username = request.username.trim().to_lowercase();
+    let username = username.trim().to_lowercase();
     if let Some(account) = store.user_by_name(&username).await? {
         let token = random_secret();
         let expires = axle_core::time::now() + Duration::minutes(RESET_TTL_MINUTES);
@@ -175,14 +181,14 @@ pub async fn request_reset(
                 "channel": "email",
                 "to": account.user.email,
                 "template": "password_reset",
-                "link": format!("{}/password-reset?token={token}", state.provider.settings.issuer),
+                "link": format!("{}/reset?token={token}", state.provider.settings.issuer),
             })),
         };
         store.record(&change).await?;
         state.outbox.wake();
         tracing::info!(user = %account.user.id, "password reset link sent");
     }
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -200,6 +206,16 @@ pub async fn reset_password(
     State(state): State<AppState>,
     Json(confirm): Json<ResetConfirm>,
 ) -> ApiResult<StatusCode> {
+    reset_with_token(&state, &confirm.token, &confirm.new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets a new password with a reset link's token; the link then stops working.
+pub(super) async fn reset_with_token(
+    state: &AppState,
+    token: &str,
+    new_password: &str,
+) -> ApiResult<()> {
     let store = &state.provider.store;
     let invalid = || {
         ApiError::bad_request(
@@ -208,14 +224,13 @@ pub async fn reset_password(
         )
     };
     // Check the password before using up the link, so a weak one can be corrected.
-    let user = match store.reset_user(&confirm.token).await? {
+    let user = match store.reset_user(token).await? {
         Some(id) => store.user(id).await?.ok_or_else(invalid)?.user,
         None => return Err(invalid()),
     };
-    password::check_new(&confirm.new_password, &user.username)?;
-    if store.take_reset(&confirm.token).await?.is_none() {
+    password::check_new(new_password, &user.username)?;
+    if store.take_reset(token).await?.is_none() {
         return Err(invalid());
     }
-    set_password(&state, user, &confirm.new_password, "password-reset").await?;
-    Ok(StatusCode::NO_CONTENT)
+    set_password(state, user, new_password, "password-reset").await
 }

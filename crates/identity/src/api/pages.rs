@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/authorize", get(authorize).post(sign_in))
         .route("/consent", axum::routing::post(consent))
         .route("/logout", get(confirm_sign_out).post(sign_out))
+        .route("/reset", get(reset_page).post(reset))
 }
 
 #[derive(Template)]
@@ -41,6 +42,8 @@ struct SignInPage {
     hidden: Vec<(&'static str, String)>,
     client_name: String,
     username: String,
+    /// The password reset page.
+    reset: String,
 }
 
 #[derive(Template)]
@@ -256,6 +259,7 @@ fn sign_in_page(
         hidden: hidden(auth),
         client_name: client.name.clone(),
         username: username.to_string(),
+        reset: format!("{}/reset", state.public_path),
     };
     with_csp(
         (status, jar, Html::from(&page)).into_response(),
@@ -575,4 +579,129 @@ pub struct SignOutForm {
     csrf: Option<String>,
     #[serde(flatten)]
     params: LogoutParams,
+}
+
+#[derive(Template)]
+#[template(path = "reset.html")]
+struct ResetPage {
+    shell: Shell,
+    heading: &'static str,
+    action: String,
+    csrf: String,
+    /// The link's token: the form to set a new password; none: the form to ask for a link.
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ResetQuery {
+    token: Option<String>,
+}
+
+fn reset_form(
+    state: &AppState,
+    jar: CookieJar,
+    token: Option<String>,
+    flash: Option<(FlashKind, &str)>,
+    status: StatusCode,
+) -> Response {
+    let (jar, csrf) = state
+        .csrf
+        .token(jar, &state.public_path, state.secure_cookies);
+    let heading = if token.is_some() {
+        "Set a new password"
+    } else {
+        "Forgot your password?"
+    };
+    let mut shell = Shell::new(heading, state.assets());
+    if let Some((kind, text)) = flash {
+        shell = shell.with_flash(kind, text);
+    }
+    let page = ResetPage {
+        shell,
+        heading,
+        action: format!("{}/reset", state.public_path),
+        csrf,
+        token,
+    };
+    (status, jar, Html::from(&page)).into_response()
+}
+
+/// The page a reset link opens (with its token), or where one is asked for.
+pub async fn reset_page(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Query(q): Query<ResetQuery>,
+) -> Response {
+    reset_form(&state, jar, q.token, None, StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetForm {
+    csrf: Option<String>,
+    username: Option<String>,
+    token: Option<String>,
+    new_password: Option<String>,
+    confirm_password: Option<String>,
+}
+
+/// Asks for a link (by username), or sets the new password with the link's token.
+pub async fn reset(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    axum::Form(form): axum::Form<ResetForm>,
+) -> Response {
+    if !state.csrf.verify(&jar, form.csrf.as_deref()) {
+        return forbidden_form(&state);
+    }
+    if let Some(username) = form.username {
+        if let Err(e) = super::account::send_reset_link(&state, &username).await {
+            return internal(&state, e.code());
+        }
+        return message(
+            &state,
+            StatusCode::ACCEPTED,
+            "Check your e-mail",
+            "If the account exists, a link to set a new password is on its way. It works for 30 minutes, once.",
+        );
+    }
+    let (Some(token), Some(new)) = (form.token, form.new_password) else {
+        return reset_form(&state, jar, None, None, StatusCode::BAD_REQUEST);
+    };
+    if form.confirm_password.as_deref() != Some(new.as_str()) {
+        return reset_form(
+            &state,
+            jar,
+            Some(token),
+            Some((
+                FlashKind::Error,
+                "The password and its confirmation differ.",
+            )),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    }
+    match super::account::reset_with_token(&state, &token, &new).await {
+        Ok(()) => message(
+            &state,
+            StatusCode::OK,
+            "Password set",
+            "Your new password works now: sign in with it.",
+        ),
+        Err(e) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+            let text = e.message().to_string();
+            reset_form(
+                &state,
+                jar,
+                Some(token),
+                Some((FlashKind::Error, &text)),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+        }
+        Err(e) if e.status().is_client_error() => message(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "This link does not work",
+            "It was used already, or it is more than 30 minutes old. Ask for a new one.",
+        ),
+        Err(e) => internal(&state, e.code()),
+    }
 }

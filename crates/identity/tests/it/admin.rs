@@ -210,7 +210,12 @@ async fn a_reset_link_sets_a_new_password_once(backends: Backends) {
     .await;
     let link = event.data["notice"]["link"].as_str().unwrap().to_string();
     assert_eq!(event.data["notice"]["to"], "finance1@dealer.example");
+    assert!(link.starts_with(&format!("{}/reset?token=", app.issuer)));
     let token = link.split("token=").nth(1).unwrap();
+    // The link opens a page with the form to set the new password.
+    let page = app.server.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Set a new password"));
     let weak = app
         .call(
             Method::POST,

@@ -139,8 +139,11 @@ impl Browser {
         })
     }
 
-    fn flow_cookie(&self) -> String {
-        format!("{}_flow", self.cookie)
+    /// The cookie of the sign-in round trip with `state`: one per round trip, so a second tab
+    /// (or a favicon fetched meanwhile) does not spoil the first one's.
+    fn flow_cookie(&self, state: &str) -> String {
+        let tag: String = state.chars().take(12).collect();
+        format!("{}_flow_{tag}", self.cookie)
     }
 
     fn seal<T: Serialize>(&self, value: &T) -> Option<String> {
@@ -209,6 +212,11 @@ impl Browser {
         match plugin.config.unauth_action {
             UnauthAction::Pass => None,
             UnauthAction::Deny => Some(plugin.unauthorized("Unauthorized", None)),
+            // Only a page the browser navigates to is sent to sign in; what a page loads
+            // (images, scripts, fetches) gets a 401.
+            UnauthAction::Auth if !navigation(ctx) => {
+                Some(plugin.unauthorized("Unauthorized", None))
+            }
             UnauthAction::Auth => Some(self.start(plugin, ctx, redirect_uri).await),
         }
     }
@@ -303,7 +311,7 @@ impl Browser {
         let mut reply = redirect(url.as_str());
         if let Some(cookie) = self
             .seal(&flow)
-            .and_then(|v| self.set_cookie(ctx, &self.flow_cookie(), &v, FLOW_TTL))
+            .and_then(|v| self.set_cookie(ctx, &self.flow_cookie(&flow.state), &v, FLOW_TTL))
         {
             reply.headers.append(header::SET_COOKIE, cookie);
         }
@@ -315,16 +323,18 @@ impl Browser {
         let c = &plugin.config;
         let vars = ctx.vars();
         let refuse = |why: &str| Reply::message(StatusCode::UNAUTHORIZED, why);
-        let Some(flow) = vars
-            .cookie(&self.flow_cookie())
-            .and_then(|v| self.open::<Flow>(v))
-        else {
+        let state = vars
+            .arg("state")
+            .map(|s| s.into_owned())
+            .unwrap_or_default();
+        let flow_cookie = self.flow_cookie(&state);
+        let Some(flow) = vars.cookie(&flow_cookie).and_then(|v| self.open::<Flow>(v)) else {
             return refuse("no session state found: sign in again from the page you wanted");
         };
         if flow.until < super::chrono_now() {
             return refuse("the sign-in took too long: sign in again");
         }
-        if vars.arg("state").as_deref() != Some(flow.state.as_str()) {
+        if state != flow.state {
             return refuse("state mismatch in the authorization callback");
         }
         if let Some(error) = vars.arg("error") {
@@ -400,7 +410,7 @@ impl Browser {
                 );
             }
         };
-        if let Some(clear) = self.set_cookie(ctx, &self.flow_cookie(), "", 0) {
+        if let Some(clear) = self.set_cookie(ctx, &flow_cookie, "", 0) {
             reply.headers.append(header::SET_COOKIE, clear);
         }
         reply
@@ -472,6 +482,17 @@ impl Browser {
             reply.headers.append(header::SET_COOKIE, clear);
         }
         reply
+    }
+}
+
+/// Whether the request is the browser navigating to a page (not a page loading a resource):
+/// by `Sec-Fetch-Dest` when the browser sends it, else by `Accept`.
+fn navigation(ctx: &Ctx) -> bool {
+    let header = |name: &str| ctx.headers.get(name).and_then(|v| v.to_str().ok());
+    match header("sec-fetch-dest") {
+        Some(dest) => dest == "document",
+        None => header("accept")
+            .is_none_or(|accept| accept.contains("text/html") || accept.contains("*/*")),
     }
 }
 

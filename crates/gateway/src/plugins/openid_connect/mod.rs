@@ -226,9 +226,13 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
     } else {
         Some(browser::Browser::new(&c)?)
     };
-    let needs_secret = !c.bearer_only || matches!(verify, Verify::Introspection);
+    // A public client (the browser flow with PKCE) has no secret; introspection needs one.
+    let needs_secret =
+        matches!(verify, Verify::Introspection) && bearer || (!c.bearer_only && !c.use_pkce);
     if needs_secret && c.client_secret.as_deref().is_none_or(str::is_empty) {
-        return Err("client_secret: required to introspect tokens and for the browser flow".into());
+        return Err(
+            "client_secret: required to introspect tokens and for the browser flow without use_pkce".into(),
+        );
     }
     let challenge = HeaderValue::from_str(&format!("Bearer realm=\"{}\"", c.realm))
         .map_err(|_| "realm: not valid in a header".to_string())?;
@@ -473,26 +477,29 @@ impl OpenIdConnect {
     ) -> fetch::Call<'u> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.extend_pairs(fields);
-        let authorization = match method {
-            AuthMethod::ClientSecretBasic => {
+        let secret = self
+            .config
+            .client_secret
+            .as_deref()
+            .filter(|s| !s.is_empty());
+        let authorization = match (secret, method) {
+            // A public client (PKCE, no secret) names itself.
+            (None, _) => {
+                form.append_pair("client_id", &self.config.client_id);
+                None
+            }
+            (Some(secret), AuthMethod::ClientSecretBasic) => {
                 let encode =
                     |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!(
-                    "{}:{}",
-                    encode(&self.config.client_id),
-                    encode(self.config.client_secret.as_deref().unwrap_or_default())
-                );
+                let pair = format!("{}:{}", encode(&self.config.client_id), encode(secret));
                 Some(format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 ))
             }
-            AuthMethod::ClientSecretPost => {
+            (Some(secret), AuthMethod::ClientSecretPost) => {
                 form.append_pair("client_id", &self.config.client_id);
-                form.append_pair(
-                    "client_secret",
-                    self.config.client_secret.as_deref().unwrap_or_default(),
-                );
+                form.append_pair("client_secret", secret);
                 None
             }
         };

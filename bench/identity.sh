@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Identity benchmark: what checking a bearer token costs the gateway, and how fast tokens are
+# issued. One `axle serve` (every service; the gateway's data plane on 1 thread) in front of
+# an nginx upstream; the same wrk drives
+#   - a plain route and the same route with `openid-connect` (bearer_only, use_jwks, Axle's
+#     own issuer): the proxy's CPU per request, and the ratio — the verification's share;
+#   - the token endpoint with client credentials (each answer a newly signed RS256 JWT).
+# Usage: [AXLE_BIN=...] bench/identity.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50, 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNECTIONS="${2:-50}"
+ROUNDS="${3:-3}"
+UPSTREAM_PORT=18281 AXLE_PORT=18283 ADMIN_PORT=18284
+
+for tool in nginx wrk; do
+  if ! command -v "$tool" >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+  fi
+done
+if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
+AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+PROXY_CPU="" LOAD_CPU=""
+if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
+$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
+
+export AXLE_ADMIN_KEY=bench-key AXLE_ADMIN_PASSWORD="a benchmark passphrase"
+export AXLE__LOG__LEVEL=warn
+export AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT"
+export AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
+unset AXLE__SERVICES__GATEWAY__TLS_LISTEN
+export AXLE__SERVICES__IDENTITY__LISTEN=127.0.0.1:18291 AXLE__SERVICES__WEB__LISTEN=127.0.0.1:18292
+export AXLE__SERVICES__VEHICLE__LISTEN=127.0.0.1:18293 AXLE__SERVICES__MASTERDATA__LISTEN=127.0.0.1:18294
+export AXLE__SERVICES__MASTERDATA__VEHICLE_URL=http://127.0.0.1:18293
+export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN=127.0.0.1:18295
+$PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+AXLE_PID=$!
+
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
+ISSUER="http://127.0.0.1:$AXLE_PORT/api/identity"
+wait_for "$ISSUER/jwks"
+TOKEN=$("$AXLE" token --data-dir "$WORK/axle")
+admin_put() { curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -d "$2"; }
+admin_put routes/plain "{\"uri\": \"/plain/*\", \"upstream\": {\"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"
+admin_put routes/oidc "{\"uri\": \"/oidc/*\", \"upstream\": {\"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}},
+  \"plugins\": {\"openid-connect\": {\"client_id\": \"bench\", \"bearer_only\": true, \"use_jwks\": true,
+    \"discovery\": \"$ISSUER/.well-known/openid-configuration\"}}}"
+wait_for "http://127.0.0.1:$AXLE_PORT/plain/"
+for _ in $(seq 1 600); do curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$AXLE_PORT/oidc/" && break; sleep 0.1; done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AXLE_PORT/oidc/")" = 401 ] \
+  || { echo "the openid-connect route lets a request without a token through" >&2; exit 1; }
+
+plain_runs="" oidc_runs=""
+for _ in $(seq 1 "$ROUNDS"); do
+  plain_runs+="$(measure "$AXLE_PID" "http://127.0.0.1:$AXLE_PORT/plain/")"$'\n'
+  oidc_runs+="$(measure "$AXLE_PID" "http://127.0.0.1:$AXLE_PORT/oidc/" -H "Authorization: Bearer $TOKEN")"$'\n'
+done
+read -r plain_rps plain_p99 plain_cpu < <(printf '%s' "$plain_runs" | median)
+read -r oidc_rps oidc_p99 oidc_cpu < <(printf '%s' "$oidc_runs" | median)
+
+# Token issuance: client credentials, as the command line's client (every answer signed anew).
+SECRET=$(cat "$WORK/axle/identity/cli_secret")
+cat > "$WORK/token.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "grant_type=client_credentials"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "Basic $(printf 'axle-cli:%s' "$SECRET" | base64 -w0)"
+LUA
+curl -fsS -o /dev/null -X POST -H "Authorization: Basic $(printf 'axle-cli:%s' "$SECRET" | base64 -w0)" \
+  -d grant_type=client_credentials "$ISSUER/token"
+read -r token_rps token_p99 token_cpu < <(measure "$AXLE_PID" "$ISSUER/token" -s "$WORK/token.lua")
+
+echo "identity benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds, $(nproc) cores, axle pinned: ${PROXY_CPU:-no}"
+row() { printf "  %-44s %10s req/s   p99 %7s ms   axle CPU %7s us/request\n" "$@"; }
+row "gateway, plain route" "$plain_rps" "$plain_p99" "$plain_cpu"
+row "gateway, openid-connect (bearer, JWKS)" "$oidc_rps" "$oidc_p99" "$oidc_cpu"
+row "token endpoint, client credentials" "$token_rps" "$token_p99" "$token_cpu"
+awk -v p="$plain_cpu" -v o="$oidc_cpu" 'BEGIN {
+  printf "  token verification adds %.1f %% to a proxied request'"'"'s CPU cost\n", (o / p - 1) * 100 }'
