@@ -199,8 +199,8 @@ impl Browser {
         let vars = ctx.vars();
         let session: Option<Session> = vars.cookie(&self.cookie).and_then(|c| self.open(c));
         if let Some(session) = session.filter(|s| s.until > super::chrono_now()) {
-            let verified = Verified::new(session.claims.clone());
-            plugin.pass_on(ctx, &session.access_token, &verified.userinfo);
+            let verified = Verified::new(session.claims.clone(), &session.access_token);
+            plugin.pass_on(ctx, &verified);
             if plugin.config.set_id_token_header
                 && let Ok(value) =
                     HeaderValue::from_str(&STANDARD.encode(session.claims.to_string()))

@@ -193,6 +193,8 @@ struct OpenIdConnect {
     challenge: HeaderValue,
     timeout: Duration,
     browser: Option<browser::Browser>,
+    /// The verified tokens of this plugin's provider, found in [`State`] on first use.
+    cache: std::sync::OnceLock<Arc<ScopeCache>>,
     /// What a remembered token was verified against (discovery, issuers, key): a token
     /// verified for one provider is never taken from the cache for another.
     scope: Box<str>,
@@ -247,6 +249,7 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
     )
     .into();
     Ok(Arc::new(OpenIdConnect {
+        cache: std::sync::OnceLock::new(),
         scope,
         bearer,
         verify,
@@ -274,21 +277,40 @@ impl Plugin for OpenIdConnect {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
-        Flow::Wait(Box::pin(async move {
-            // What the client sent under the names this plugin answers with cannot pass.
-            let sent_access_token = ctx.headers.remove(X_ACCESS_TOKEN);
-            for name in [X_USERINFO, X_ID_TOKEN, X_REFRESH_TOKEN] {
-                ctx.headers.remove(name);
-            }
-            if self.bearer {
-                match bearer_token(ctx, sent_access_token.as_ref()) {
-                    Some(token) => return self.verify_bearer(ctx, &token).await.err(),
-                    None if self.config.bearer_only => {
-                        return Some(self.unauthorized("No bearer token found in request.", None));
-                    }
-                    None => {}
+        // What the client sent under the names this plugin answers with cannot pass.
+        let sent_access_token = ctx.headers.remove(X_ACCESS_TOKEN);
+        for name in [X_USERINFO, X_ID_TOKEN, X_REFRESH_TOKEN] {
+            ctx.headers.remove(name);
+        }
+        if self.bearer {
+            let cache = self.cache(&ctx.shared.oidc);
+            let found = bearer_token(ctx, sent_access_token.as_ref()).map(|t| (cache.get(t), t));
+            match found {
+                // Verified before: no future, no allocation.
+                Some((Some(verified), _)) => {
+                    return match self.refusal(&verified.claims) {
+                        Some(refused) => Flow::Reply(refused),
+                        None => {
+                            self.pass_on(ctx, &verified);
+                            Flow::Next
+                        }
+                    };
                 }
+                Some((None, token)) => {
+                    let token = token.to_string();
+                    return Flow::Wait(Box::pin(async move {
+                        self.verify_bearer(ctx, &token).await.err()
+                    }));
+                }
+                None if self.config.bearer_only => {
+                    return Flow::Reply(
+                        self.unauthorized("No bearer token found in request.", None),
+                    );
+                }
+                None => {}
             }
+        }
+        Flow::Wait(Box::pin(async move {
             match &self.browser {
                 Some(browser) => browser.handle(self, ctx).await,
                 None => Some(self.unauthorized("No bearer token found in request.", None)),
@@ -298,17 +320,13 @@ impl Plugin for OpenIdConnect {
 }
 
 /// The token of `Authorization: Bearer …`, else of `X-Access-Token`.
-fn bearer_token(ctx: &Ctx, sent_access_token: Option<&HeaderValue>) -> Option<String> {
+fn bearer_token<'h>(ctx: &'h Ctx, sent_access_token: Option<&'h HeaderValue>) -> Option<&'h str> {
     match ctx.headers.get(header::AUTHORIZATION) {
         Some(value) => {
             let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         }
-        None => sent_access_token
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        None => sent_access_token.and_then(|v| v.to_str().ok()),
     }
 }
 
@@ -332,27 +350,27 @@ impl OpenIdConnect {
         Reply::message(StatusCode::UNAUTHORIZED, message).challenging(&challenge)
     }
 
+    /// Verifies a token not verified before, remembering a JWT until it expires.
     async fn verify_bearer(&self, ctx: &mut Ctx, token: &str) -> Result<(), Reply> {
         let state = ctx.shared.oidc.clone();
-        let claims = match state.remembered(&self.scope, token) {
-            Some(claims) => claims,
-            None => {
-                let claims = match self.verify {
-                    Verify::Introspection => self.introspect(&state, token).await?,
-                    _ => self.verify_jwt(ctx, &state, token).await?,
-                };
-                let claims = Arc::new(Verified::new(claims));
-                if !matches!(self.verify, Verify::Introspection) {
-                    state.remember(&self.scope, token, &claims);
-                }
-                claims
-            }
+        let claims = match self.verify {
+            Verify::Introspection => self.introspect(&state, token).await?,
+            _ => self.verify_jwt(ctx, &state, token).await?,
         };
-        if let Some(refused) = self.refusal(&claims.claims) {
+        let verified = Arc::new(Verified::new(claims, token));
+        if !matches!(self.verify, Verify::Introspection) {
+            self.cache(&state).insert(&verified);
+        }
+        if let Some(refused) = self.refusal(&verified.claims) {
             return Err(refused);
         }
-        self.pass_on(ctx, token, &claims.userinfo);
+        self.pass_on(ctx, &verified);
         Ok(())
+    }
+
+    /// The verified tokens of this plugin's provider (found once, then kept).
+    fn cache(&self, state: &State) -> Arc<ScopeCache> {
+        self.cache.get_or_init(|| state.scope(&self.scope)).clone()
     }
 
     async fn verify_jwt(&self, ctx: &Ctx, state: &State, token: &str) -> Result<Value, Reply> {
@@ -558,19 +576,19 @@ impl OpenIdConnect {
     }
 
     /// The headers the upstream gets for a verified token.
-    fn pass_on(&self, ctx: &mut Ctx, token: &str, userinfo: &Option<HeaderValue>) {
+    fn pass_on(&self, ctx: &mut Ctx, verified: &Verified) {
         if self.config.set_access_token_header {
             let (name, value) = if self.config.access_token_in_authorization_header {
-                (header::AUTHORIZATION, format!("Bearer {token}"))
+                (header::AUTHORIZATION, &verified.bearer)
             } else {
-                (X_ACCESS_TOKEN, token.to_string())
+                (X_ACCESS_TOKEN, &verified.access)
             };
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                ctx.headers.insert(name, value);
+            if let Some(value) = value {
+                ctx.headers.insert(name, value.clone());
             }
         }
         if self.config.set_userinfo_header
-            && let Some(info) = userinfo
+            && let Some(info) = &verified.userinfo
         {
             ctx.headers.insert(X_USERINFO, info.clone());
         }
@@ -584,17 +602,21 @@ fn decode(token: &str, key: &Key, validation: &Validation) -> Option<Value> {
         .ok()
 }
 
-/// A verified token's claims, and the `X-Userinfo` value made of them once.
+/// A verified token's claims, and the header values made of them once.
 #[derive(Debug)]
 struct Verified {
     claims: Value,
+    /// The token (`X-Access-Token`) and `Bearer <token>` (`Authorization`).
+    token: Box<str>,
+    access: Option<HeaderValue>,
+    bearer: Option<HeaderValue>,
     userinfo: Option<HeaderValue>,
     /// Until when it may be taken from the cache (its `exp`).
     until: Option<Instant>,
 }
 
 impl Verified {
-    fn new(claims: Value) -> Self {
+    fn new(claims: Value, token: &str) -> Self {
         let userinfo = HeaderValue::from_str(
             &base64::engine::general_purpose::STANDARD.encode(claims.to_string()),
         )
@@ -604,6 +626,9 @@ impl Verified {
             Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
         });
         Self {
+            access: HeaderValue::from_str(token).ok(),
+            bearer: HeaderValue::from_str(&format!("Bearer {token}")).ok(),
+            token: token.into(),
             claims,
             userinfo,
             until,
@@ -628,9 +653,6 @@ struct Discovery {
     end_session_endpoint: Option<String>,
 }
 
-/// Verified tokens of one scope, by token.
-type Remembered = crate::FastMap<Box<str>, Arc<Verified>>;
-
 /// How long a discovery document is used before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 /// The least time between two failed fetches of a discovery document.
@@ -644,8 +666,8 @@ const MAX_REMEMBERED: usize = 100_000;
 pub struct State {
     pool: Arc<Pool>,
     documents: Mutex<HashMap<(String, bool), Arc<Document>>>,
-    /// By scope (see [`OpenIdConnect::scope`]), then token.
-    verified: RwLock<crate::FastMap<Box<str>, Remembered>>,
+    /// By scope (see [`OpenIdConnect::scope`]).
+    verified: Mutex<HashMap<Box<str>, Arc<ScopeCache>>>,
 }
 
 #[derive(Debug, Default)]
@@ -713,33 +735,44 @@ impl State {
         }
     }
 
-    fn remembered(&self, scope: &str, token: &str) -> Option<Arc<Verified>> {
-        let verified = self.verified.read().unwrap_or_else(|e| e.into_inner());
-        let found = verified.get(scope)?.get(token)?;
-        found
-            .until
-            .is_some_and(|t| t > Instant::now())
+    /// The verified tokens of one scope.
+    fn scope(&self, scope: &str) -> Arc<ScopeCache> {
+        let mut scopes = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        scopes.entry(scope.into()).or_default().clone()
+    }
+}
+
+/// Verified tokens of one provider (scope), by their signature (the part that is unique to each
+/// token, and shorter to hash than the whole), the whole token compared on a hit.
+#[derive(Debug, Default)]
+pub struct ScopeCache {
+    tokens: RwLock<crate::FastMap<Box<str>, Arc<Verified>>>,
+}
+
+fn signature(token: &str) -> &str {
+    token.rsplit('.').next().unwrap_or(token)
+}
+
+impl ScopeCache {
+    fn get(&self, token: &str) -> Option<Arc<Verified>> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        let found = tokens.get(signature(token))?;
+        (*found.token == *token && found.until.is_some_and(|t| t > Instant::now()))
             .then(|| found.clone())
     }
 
-    fn remember(&self, scope: &str, token: &str, verified: &Arc<Verified>) {
+    fn insert(&self, verified: &Arc<Verified>) {
         if verified.until.is_none() {
             return;
         }
-        let mut scopes = self.verified.write().unwrap_or_else(|e| e.into_inner());
-        if !scopes.contains_key(scope) {
-            scopes.insert(scope.into(), Default::default());
-        }
-        let Some(cache) = scopes.get_mut(scope) else {
-            return;
-        };
-        if cache.len() >= MAX_REMEMBERED {
-            cache.retain(|_, v| v.until.is_some_and(|t| t > Instant::now()));
-            if cache.len() >= MAX_REMEMBERED {
-                cache.clear();
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() >= MAX_REMEMBERED {
+            tokens.retain(|_, v| v.until.is_some_and(|t| t > Instant::now()));
+            if tokens.len() >= MAX_REMEMBERED {
+                tokens.clear();
             }
         }
-        cache.insert(token.into(), verified.clone());
+        tokens.insert(signature(&verified.token).into(), verified.clone());
     }
 }
 
