@@ -242,7 +242,9 @@ fn default_routes(
                 "bearer_only": true,
                 "use_jwks": true,
                 "realm": "axle",
+                // The services read the token itself (Authorization): nothing more to pass.
                 "set_access_token_header": false,
+                "set_userinfo_header": false,
             });
             let id = format!("axle-{name}-public");
             let uris: Vec<String> = ["/healthz", "/readyz", "/openapi.json"]
