@@ -38,10 +38,21 @@ enum Command {
         #[command(subcommand)]
         command: masterdata::MasterdataCommand,
     },
+    /// Operate Axle's identity service (it must be running).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Print an access token for the command line (`curl -H "Authorization: Bearer $(axle token)"`).
     Token(token::TokenArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Sign with a new key from now on (tokens signed with the old one stay valid).
+    RotateKeys(token::TokenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +75,9 @@ fn main() -> ExitCode {
         } => config_check(&file),
         Command::Masterdata { command } => masterdata::run(command),
         Command::Token(args) => token::run(args),
+        Command::Identity {
+            command: IdentityCommand::RotateKeys(args),
+        } => token::rotate_keys(args),
         Command::Version => {
             println!("axle {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -64,3 +64,39 @@ pub async fn access_token(config: &Config) -> anyhow::Result<String> {
         None => bail!("{url}: no access token in the answer"),
     }
 }
+
+/// `axle identity rotate-keys`: a new signing key for Axle's identity service now (the old one
+/// stays published until the tokens it signed expire).
+pub fn rotate_keys(args: TokenArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref()).context("configuration")?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let kid = runtime.block_on(async {
+        let token = access_token(&config).await?;
+        let url = format!("{}/keys/rotate", config.issuer());
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("identity at {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("answer from {url}"))?;
+        if !status.is_success() {
+            bail!(
+                "{url}: {status}: {}",
+                body["message"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(body["kid"].as_str().unwrap_or_default().to_string())
+    })?;
+    println!("the identity service signs with the key {kid} now");
+    Ok(())
+}

@@ -230,6 +230,21 @@ async fn default_routes_need_a_token_and_services_check_roles() {
         200,
         "the right role"
     );
+    // The rotate command: the new key signs, the old token still works.
+    let mut rotate = axle.server.command(axle.dir.path());
+    rotate.args(["identity", "rotate-keys"]);
+    let out = run_to_end(rotate, std::time::Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signs with the key"));
+    assert_eq!(
+        replay(Some(operator.clone())).await.unwrap().status(),
+        200,
+        "after the rotation"
+    );
     // Reads need a signed-in caller, not a role; the catalog is public.
     assert_eq!(
         axle.get("/api/masterdata/vehicles", Some(&dealer))

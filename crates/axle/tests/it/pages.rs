@@ -159,7 +159,7 @@ async fn a_person_signs_in_sees_their_roles_pages_and_signs_out() {
         .await
         .unwrap();
     on_page(&page, "Users").await;
-    assert!(page.source().await.unwrap().contains("<td>admin</td>"));
+    assert!(page.source().await.unwrap().contains(">admin</a></td>"));
     page.find(Locator::Css("details summary"))
         .await
         .unwrap()
@@ -177,7 +177,7 @@ async fn a_person_signs_in_sees_their_roles_pages_and_signs_out() {
         .for_element(Locator::Css(".flash-info"))
         .await
         .unwrap();
-    assert!(page.source().await.unwrap().contains("<td>dealer7</td>"));
+    assert!(page.source().await.unwrap().contains(">dealer7</a></td>"));
     std::fs::write(
         shots.join("pages-users.png"),
         page.screenshot().await.unwrap(),

@@ -18,6 +18,7 @@ use crate::{FlashKind, Html, Shell};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/users", get(users).post(create_user))
+        .route("/admin/users/{id}", get(user).post(update_user))
         .route(
             "/admin/organisations",
             get(organisations).post(create_organisation),
@@ -29,8 +30,14 @@ pub fn router() -> Router<AppState> {
 /// One table of a list page: its columns and rows as text, and the next page's cursor.
 pub struct Table {
     pub columns: Vec<&'static str>,
-    pub rows: Vec<Vec<String>>,
+    pub rows: Vec<Row>,
     pub next: Option<String>,
+}
+
+/// A row: its cells, and where its first cell links to (its own page), if anywhere.
+pub struct Row {
+    pub href: Option<String>,
+    pub cells: Vec<String>,
 }
 
 /// What the list pages' form asks for.
@@ -80,6 +87,8 @@ struct Listing {
     api: &'static str,
     columns: Vec<&'static str>,
     row: fn(&Value) -> Vec<String>,
+    /// A row's own page, if it has one.
+    href: fn(&Value) -> Option<String>,
     fields: fn() -> Vec<Field>,
 }
 
@@ -108,6 +117,7 @@ fn users_listing() -> Listing {
                 text(&u["locked_until"]),
             ]
         },
+        href: |u| u["id"].as_str().map(|id| format!("/admin/users/{id}")),
         fields: || {
             vec![
                 field("username", "Username", "text", true, ""),
@@ -148,6 +158,7 @@ fn organisations_listing() -> Listing {
                 text(&o["status"]),
             ]
         },
+        href: |_| None,
         fields: || {
             vec![
                 field("name", "Name", "text", true, ""),
@@ -181,6 +192,7 @@ fn clients_listing() -> Listing {
                 text(&c["status"]),
             ]
         },
+        href: |_| None,
         fields: || {
             vec![
                 field("id", "Client id", "text", true, "letters, digits, - _ ."),
@@ -242,7 +254,15 @@ async fn list(
     };
     let rows = page["items"]
         .as_array()
-        .map(|items| items.iter().map(listing.row).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| Row {
+                    href: (listing.href)(item),
+                    cells: (listing.row)(item),
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let mut shell = shell(listing.heading, caller, q.flash.as_ref());
     if let Some(error) = error {
@@ -473,4 +493,120 @@ async fn roles(State(state): State<AppState>, Viewer(caller): Viewer) -> Respons
         roles,
     };
     Html::from(&page).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "admin_user.html")]
+struct UserPage {
+    shell: Shell,
+    csrf: String,
+    id: String,
+    username: String,
+    display_name: String,
+    roles: String,
+    suspended: bool,
+    locked_until: String,
+}
+
+async fn show_user(
+    state: &AppState,
+    jar: CookieJar,
+    caller: &Caller,
+    id: uuid::Uuid,
+    error: Option<&str>,
+) -> Response {
+    let user = match answer(
+        state
+            .call(caller, reqwest::Method::GET, &format!("/users/{id}"))
+            .send()
+            .await,
+    )
+    .await
+    {
+        Ok((StatusCode::OK, user)) => user,
+        Ok((StatusCode::FORBIDDEN, _)) => return forbidden(),
+        Ok(_) => {
+            return super::error_page(
+                StatusCode::NOT_FOUND,
+                "No such user",
+                "It may have been removed.",
+            );
+        }
+        Err(page) => return page,
+    };
+    let mut shell = shell("User", caller, None);
+    if let Some(error) = error {
+        shell = shell.with_flash(FlashKind::Error, error);
+    }
+    let (jar, csrf) = state.csrf.token(jar, "/", state.secure);
+    let page = UserPage {
+        shell,
+        csrf,
+        id: id.to_string(),
+        username: text(&user["username"]),
+        display_name: text(&user["display_name"]),
+        roles: text(&user["roles"]),
+        suspended: user["status"] == "suspended",
+        locked_until: text(&user["locked_until"]),
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    (status, jar, Html::from(&page)).into_response()
+}
+
+async fn user(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Viewer(caller): Viewer,
+    axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
+) -> Response {
+    if !caller.has_role("platform-admin") {
+        return forbidden();
+    }
+    show_user(&state, jar, &caller, id, None).await
+}
+
+/// A user's roles, status and lock, as the edit form sends them.
+#[derive(Debug, Deserialize)]
+pub struct UserForm {
+    csrf: Option<String>,
+    roles: String,
+    status: String,
+    unlock: Option<String>,
+}
+
+async fn update_user(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Viewer(caller): Viewer,
+    axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
+    Form(form): Form<UserForm>,
+) -> Response {
+    if !state.csrf.verify(&jar, form.csrf.as_deref()) {
+        return refused_form();
+    }
+    if !caller.has_role("platform-admin") {
+        return forbidden();
+    }
+    let mut patch = json!({"roles": list_of(Some(&form.roles)), "status": form.status});
+    if form.unlock.is_some() {
+        patch["unlock"] = true.into();
+    }
+    let request = state
+        .call(&caller, reqwest::Method::PATCH, &format!("/users/{id}"))
+        .json(&patch);
+    match answer(request.send().await).await {
+        Ok((StatusCode::OK, _)) => done(&format!("/admin/users/{id}"), "saved"),
+        Ok((_, error)) => {
+            let message = error["message"]
+                .as_str()
+                .unwrap_or("It was not saved.")
+                .to_string();
+            show_user(&state, jar, &caller, id, Some(&message)).await
+        }
+        Err(page) => page,
+    }
 }

@@ -80,6 +80,7 @@ pub(crate) enum Flash {
     PasswordChanged,
     SessionEnded,
     Created,
+    Saved,
 }
 
 impl Flash {
@@ -88,6 +89,7 @@ impl Flash {
             Flash::PasswordChanged => "Your password is changed.",
             Flash::SessionEnded => "The session is ended.",
             Flash::Created => "Created.",
+            Flash::Saved => "Saved.",
         }
     }
 
