@@ -10,6 +10,7 @@ mod conformance;
 mod health;
 mod helpers;
 mod jwt_auth;
+mod layers;
 mod limits;
 mod opentelemetry;
 mod plugins;
