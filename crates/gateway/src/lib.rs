@@ -157,7 +157,7 @@ pub async fn build(
         let allow = config
             .allow_admin
             .iter()
-            .map(|c| resource::parse_cidr(c))
+            .map(|c| vars::parse_cidr(c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(format!("allow_admin: {e}")))?;
         let openapi = admin::openapi::document();

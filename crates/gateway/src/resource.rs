@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::plugins;
-use crate::vars::Vars;
+use crate::vars::{Vars, parse_cidr};
 
 /// The resource kinds of the Admin API, in the order APISIX documents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1157,15 +1157,6 @@ fn check_host(host: &str) -> Result<(), Invalid> {
             "host {host:?} is not a valid host name"
         )))
     }
-}
-
-/// An IP address or a CIDR block.
-pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
-    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    text.parse::<ipnet::IpNet>()
-        .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))
 }
 
 #[cfg(test)]

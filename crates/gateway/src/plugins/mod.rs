@@ -44,6 +44,7 @@ use crate::runtime::Snapshot;
 use crate::runtime::consumer::{Consumer, Credential};
 use crate::runtime::upstream::Upstream;
 use crate::vars;
+pub use crate::vars::Template;
 
 /// Plugin state that outlives configuration snapshots, one per gateway process.
 #[derive(Debug, Default)]
@@ -944,77 +945,6 @@ impl HeaderEdits {
         for name in &self.remove {
             headers.remove(name);
         }
-    }
-}
-
-/// Text with nginx-style `$var` references (and `$1`… for regex captures).
-#[derive(Debug, Clone)]
-pub struct Template(Vec<Piece>);
-
-#[derive(Debug, Clone)]
-enum Piece {
-    Text(String),
-    Var(vars::Var),
-    Capture(usize),
-}
-
-impl Template {
-    pub fn parse(text: &str) -> Result<Template, String> {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find('$') {
-            let (before, after) = rest.split_at(at);
-            let after = &after[1..];
-            // `${name}` or `$name`.
-            let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
-                match inner.split_once('}') {
-                    Some((name, tail)) => (name, tail),
-                    None => ("", after),
-                }
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                after.split_at(end)
-            };
-            if !before.is_empty() {
-                pieces.push(Piece::Text(before.to_string()));
-            }
-            if name.is_empty() {
-                pieces.push(Piece::Text("$".into()));
-                rest = after;
-                continue;
-            }
-            pieces.push(match name.parse::<usize>() {
-                Ok(n) => Piece::Capture(n),
-                Err(_) => Piece::Var(vars::Var::parse(name)?),
-            });
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
-        }
-        Ok(Template(pieces))
-    }
-
-    pub fn render(&self, vars: &vars::Request<'_>, captures: &[Option<&str>]) -> String {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Var(var) => {
-                    if let Some(v) = var.read(vars) {
-                        out.push_str(&v);
-                    }
-                }
-                Piece::Capture(n) => {
-                    if let Some(Some(c)) = captures.get(*n) {
-                        out.push_str(c);
-                    }
-                }
-            }
-        }
-        out
     }
 }
 

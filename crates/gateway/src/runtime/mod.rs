@@ -265,7 +265,7 @@ fn compile_route(
     let hosts = host_texts.iter().map(|h| HostPattern::parse(h)).collect();
     let remote_addrs = r
         .remote_addrs()
-        .map(|a| resource::parse_cidr(a).map_err(Invalid))
+        .map(|a| crate::vars::parse_cidr(a).map_err(Invalid))
         .collect::<Result<_, _>>()?;
     let vars = r
         .vars

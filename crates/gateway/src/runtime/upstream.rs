@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use super::health::{Health, HealthChecks};
-use crate::plugins::Template;
 use crate::resource::{self, Balancer, HashOn, Invalid, PassHost};
+use crate::vars::Template;
 use crate::vars::{Request, Var};
 
 /// How fast `ewma` forgets: a sample this old weighs 1/e.

@@ -10,8 +10,8 @@ use std::path::Path;
 /// Lowest first. Modules of one layer do not import each other either, except as listed.
 const LAYERS: &[&[&str]] = &[
     &["warnings", "tls"],
-    &["resource"],
     &["vars"],
+    &["resource"],
     &["store"],
     &["runtime", "admin"],
     &["client"],
@@ -21,10 +21,9 @@ const LAYERS: &[&[&str]] = &[
 
 /// Imports that go up today, (from, to).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // Resources validate plugin configurations, `vars` expressions and hash keys themselves.
+    // Resources validate plugin configurations and chash rings themselves.
     ("resource", "plugins"),
     ("resource", "runtime"),
-    ("resource", "vars"),
     // The snapshot compiles plugin chains by calling the plugins' factories.
     ("runtime", "plugins"),
     // The Admin API checks and lists plugin schemas through the plugins' registry.
