@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::plugins;
 use crate::vars::{Vars, parse_cidr};
 
 /// The resource kinds of the Admin API, in the order APISIX documents them.
@@ -126,18 +125,33 @@ impl Invalid {
     }
 }
 
-/// Checks a whole resource document of `kind`.
-pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
+/// The checks of the plugin configurations resources hold. The plugins' registry provides
+/// them (`plugins::Checks`): resources know the plugins only through this.
+pub trait PluginChecks {
+    /// Every plugin of a route, service, plugin config, consumer group or global rule.
+    fn check_all(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid>;
+    /// A consumer's plugins (authentication plugins take their consumer-side fields).
+    fn check_consumer(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid>;
+    /// A credential's one authentication plugin.
+    fn check_credential(&self, plugins: &BTreeMap<String, Value>) -> Result<(), Invalid>;
+    /// A plugin's `plugin_metadata`.
+    fn check_metadata(&self, name: &str, metadata: &Value) -> Result<(), Invalid>;
+    /// The field that identifies a client to an authentication plugin (key-auth's `key`).
+    fn identity_field(&self, name: &str) -> Option<&'static str>;
+}
+
+/// Checks a whole resource document of `kind`, its plugins by `checks`.
+pub fn validate(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Result<(), Invalid> {
     if !value.is_object() {
         return Err(Invalid::new("the body must be a JSON object"));
     }
     match kind {
-        Kind::Routes => parse::<Route>(value)?.check(),
-        Kind::Services => parse::<Service>(value)?.check(),
+        Kind::Routes => parse::<Route>(value)?.check(checks),
+        Kind::Services => parse::<Service>(value)?.check(checks),
         Kind::Upstreams => parse::<Upstream>(value)?.check(),
-        Kind::Consumers => parse::<Consumer>(value)?.check(),
+        Kind::Consumers => parse::<Consumer>(value)?.check(checks),
         Kind::ConsumerGroups | Kind::PluginConfigs | Kind::GlobalRules => {
-            parse::<PluginSet>(value)?.check()
+            parse::<PluginSet>(value)?.check(checks)
         }
         Kind::Ssls => parse::<Ssl>(value)?.check(),
         Kind::PluginMetadata => {
@@ -151,9 +165,9 @@ pub fn validate(kind: Kind, value: &Value) -> Result<(), Invalid> {
                 })
                 .and_then(|id| id_text(&id))
                 .unwrap_or_default();
-            plugins::check_metadata(&name, &metadata)
+            checks.check_metadata(&name, &metadata)
         }
-        Kind::Credentials => parse::<Credential>(value)?.check(),
+        Kind::Credentials => parse::<Credential>(value)?.check(checks),
     }
 }
 
@@ -242,7 +256,7 @@ pub fn references(kind: Kind, value: &Value) -> Vec<(Kind, String)> {
 /// The clients a consumer or credential document identifies: (authentication plugin, the value
 /// of its identifying field), such as `("key-auth", "auth-one")`. Two documents naming the same
 /// pair would make the client ambiguous.
-pub fn identities(kind: Kind, value: &Value) -> Vec<(String, String)> {
+pub fn identities(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Vec<(String, String)> {
     if !matches!(kind, Kind::Consumers | Kind::Credentials) {
         return Vec::new();
     }
@@ -252,7 +266,7 @@ pub fn identities(kind: Kind, value: &Value) -> Vec<(String, String)> {
     plugins
         .iter()
         .filter_map(|(name, config)| {
-            let field = plugins::identity_field(name)?;
+            let field = checks.identity_field(name)?;
             let identity = config.get(field)?.as_str()?;
             Some((name.clone(), identity.to_string()))
         })
@@ -394,7 +408,7 @@ const METHODS: [&str; 9] = [
 ];
 
 impl Route {
-    pub fn check(&self) -> Result<(), Invalid> {
+    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
         match (&self.uri, &self.uris) {
             (Some(_), Some(_)) => return Err(Invalid::new("only one of uri and uris may be set")),
             (None, None) => return Err(Invalid::new("uri or uris is required")),
@@ -451,7 +465,7 @@ impl Route {
         if let Some(t) = &self.timeout {
             t.check()?;
         }
-        plugins::check_all(self.plugins.as_ref())
+        checks.check_all(self.plugins.as_ref())
     }
 
     pub fn uris(&self) -> impl Iterator<Item = &String> {
@@ -486,12 +500,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn check(&self) -> Result<(), Invalid> {
+    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
         check_upstream_choice(self.upstream.as_ref(), self.upstream_id.as_ref())?;
         for host in self.hosts.iter().flatten() {
             check_host(host)?;
         }
-        plugins::check_all(self.plugins.as_ref())
+        checks.check_all(self.plugins.as_ref())
     }
 }
 
@@ -743,8 +757,8 @@ pub struct Credential {
 }
 
 impl Credential {
-    pub fn check(&self) -> Result<(), Invalid> {
-        plugins::check_credential(&self.plugins)
+    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+        checks.check_credential(&self.plugins)
     }
 }
 
@@ -1081,7 +1095,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn check(&self) -> Result<(), Invalid> {
+    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
         let ok = !self.username.is_empty()
             && self.username.len() <= 100
             && self
@@ -1093,7 +1107,7 @@ impl Consumer {
                 "username: 1-100 characters of [a-zA-Z0-9_] expected",
             ));
         }
-        plugins::check_consumer(self.plugins.as_ref())
+        checks.check_consumer(self.plugins.as_ref())
     }
 }
 
@@ -1111,8 +1125,8 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
-    pub fn check(&self) -> Result<(), Invalid> {
-        plugins::check_all(Some(&self.plugins))
+    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+        checks.check_all(Some(&self.plugins))
     }
 }
 
@@ -1165,19 +1179,26 @@ mod tests {
     use serde_json::json;
 
     fn error(kind: Kind, value: Value) -> String {
-        validate(kind, &value).unwrap_err().0
+        validate(kind, &value, &crate::plugins::Checks)
+            .unwrap_err()
+            .0
     }
 
     #[test]
     fn apisix_examples_are_valid() {
         let route = json!({"uri": "/index.html", "upstream": {"type": "roundrobin",
             "nodes": {"127.0.0.1:1980": 1}}});
-        validate(Kind::Routes, &route).unwrap();
+        validate(Kind::Routes, &route, &crate::plugins::Checks).unwrap();
         let upstream = json!({"type": "roundrobin", "nodes": [{"host": "127.0.0.1",
             "port": 1980, "weight": 1}], "retries": 1, "timeout": {"connect": 1,
             "send": 1, "read": 1}});
-        validate(Kind::Upstreams, &upstream).unwrap();
-        validate(Kind::Consumers, &json!({"username": "jack"})).unwrap();
+        validate(Kind::Upstreams, &upstream, &crate::plugins::Checks).unwrap();
+        validate(
+            Kind::Consumers,
+            &json!({"username": "jack"}),
+            &crate::plugins::Checks,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -205,7 +205,7 @@ async fn validate(Path(segment): Path<String>, body: Bytes) -> Result<Response> 
     let kind = Kind::from_segment(&segment)
         .ok_or_else(|| AdminError::Bad(format!("Unsupported resource type: {segment}")))?;
     let value = body_json(&body)?;
-    resource::validate(kind, &value)?;
+    resource::validate(kind, &value, &crate::plugins::Checks)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -622,7 +622,7 @@ async fn write_once(
     map.insert("create_time".into(), created);
     map.insert("update_time".into(), Value::from(now));
     resource::with_defaults(kind, &mut value);
-    resource::validate(kind, &value)?;
+    resource::validate(kind, &value, &crate::plugins::Checks)?;
 
     let owner = scope
         .consumer
@@ -659,7 +659,7 @@ async fn write_once(
 /// Refuses a consumer or credential that would identify a client another consumer or
 /// credential already identifies (the same key-auth `key`, basic-auth `username`…).
 async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Value) -> Result<()> {
-    let identities = resource::identities(kind, value);
+    let identities = resource::identities(kind, value, &crate::plugins::Checks);
     if identities.is_empty() {
         return Ok(());
     }
@@ -670,7 +670,7 @@ async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Val
         if other.key == key {
             continue;
         }
-        let taken = resource::identities(other_kind, &other.value);
+        let taken = resource::identities(other_kind, &other.value, &crate::plugins::Checks);
         if let Some((plugin, _)) = identities.iter().find(|i| taken.contains(i)) {
             let field = crate::plugins::identity_field(plugin).unwrap_or("key");
             let holder = match other_kind {

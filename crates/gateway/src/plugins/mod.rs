@@ -581,6 +581,32 @@ fn registered(name: &str) -> Result<&'static Registered, Invalid> {
 
 /// The field of `name`'s consumer-side configuration that identifies a client; none when
 /// `name` is not an authentication plugin.
+/// The plugins' checks, as resources ask for them (see [`crate::resource::PluginChecks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Checks;
+
+impl crate::resource::PluginChecks for Checks {
+    fn check_all(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid> {
+        check_all(plugins)
+    }
+
+    fn check_consumer(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid> {
+        check_consumer(plugins)
+    }
+
+    fn check_credential(&self, plugins: &BTreeMap<String, Value>) -> Result<(), Invalid> {
+        check_credential(plugins)
+    }
+
+    fn check_metadata(&self, name: &str, metadata: &Value) -> Result<(), Invalid> {
+        check_metadata(name, metadata)
+    }
+
+    fn identity_field(&self, name: &str) -> Option<&'static str> {
+        identity_field(name)
+    }
+}
+
 pub fn identity_field(name: &str) -> Option<&'static str> {
     registered(name)
         .ok()?

@@ -21,12 +21,12 @@ const LAYERS: &[&[&str]] = &[
 
 /// Imports that go up today, (from, to).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // Resources validate plugin configurations and chash rings themselves.
-    ("resource", "plugins"),
+    // Resources validate chash rings with the balancer's own arithmetic.
     ("resource", "runtime"),
     // The snapshot compiles plugin chains by calling the plugins' factories.
     ("runtime", "plugins"),
-    // The Admin API checks and lists plugin schemas through the plugins' registry.
+    // The Admin API hands the plugins' checks to the resources it validates, and lists the
+    // plugins' schemas.
     ("admin", "plugins"),
 ];
 
