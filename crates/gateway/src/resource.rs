@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::vars::{Vars, parse_cidr};
+use crate::vars::{Request, Template, Var, Vars, parse_cidr};
 
 /// The resource kinds of the Admin API, in the order APISIX documents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -707,9 +707,9 @@ impl Upstream {
         };
         let nodes = nodes.list(self.scheme)?;
         if self.balancer == Balancer::Chash {
-            crate::runtime::upstream::HashKey::parse(self.hash_on, self.key.as_deref())?;
+            HashKey::parse(self.hash_on, self.key.as_deref())?;
             let weights: Vec<(u32, i64)> = nodes.iter().map(|n| (n.2, n.3)).collect();
-            crate::runtime::upstream::check_chash(&weights)?;
+            check_chash(&weights)?;
         }
         if matches!(self.scheme, Scheme::Grpc | Scheme::Grpcs) {
             return Err(Invalid::new(format!(
@@ -1171,6 +1171,90 @@ fn check_host(host: &str) -> Result<(), Invalid> {
             "host {host:?} is not a valid host name"
         )))
     }
+}
+
+/// What `chash` hashes.
+#[derive(Debug)]
+pub enum HashKey {
+    Var(Var),
+    Header(http::HeaderName),
+    Cookie(String),
+    /// `hash_on: consumer`: the authenticated consumer's username (the client address when
+    /// no consumer was authenticated).
+    Consumer,
+    Combination(Template),
+}
+
+impl HashKey {
+    pub fn parse(on: HashOn, key: Option<&str>) -> Result<HashKey, Invalid> {
+        let key = || {
+            key.filter(|k| !k.is_empty())
+                .ok_or_else(|| Invalid::new("key is required when type is chash"))
+        };
+        Ok(match on {
+            HashOn::Vars => {
+                HashKey::Var(Var::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?)
+            }
+            HashOn::Header => HashKey::Header(
+                http::HeaderName::from_bytes(key()?.as_bytes())
+                    .map_err(|_| Invalid::new("key: not a header name"))?,
+            ),
+            HashOn::Cookie => HashKey::Cookie(key()?.to_string()),
+            HashOn::Consumer => HashKey::Consumer,
+            HashOn::VarsCombinations => HashKey::Combination(
+                Template::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?,
+            ),
+        })
+    }
+
+    /// The request's value of the key; None when it has none.
+    pub fn value(&self, r: &Request<'_>) -> Option<String> {
+        let value = match self {
+            HashKey::Var(var) => var.read(r).map(|v| v.into_owned()),
+            HashKey::Header(name) => {
+                let value = r.headers.get(name)?.to_str().ok()?;
+                Some(value.to_string())
+            }
+            HashKey::Cookie(name) => Var::Cookie(name.clone()).read(r).map(|v| v.into_owned()),
+            HashKey::Consumer => r.consumer_name.map(str::to_string),
+            HashKey::Combination(template) => Some(template.render(r, &[])),
+        };
+        value.filter(|v| !v.is_empty())
+    }
+}
+
+/// Points per unit of weight on a `chash` ring (`resty.chash`'s `CONSISTENT_POINTS`).
+pub const POINTS_PER_WEIGHT: u64 = 160;
+/// The most points one ring may have: 10,000 units of weight after dividing by the weights'
+/// greatest common divisor (APISIX would allocate them all, however many).
+const MAX_RING_POINTS: u64 = 10_000 * POINTS_PER_WEIGHT;
+
+/// The greatest common divisor of a ring's weights and the sum of the weights divided by it;
+/// refused when the ring would hold more than [`MAX_RING_POINTS`].
+pub fn ring_weights(weights: impl Iterator<Item = u32> + Clone) -> Result<(u64, u64), Invalid> {
+    let divisor = weights.clone().fold(0, |d, w| gcd(d, u64::from(w))).max(1);
+    let total: u64 = weights.map(|w| u64::from(w) / divisor).sum();
+    if total * POINTS_PER_WEIGHT > MAX_RING_POINTS {
+        return Err(Invalid(format!(
+            "nodes: chash weights divided by their greatest common divisor must add up to at \
+             most {} for each priority (these add up to {total})",
+            MAX_RING_POINTS / POINTS_PER_WEIGHT
+        )));
+    }
+    Ok((divisor, total))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Checks that `chash` can build its rings from nodes of these `(weight, priority)`.
+pub fn check_chash(nodes: &[(u32, i64)]) -> Result<(), Invalid> {
+    for &(_, priority) in nodes {
+        let weights = nodes.iter().filter(|n| n.1 == priority).map(|n| n.0);
+        ring_weights(weights)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

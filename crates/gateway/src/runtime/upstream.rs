@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use super::health::{Health, HealthChecks};
-use crate::resource::{self, Balancer, HashOn, Invalid, PassHost};
-use crate::vars::Template;
-use crate::vars::{Request, Var};
+use crate::resource::{
+    self, Balancer, HashKey, Invalid, POINTS_PER_WEIGHT, PassHost, ring_weights,
+};
+use crate::vars::Request;
 
 /// How fast `ewma` forgets: a sample this old weighs 1/e.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -74,56 +75,6 @@ impl Timeouts {
                 read: DEFAULT_TIMEOUT,
             },
         }
-    }
-}
-
-/// What `chash` hashes.
-#[derive(Debug)]
-pub enum HashKey {
-    Var(Var),
-    Header(http::HeaderName),
-    Cookie(String),
-    /// `hash_on: consumer`: the authenticated consumer's username (the client address when
-    /// no consumer was authenticated).
-    Consumer,
-    Combination(Template),
-}
-
-impl HashKey {
-    pub fn parse(on: HashOn, key: Option<&str>) -> Result<HashKey, Invalid> {
-        let key = || {
-            key.filter(|k| !k.is_empty())
-                .ok_or_else(|| Invalid::new("key is required when type is chash"))
-        };
-        Ok(match on {
-            HashOn::Vars => {
-                HashKey::Var(Var::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?)
-            }
-            HashOn::Header => HashKey::Header(
-                http::HeaderName::from_bytes(key()?.as_bytes())
-                    .map_err(|_| Invalid::new("key: not a header name"))?,
-            ),
-            HashOn::Cookie => HashKey::Cookie(key()?.to_string()),
-            HashOn::Consumer => HashKey::Consumer,
-            HashOn::VarsCombinations => HashKey::Combination(
-                Template::parse(key()?).map_err(|e| Invalid(format!("key: {e}")))?,
-            ),
-        })
-    }
-
-    /// The request's value of the key; None when it has none.
-    fn value(&self, r: &Request<'_>) -> Option<String> {
-        let value = match self {
-            HashKey::Var(var) => var.read(r).map(|v| v.into_owned()),
-            HashKey::Header(name) => {
-                let value = r.headers.get(name)?.to_str().ok()?;
-                Some(value.to_string())
-            }
-            HashKey::Cookie(name) => Var::Cookie(name.clone()).read(r).map(|v| v.into_owned()),
-            HashKey::Consumer => r.consumer_name.map(str::to_string),
-            HashKey::Combination(template) => Some(template.render(r, &[])),
-        };
-        value.filter(|v| !v.is_empty())
     }
 }
 
@@ -334,12 +285,6 @@ impl Upstream {
     }
 }
 
-/// Points per unit of weight on a `chash` ring (`resty.chash`'s `CONSISTENT_POINTS`).
-const POINTS_PER_WEIGHT: u64 = 160;
-/// The most points one ring may have: 10,000 units of weight after dividing by the weights'
-/// greatest common divisor (APISIX would allocate them all, however many).
-const MAX_RING_POINTS: u64 = 10_000 * POINTS_PER_WEIGHT;
-
 /// IEEE CRC-32, as `ngx.crc32_short` computes it.
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -409,34 +354,6 @@ impl Ring {
         let before = (0..=at).rev().map(|i| node(&i)).find(|&n| usable(n));
         before.or_else(|| (at..self.0.len()).map(|i| node(&i)).find(|&n| usable(n)))
     }
-}
-
-/// The greatest common divisor of a ring's weights and the sum of the weights divided by it;
-/// refused when the ring would hold more than [`MAX_RING_POINTS`].
-fn ring_weights(weights: impl Iterator<Item = u32> + Clone) -> Result<(u64, u64), Invalid> {
-    let divisor = weights.clone().fold(0, |d, w| gcd(d, u64::from(w))).max(1);
-    let total: u64 = weights.map(|w| u64::from(w) / divisor).sum();
-    if total * POINTS_PER_WEIGHT > MAX_RING_POINTS {
-        return Err(Invalid(format!(
-            "nodes: chash weights divided by their greatest common divisor must add up to at \
-             most {} for each priority (these add up to {total})",
-            MAX_RING_POINTS / POINTS_PER_WEIGHT
-        )));
-    }
-    Ok((divisor, total))
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-/// Checks that `chash` can build its rings from nodes of these `(weight, priority)`.
-pub fn check_chash(nodes: &[(u32, i64)]) -> Result<(), Invalid> {
-    for &(_, priority) in nodes {
-        let weights = nodes.iter().filter(|n| n.1 == priority).map(|n| n.0);
-        ring_weights(weights)?;
-    }
-    Ok(())
 }
 
 /// Smooth weighted round robin (nginx's): each candidate `(index, weight)` gains its weight,

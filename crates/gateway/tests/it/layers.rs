@@ -21,8 +21,6 @@ const LAYERS: &[&[&str]] = &[
 
 /// Imports that go up today, (from, to).
 const KNOWN_UPWARD: &[(&str, &str)] = &[
-    // Resources validate chash rings with the balancer's own arithmetic.
-    ("resource", "runtime"),
     // The snapshot compiles plugin chains by calling the plugins' factories.
     ("runtime", "plugins"),
     // The Admin API hands the plugins' checks to the resources it validates, and lists the
