@@ -166,6 +166,7 @@ pub async fn build(
             key: Arc::new(key),
             allow: Arc::new(allow),
             writing: Arc::default(),
+            plugins: &plugins::Catalog,
         });
         (router, openapi)
     };

@@ -125,9 +125,15 @@ impl Invalid {
     }
 }
 
-/// The checks of the plugin configurations resources hold. The plugins' registry provides
-/// them (`plugins::Checks`): resources know the plugins only through this.
-pub trait PluginChecks {
+/// What resources and the Admin API know of the plugins: their configurations' checks and
+/// schemas. The plugins' registry provides it (`plugins::Catalog`), handed down by whoever
+/// validates; resources never name the plugins themselves.
+pub trait PluginCatalog: Send + Sync {
+    /// The names of the plugins there are.
+    fn names(&self) -> Vec<&'static str>;
+    /// The JSON Schema of the plugin `name`'s configuration on `side`; none for an unknown
+    /// plugin, or for the consumer side of one that has none.
+    fn schema(&self, name: &str, side: SchemaType) -> Option<Value>;
     /// Every plugin of a route, service, plugin config, consumer group or global rule.
     fn check_all(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid>;
     /// A consumer's plugins (authentication plugins take their consumer-side fields).
@@ -140,18 +146,27 @@ pub trait PluginChecks {
     fn identity_field(&self, name: &str) -> Option<&'static str>;
 }
 
-/// Checks a whole resource document of `kind`, its plugins by `checks`.
-pub fn validate(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+/// Where a plugin's configuration sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    /// On a route, service, plugin config or global rule.
+    Route,
+    /// On a consumer or credential (authentication plugins).
+    Consumer,
+}
+
+/// Checks a whole resource document of `kind`, its plugins by `catalog`.
+pub fn validate(kind: Kind, value: &Value, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
     if !value.is_object() {
         return Err(Invalid::new("the body must be a JSON object"));
     }
     match kind {
-        Kind::Routes => parse::<Route>(value)?.check(checks),
-        Kind::Services => parse::<Service>(value)?.check(checks),
+        Kind::Routes => parse::<Route>(value)?.check(catalog),
+        Kind::Services => parse::<Service>(value)?.check(catalog),
         Kind::Upstreams => parse::<Upstream>(value)?.check(),
-        Kind::Consumers => parse::<Consumer>(value)?.check(checks),
+        Kind::Consumers => parse::<Consumer>(value)?.check(catalog),
         Kind::ConsumerGroups | Kind::PluginConfigs | Kind::GlobalRules => {
-            parse::<PluginSet>(value)?.check(checks)
+            parse::<PluginSet>(value)?.check(catalog)
         }
         Kind::Ssls => parse::<Ssl>(value)?.check(),
         Kind::PluginMetadata => {
@@ -165,9 +180,9 @@ pub fn validate(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Result<
                 })
                 .and_then(|id| id_text(&id))
                 .unwrap_or_default();
-            checks.check_metadata(&name, &metadata)
+            catalog.check_metadata(&name, &metadata)
         }
-        Kind::Credentials => parse::<Credential>(value)?.check(checks),
+        Kind::Credentials => parse::<Credential>(value)?.check(catalog),
     }
 }
 
@@ -256,7 +271,7 @@ pub fn references(kind: Kind, value: &Value) -> Vec<(Kind, String)> {
 /// The clients a consumer or credential document identifies: (authentication plugin, the value
 /// of its identifying field), such as `("key-auth", "auth-one")`. Two documents naming the same
 /// pair would make the client ambiguous.
-pub fn identities(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Vec<(String, String)> {
+pub fn identities(kind: Kind, value: &Value, catalog: &dyn PluginCatalog) -> Vec<(String, String)> {
     if !matches!(kind, Kind::Consumers | Kind::Credentials) {
         return Vec::new();
     }
@@ -266,7 +281,7 @@ pub fn identities(kind: Kind, value: &Value, checks: &dyn PluginChecks) -> Vec<(
     plugins
         .iter()
         .filter_map(|(name, config)| {
-            let field = checks.identity_field(name)?;
+            let field = catalog.identity_field(name)?;
             let identity = config.get(field)?.as_str()?;
             Some((name.clone(), identity.to_string()))
         })
@@ -408,7 +423,7 @@ const METHODS: [&str; 9] = [
 ];
 
 impl Route {
-    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+    pub fn check(&self, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
         match (&self.uri, &self.uris) {
             (Some(_), Some(_)) => return Err(Invalid::new("only one of uri and uris may be set")),
             (None, None) => return Err(Invalid::new("uri or uris is required")),
@@ -465,7 +480,7 @@ impl Route {
         if let Some(t) = &self.timeout {
             t.check()?;
         }
-        checks.check_all(self.plugins.as_ref())
+        catalog.check_all(self.plugins.as_ref())
     }
 
     pub fn uris(&self) -> impl Iterator<Item = &String> {
@@ -500,12 +515,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+    pub fn check(&self, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
         check_upstream_choice(self.upstream.as_ref(), self.upstream_id.as_ref())?;
         for host in self.hosts.iter().flatten() {
             check_host(host)?;
         }
-        checks.check_all(self.plugins.as_ref())
+        catalog.check_all(self.plugins.as_ref())
     }
 }
 
@@ -757,8 +772,8 @@ pub struct Credential {
 }
 
 impl Credential {
-    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
-        checks.check_credential(&self.plugins)
+    pub fn check(&self, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
+        catalog.check_credential(&self.plugins)
     }
 }
 
@@ -1095,7 +1110,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
+    pub fn check(&self, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
         let ok = !self.username.is_empty()
             && self.username.len() <= 100
             && self
@@ -1107,7 +1122,7 @@ impl Consumer {
                 "username: 1-100 characters of [a-zA-Z0-9_] expected",
             ));
         }
-        checks.check_consumer(self.plugins.as_ref())
+        catalog.check_consumer(self.plugins.as_ref())
     }
 }
 
@@ -1125,8 +1140,8 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
-    pub fn check(&self, checks: &dyn PluginChecks) -> Result<(), Invalid> {
-        checks.check_all(Some(&self.plugins))
+    pub fn check(&self, catalog: &dyn PluginCatalog) -> Result<(), Invalid> {
+        catalog.check_all(Some(&self.plugins))
     }
 }
 
@@ -1263,7 +1278,7 @@ mod tests {
     use serde_json::json;
 
     fn error(kind: Kind, value: Value) -> String {
-        validate(kind, &value, &crate::plugins::Checks)
+        validate(kind, &value, &crate::plugins::Catalog)
             .unwrap_err()
             .0
     }
@@ -1272,15 +1287,15 @@ mod tests {
     fn apisix_examples_are_valid() {
         let route = json!({"uri": "/index.html", "upstream": {"type": "roundrobin",
             "nodes": {"127.0.0.1:1980": 1}}});
-        validate(Kind::Routes, &route, &crate::plugins::Checks).unwrap();
+        validate(Kind::Routes, &route, &crate::plugins::Catalog).unwrap();
         let upstream = json!({"type": "roundrobin", "nodes": [{"host": "127.0.0.1",
             "port": 1980, "weight": 1}], "retries": 1, "timeout": {"connect": 1,
             "send": 1, "read": 1}});
-        validate(Kind::Upstreams, &upstream, &crate::plugins::Checks).unwrap();
+        validate(Kind::Upstreams, &upstream, &crate::plugins::Catalog).unwrap();
         validate(
             Kind::Consumers,
             &json!({"username": "jack"}),
-            &crate::plugins::Checks,
+            &crate::plugins::Catalog,
         )
         .unwrap();
     }

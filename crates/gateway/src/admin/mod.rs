@@ -35,6 +35,8 @@ pub struct AdminState {
     /// Writes through this Admin API take turns: they cannot race each other, only writers in
     /// other processes (whose races the store's guard catches).
     pub writing: Arc<tokio::sync::Mutex<()>>,
+    /// The plugins' checks and schemas.
+    pub plugins: &'static dyn resource::PluginCatalog,
 }
 
 /// An Admin API failure, with APISIX's status and body.
@@ -143,8 +145,8 @@ async fn in_apisix_shape(response: Response) -> Response {
 }
 
 /// `GET /apisix/admin/plugins/list`: the names of the plugins this gateway runs.
-async fn plugins_list() -> axum::Json<Vec<&'static str>> {
-    axum::Json(crate::plugins::names())
+async fn plugins_list(State(state): State<AdminState>) -> axum::Json<Vec<&'static str>> {
+    axum::Json(state.plugins.names())
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,10 +157,11 @@ struct SchemaQuery {
 /// `GET /apisix/admin/schema/plugins/{name}[?schema_type=consumer]`: the JSON Schema of a
 /// plugin's configuration on a route (or, for authentication plugins, on a consumer).
 async fn plugin_schema(
+    State(state): State<AdminState>,
     Path(name): Path<String>,
     Query(q): Query<SchemaQuery>,
 ) -> Result<axum::Json<Value>> {
-    use crate::plugins::SchemaType;
+    use resource::SchemaType;
     let side = match q.schema_type.as_deref() {
         None | Some("route") => SchemaType::Route,
         Some("consumer") => SchemaType::Consumer,
@@ -168,9 +171,9 @@ async fn plugin_schema(
             )));
         }
     };
-    match crate::plugins::schema(&name, side) {
+    match state.plugins.schema(&name, side) {
         Some(schema) => Ok(axum::Json(schema)),
-        None if crate::plugins::names().contains(&name.as_str()) => Err(AdminError::Bad(format!(
+        None if state.plugins.names().contains(&name.as_str()) => Err(AdminError::Bad(format!(
             "plugin {name} has no configuration on a consumer"
         ))),
         None => Err(AdminError::Bad(format!("not found plugin {name}"))),
@@ -183,16 +186,21 @@ struct AllQuery {
 }
 
 /// `GET /apisix/admin/plugins?all=true`: every plugin's schema, by name (as APISIX's).
-async fn all_plugin_schemas(Query(q): Query<AllQuery>) -> Result<axum::Json<Value>> {
+async fn all_plugin_schemas(
+    State(state): State<AdminState>,
+    Query(q): Query<AllQuery>,
+) -> Result<axum::Json<Value>> {
     if q.all.as_deref() != Some("true") {
         return Err(AdminError::Bad(
             "all: true expected (or ask plugins/list)".into(),
         ));
     }
-    let schemas = crate::plugins::names()
+    let schemas = state
+        .plugins
+        .names()
         .into_iter()
         .filter_map(|name| {
-            let schema = crate::plugins::schema(name, crate::plugins::SchemaType::Route)?;
+            let schema = state.plugins.schema(name, resource::SchemaType::Route)?;
             Some((name.to_string(), json!({"schema": schema})))
         })
         .collect::<serde_json::Map<_, _>>();
@@ -201,11 +209,15 @@ async fn all_plugin_schemas(Query(q): Query<AllQuery>) -> Result<axum::Json<Valu
 
 /// `POST /apisix/admin/schema/validate/{kind}`: checks a document as a write would, stores
 /// nothing: 200, or 400 with the problem.
-async fn validate(Path(segment): Path<String>, body: Bytes) -> Result<Response> {
+async fn validate(
+    State(state): State<AdminState>,
+    Path(segment): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
     let kind = Kind::from_segment(&segment)
         .ok_or_else(|| AdminError::Bad(format!("Unsupported resource type: {segment}")))?;
     let value = body_json(&body)?;
-    resource::validate(kind, &value, &crate::plugins::Checks)?;
+    resource::validate(kind, &value, state.plugins)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -622,7 +634,7 @@ async fn write_once(
     map.insert("create_time".into(), created);
     map.insert("update_time".into(), Value::from(now));
     resource::with_defaults(kind, &mut value);
-    resource::validate(kind, &value, &crate::plugins::Checks)?;
+    resource::validate(kind, &value, state.plugins)?;
 
     let owner = scope
         .consumer
@@ -659,7 +671,7 @@ async fn write_once(
 /// Refuses a consumer or credential that would identify a client another consumer or
 /// credential already identifies (the same key-auth `key`, basic-auth `username`…).
 async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Value) -> Result<()> {
-    let identities = resource::identities(kind, value, &crate::plugins::Checks);
+    let identities = resource::identities(kind, value, state.plugins);
     if identities.is_empty() {
         return Ok(());
     }
@@ -670,9 +682,9 @@ async fn check_identities(state: &AdminState, kind: Kind, key: &str, value: &Val
         if other.key == key {
             continue;
         }
-        let taken = resource::identities(other_kind, &other.value, &crate::plugins::Checks);
+        let taken = resource::identities(other_kind, &other.value, state.plugins);
         if let Some((plugin, _)) = identities.iter().find(|i| taken.contains(i)) {
-            let field = crate::plugins::identity_field(plugin).unwrap_or("key");
+            let field = state.plugins.identity_field(plugin).unwrap_or("key");
             let holder = match other_kind {
                 Kind::Credentials => format!("credential [{other_id}]"),
                 _ => format!("consumer [{other_id}]"),

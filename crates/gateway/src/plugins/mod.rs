@@ -40,6 +40,7 @@ use serde_json::Value;
 
 use crate::client::fields::Fields;
 use crate::resource::Invalid;
+pub use crate::resource::SchemaType;
 use crate::runtime::Snapshot;
 use crate::runtime::consumer::{Consumer, Credential};
 use crate::runtime::upstream::Upstream;
@@ -544,15 +545,6 @@ pub fn names() -> Vec<&'static str> {
     names
 }
 
-/// Which side of a plugin's configuration a schema describes (APISIX's `schema_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchemaType {
-    /// On a route, service, plugin config or global rule.
-    Route,
-    /// On a consumer or credential (authentication plugins).
-    Consumer,
-}
-
 /// The JSON Schema of the plugin `name`'s configuration; none for an unknown plugin, or for
 /// the consumer side of a plugin that has none.
 pub fn schema(name: &str, side: SchemaType) -> Option<Value> {
@@ -581,11 +573,20 @@ fn registered(name: &str) -> Result<&'static Registered, Invalid> {
 
 /// The field of `name`'s consumer-side configuration that identifies a client; none when
 /// `name` is not an authentication plugin.
-/// The plugins' checks, as resources ask for them (see [`crate::resource::PluginChecks`]).
+/// The plugins as resources and the Admin API know them (see
+/// [`crate::resource::PluginCatalog`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Checks;
+pub struct Catalog;
 
-impl crate::resource::PluginChecks for Checks {
+impl crate::resource::PluginCatalog for Catalog {
+    fn names(&self) -> Vec<&'static str> {
+        names()
+    }
+
+    fn schema(&self, name: &str, side: SchemaType) -> Option<Value> {
+        schema(name, side)
+    }
+
     fn check_all(&self, plugins: Option<&BTreeMap<String, Value>>) -> Result<(), Invalid> {
         check_all(plugins)
     }

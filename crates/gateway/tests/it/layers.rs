@@ -23,9 +23,6 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN_UPWARD: &[(&str, &str)] = &[
     // The snapshot compiles plugin chains by calling the plugins' factories.
     ("runtime", "plugins"),
-    // The Admin API hands the plugins' checks to the resources it validates, and lists the
-    // plugins' schemas.
-    ("admin", "plugins"),
 ];
 
 fn layer(module: &str) -> Option<usize> {
