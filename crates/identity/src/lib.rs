@@ -16,6 +16,9 @@ pub mod keys;
 pub mod provider;
 pub mod store;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -102,23 +102,11 @@ impl Axle {
             self.site,
             urlencode(&callback)
         );
-        let page = browser
-            .get(&authorize)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut form = hidden_fields(&page);
-        form.push(("username".into(), username.into()));
-        form.push(("password".into(), password.into()));
-        let answer = browser
-            .post(format!("{}/api/identity/authorize", self.site))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
+        let action = format!("{}/api/identity/authorize", self.site);
+        let answer = axle_identity::testing::submit_sign_in(
+            &browser, &authorize, &action, username, password,
+        )
+        .await;
         let location = answer.headers()["location"].to_str().unwrap().to_string();
         let code = query_param(&location, "code").expect("a code");
         let tokens: Value = self
@@ -150,28 +138,6 @@ fn query_param(url: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
-}
-
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .map(|rest| {
-            let field = |attr: &str| {
-                let v = rest
-                    .split(&format!("{attr}=\""))
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap();
-                v.replace("&#x2f;", "/")
-                    .replace("&#47;", "/")
-                    .replace("&#x3d;", "=")
-                    .replace("&amp;", "&")
-            };
-            (field("name"), field("value"))
-        })
-        .collect()
 }
 
 /// An upstream that answers with the request's headers as JSON.
@@ -485,23 +451,10 @@ async fn openid_connect_signs_browsers_in_with_a_session() {
         to_provider.contains("code_challenge="),
         "PKCE: {to_provider}"
     );
-    let page = browser
-        .get(&to_provider)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut form = hidden_fields(&page);
-    form.push(("username".into(), "admin".into()));
-    form.push(("password".into(), PASSWORD.into()));
-    let back = browser
-        .post(format!("{}/api/identity/authorize", axle.site))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let action = format!("{}/api/identity/authorize", axle.site);
+    let back =
+        axle_identity::testing::submit_sign_in(&browser, &to_provider, &action, "admin", PASSWORD)
+            .await;
     let callback = back.headers()["location"].to_str().unwrap().to_string();
     assert!(callback.starts_with(&redirect), "{callback}");
     let landed = browser.get(&callback).send().await.unwrap();

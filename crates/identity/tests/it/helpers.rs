@@ -117,18 +117,9 @@ impl TestApp {
         username: &str,
         password: &str,
     ) -> reqwest::Response {
-        let page = browser.get(authorize_url).send().await.unwrap();
-        assert_eq!(page.status(), 200, "the sign-in page");
-        let html = page.text().await.unwrap();
-        let mut form: Vec<(String, String)> = hidden_fields(&html);
-        form.push(("username".into(), username.into()));
-        form.push(("password".into(), password.into()));
-        browser
-            .post(self.url("/authorize"))
-            .form(&form)
-            .send()
+        let action = self.url("/authorize");
+        axle_identity::testing::submit_sign_in(browser, authorize_url, &action, username, password)
             .await
-            .unwrap()
     }
 
     /// Signs `username` in through the form and redeems the code: the token response.
@@ -236,41 +227,7 @@ impl TestApp {
     }
 }
 
-/// Every hidden field of a page's form.
-pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .map(|rest| {
-            let name = rest
-                .split("name=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            let value = rest
-                .split("value=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            (unescape(name), unescape(value))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&#x2f;", "/")
-        .replace("&#47;", "/")
-        .replace("&#x27;", "'")
-        .replace("&#39;", "'")
-        .replace("&quot;", "\"")
-        .replace("&#34;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
+pub use axle_identity::testing::hidden_fields;
 
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
