@@ -27,30 +27,7 @@ pub fn run(command: MasterdataCommand) -> anyhow::Result<()> {
     };
     let config = Config::load(config.as_deref()).context("configuration")?;
     let url = format!("http://{}{path}", config.services.masterdata.listen);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report: serde_json::Value = runtime.block_on(async {
-        let token = crate::token::access_token(&config).await?;
-        let response = reqwest::Client::new()
-            .post(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("master data at {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .with_context(|| format!("answer from {url}"))?;
-        if !status.is_success() {
-            bail!(
-                "{url}: {status}: {}",
-                body["message"].as_str().unwrap_or_default()
-            );
-        }
-        Ok(body)
-    })?;
+    let report = crate::token::post_as_cli(&config, &url)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if report["in_sync"] == false {
         bail!(

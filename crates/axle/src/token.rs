@@ -65,25 +65,20 @@ pub async fn access_token(config: &Config) -> anyhow::Result<String> {
     }
 }
 
-/// `axle identity rotate-keys`: a new signing key for Axle's identity service now (the old one
-/// stays published until the tokens it signed expire).
-pub fn rotate_keys(args: TokenArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref()).context("configuration")?;
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
+/// POSTs to `url` as the command line's client; answers the JSON body of a 2xx, else fails
+/// with the API's message. The one way the commands call a running Axle.
+pub fn post_as_cli(config: &Config, url: &str) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let kid = runtime.block_on(async {
-        let token = access_token(&config).await?;
-        let url = format!("{}/keys/rotate", config.issuer());
+    runtime.block_on(async {
+        let token = access_token(config).await?;
         let response = reqwest::Client::new()
-            .post(&url)
+            .post(url)
             .bearer_auth(token)
             .send()
             .await
-            .with_context(|| format!("identity at {url}"))?;
+            .with_context(|| format!("Axle at {url}"))?;
         let status = response.status();
         let body: serde_json::Value = response
             .json()
@@ -95,8 +90,21 @@ pub fn rotate_keys(args: TokenArgs) -> anyhow::Result<()> {
                 body["message"].as_str().unwrap_or_default()
             );
         }
-        Ok(body["kid"].as_str().unwrap_or_default().to_string())
-    })?;
-    println!("the identity service signs with the key {kid} now");
+        Ok(body)
+    })
+}
+
+/// `axle identity rotate-keys`: a new signing key for Axle's identity service now (the old one
+/// stays published until the tokens it signed expire).
+pub fn rotate_keys(args: TokenArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref()).context("configuration")?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let answer = post_as_cli(&config, &format!("{}/keys/rotate", config.issuer()))?;
+    println!(
+        "the identity service signs with the key {} now",
+        answer["kid"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
