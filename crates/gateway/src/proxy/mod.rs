@@ -292,70 +292,13 @@ impl DataPlane {
         let started = Instant::now();
         self.runtime.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        // The host a request is for, once (RFC 9112 §3.2): an absolute-form target's authority
-        // (HTTP/2's `:authority`) is it, whatever `Host` says; else HTTP/1.1 needs one `Host`.
-        let host = if let Some(authority) = parts.uri.authority() {
-            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-            match HeaderValue::from_str(host) {
-                Ok(value) => drop(parts.headers.insert(header::HOST, value)),
-                Err(_) => return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST))),
-            }
-            strip_port(host).to_string()
-        } else {
-            let mut hosts = parts.headers.get_all(header::HOST).iter();
-            let host = hosts.next();
-            let missing = host.is_none() && parts.version == http::Version::HTTP_11;
-            if missing || hosts.next().is_some() {
-                return Outgoing::of(closing(error_page(StatusCode::BAD_REQUEST)));
-            }
-            let host = host.and_then(|h| h.to_str().ok()).map(strip_port);
-            host.unwrap_or_default().to_string()
-        };
-        if let Ok(Some(length)) = declared_length(&parts.headers)
-            && self.limits.max_body_bytes > 0
-            && length > self.limits.max_body_bytes
-        {
-            // The body stays unread, so the connection cannot carry another request.
-            return Outgoing::of(closing(error_page(StatusCode::PAYLOAD_TOO_LARGE)));
-        }
-        // Who the consumer is, only the gateway says.
-        for name in CONSUMER_HEADERS {
-            parts.headers.remove(name);
-        }
-        // Routes match, and upstreams get, the path in its one normal form.
-        let (path, raw_path) = match path::normalize(parts.uri.path()) {
-            Ok(std::borrow::Cow::Borrowed(path)) => (path.to_string(), None),
-            Ok(std::borrow::Cow::Owned(path)) => (path, Some(parts.uri.path().to_string())),
-            Err(_) => return Outgoing::of(error_page(StatusCode::BAD_REQUEST)),
-        };
+        let (parts, body) = req.into_parts();
         let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
-        let mut ctx = Ctx {
-            method: parts.method,
-            original_path: path.clone(),
-            path,
-            query: parts.uri.query().map(str::to_string),
-            headers: parts.headers,
-            host,
-            upstream_host: None,
-            remote_addr: peer.remote.ip(),
-            server_port: peer.local_port,
-            scheme: peer.scheme,
-            route_id: Arc::default(),
-            service_id: None,
-            snapshot: snapshot.clone(),
-            upstream: None,
-            consumer: None,
-            shared: self.runtime.shared.clone(),
-            response_headers: Vec::new(),
-            held: Vec::new(),
-            mirror: None,
-            trace: None,
-            jwt_payload: None,
-            raw_path,
-            uri_params: Vec::new(),
-            answered_by: None,
-            post: None,
+        let mut ctx = match self.context(parts, &peer, &snapshot) {
+            Ok(ctx) => ctx,
+            // A head refused with the connection closed: its body is left unread.
+            Err((status, true)) => return Outgoing::of(closing(error_page(status))),
+            Err((status, false)) => return Outgoing::of(error_page(status)),
         };
 
         // `post_arg_*` in a `vars` expression: the body is read before it is evaluated (boxed:
@@ -523,6 +466,83 @@ impl DataPlane {
             fields,
             body: finish.after(body),
         }
+    }
+
+    /// A request's head checked and turned into its context: the host it is for (RFC 9112
+    /// §3.2), its declared size within `max_body_bytes`, no consumer headers from the client,
+    /// the path's one normal form. Refused: the status, and whether the connection must close.
+    /// (Inlined: built elsewhere, the context is a few hundred bytes moved into the request's
+    /// future, ~250 instructions a request.)
+    #[inline(always)]
+    fn context(
+        &self,
+        mut parts: http::request::Parts,
+        peer: &Peer,
+        snapshot: &Arc<crate::runtime::Snapshot>,
+    ) -> Result<Ctx, (StatusCode, bool)> {
+        // The host a request is for, once (RFC 9112 §3.2): an absolute-form target's authority
+        // (HTTP/2's `:authority`) is it, whatever `Host` says; else HTTP/1.1 needs one `Host`.
+        let host = if let Some(authority) = parts.uri.authority() {
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            match HeaderValue::from_str(host) {
+                Ok(value) => drop(parts.headers.insert(header::HOST, value)),
+                Err(_) => return Err((StatusCode::BAD_REQUEST, true)),
+            }
+            strip_port(host).to_string()
+        } else {
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let host = hosts.next();
+            let missing = host.is_none() && parts.version == http::Version::HTTP_11;
+            if missing || hosts.next().is_some() {
+                return Err((StatusCode::BAD_REQUEST, true));
+            }
+            let host = host.and_then(|h| h.to_str().ok()).map(strip_port);
+            host.unwrap_or_default().to_string()
+        };
+        if let Ok(Some(length)) = declared_length(&parts.headers)
+            && self.limits.max_body_bytes > 0
+            && length > self.limits.max_body_bytes
+        {
+            // The body stays unread, so the connection cannot carry another request.
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, true));
+        }
+        // Who the consumer is, only the gateway says.
+        for name in CONSUMER_HEADERS {
+            parts.headers.remove(name);
+        }
+        // Routes match, and upstreams get, the path in its one normal form.
+        let (path, raw_path) = match path::normalize(parts.uri.path()) {
+            Ok(std::borrow::Cow::Borrowed(path)) => (path.to_string(), None),
+            Ok(std::borrow::Cow::Owned(path)) => (path, Some(parts.uri.path().to_string())),
+            Err(_) => return Err((StatusCode::BAD_REQUEST, false)),
+        };
+        Ok(Ctx {
+            method: parts.method,
+            original_path: path.clone(),
+            path,
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            host,
+            upstream_host: None,
+            remote_addr: peer.remote.ip(),
+            server_port: peer.local_port,
+            scheme: peer.scheme,
+            route_id: Arc::default(),
+            service_id: None,
+            snapshot: snapshot.clone(),
+            upstream: None,
+            consumer: None,
+            shared: self.runtime.shared.clone(),
+            response_headers: Vec::new(),
+            held: Vec::new(),
+            mirror: None,
+            trace: None,
+            jwt_payload: None,
+            raw_path,
+            uri_params: Vec::new(),
+            answered_by: None,
+            post: None,
+        })
     }
 
     /// Sends the request to a node of `upstream`; on a failed connection, to another one while
