@@ -179,6 +179,9 @@ pub struct EventsConfig {
     pub exchange: String,
     /// Deliveries of one event to one consumer before it is dead-lettered.
     pub max_attempts: u32,
+    /// Seconds a RabbitMQ queue may go unused (no consumer) before the broker deletes it
+    /// (`x-expires`): for short-lived environments such as test runs. Unset: queues stay.
+    pub queue_expires_secs: Option<u64>,
 }
 
 impl Default for EventsConfig {
@@ -187,6 +190,7 @@ impl Default for EventsConfig {
             amqp_url: None,
             exchange: "axle.events".into(),
             max_attempts: 5,
+            queue_expires_secs: None,
         }
     }
 }

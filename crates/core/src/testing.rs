@@ -169,6 +169,8 @@ impl TestPlatform {
         config.events.amqp_url = backends.amqp.clone().map(SecretString::from);
         config.events.exchange = format!("axle.test.{tag}");
         config.events.max_attempts = 3;
+        // The broker forgets a test's queues a minute after it ends.
+        config.events.queue_expires_secs = Some(60);
         config.kv.redis_url = backends.redis.clone().map(SecretString::from);
         config.kv.key_prefix = format!("{tag}:");
         // Services under test are called directly, without tokens; the identity tests and the

@@ -133,6 +133,8 @@ struct Inner {
     url: SecretString,
     exchange: String,
     max_attempts: u32,
+    /// `x-expires` of the queues declared, in milliseconds.
+    queue_expires_ms: Option<i64>,
     /// The publishing channel (confirm mode), re-opened after a connection loss.
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
@@ -145,6 +147,9 @@ impl RabbitBus {
                 url,
                 exchange: config.exchange.clone(),
                 max_attempts: config.max_attempts,
+                queue_expires_ms: config
+                    .queue_expires_secs
+                    .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
                 publisher: Mutex::new(None),
             }),
         };
@@ -266,7 +271,14 @@ impl RabbitBus {
             durable: true,
             ..Default::default()
         };
-        let mut args = quorum();
+        let queue_args = || {
+            let mut args = quorum();
+            if let Some(ms) = self.inner.queue_expires_ms {
+                args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+            }
+            args
+        };
+        let mut args = queue_args();
         args.insert(
             "x-dead-letter-exchange".into(),
             string(&self.dead_exchange()),
@@ -274,7 +286,7 @@ impl RabbitBus {
         args.insert("x-dead-letter-routing-key".into(), string(queue));
         channel.queue_declare(queue.into(), durable, args).await?;
         channel
-            .queue_declare(dlq.as_str().into(), durable, quorum())
+            .queue_declare(dlq.as_str().into(), durable, queue_args())
             .await?;
         channel
             .queue_bind(
