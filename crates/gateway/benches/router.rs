@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
+use axle_gateway::plugins::Factory;
 use axle_gateway::runtime::health::HealthChecks;
 use axle_gateway::runtime::{Snapshot, compile};
 use axle_gateway::vars::Request;
@@ -56,7 +57,7 @@ fn matching(c: &mut Criterion) {
     let headers = HeaderMap::new();
     let mut group = c.benchmark_group("route_match");
     for n in SIZES {
-        let snapshot = compile(1, &table(n), &HealthChecks::default());
+        let snapshot = compile(1, &table(n), &HealthChecks::default(), &Factory::default());
         let last = n / 3 - 1;
         let cases = [
             ("exact", format!("/api/s{last}/items"), true),
@@ -80,8 +81,9 @@ fn compiling(c: &mut Criterion) {
     for n in SIZES {
         let config = table(n);
         let checks = HealthChecks::default();
+        let plugins = Factory::default();
         group.bench_with_input(BenchmarkId::from_parameter(n), &config, |b, config| {
-            b.iter(|| compile(1, config, &checks))
+            b.iter(|| compile(1, config, &checks, &plugins))
         });
     }
     group.finish();

@@ -115,7 +115,8 @@ pub async fn build(
     let data_plane = if config.role == GatewayRole::ControlPlane {
         None
     } else {
-        let runtime = Arc::new(runtime::Runtime::default());
+        let plugins = plugins::Factory::default();
+        let runtime = Arc::new(runtime::Runtime::new(Arc::new(plugins.clone())));
         let defaults = if config.default_routes {
             let c = &platform.config;
             let discovery = c
@@ -145,8 +146,17 @@ pub async fn build(
             max_connections_per_client: config.max_connections_per_client,
             ..proxy::Limits::default()
         };
-        exporter = Some(metrics_exporter(runtime.clone(), store.clone()));
-        Some(DataPlane::new(runtime, limits, config.fallback_sni.clone()))
+        exporter = Some(metrics_exporter(
+            runtime.clone(),
+            plugins.shared.clone(),
+            store.clone(),
+        ));
+        Some(DataPlane::new(
+            runtime,
+            plugins.shared,
+            limits,
+            config.fallback_sni.clone(),
+        ))
     };
 
     let (api, openapi) = if config.role == GatewayRole::DataPlane {
@@ -189,7 +199,11 @@ pub async fn build(
 
 /// `/apisix/prometheus/metrics`: the data plane's metrics, with upstream health and etcd's
 /// reachability read at each scrape.
-fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> axum::Router {
+fn metrics_exporter(
+    runtime: Arc<runtime::Runtime>,
+    shared: Arc<plugins::Shared>,
+    store: Arc<ConfigStore>,
+) -> axum::Router {
     let scrape = move || {
         let etcd = match &*store {
             ConfigStore::Etcd(etcd) => {
@@ -205,8 +219,7 @@ fn metrics_exporter(runtime: Arc<runtime::Runtime>, store: Arc<ConfigStore>) -> 
             .flat_map(|route| [Some(&*route.id), route.labels.name.as_deref()])
             .flatten()
             .collect();
-        let text = runtime
-            .shared
+        let text = shared
             .metrics
             .render(&runtime.checks.statuses(), etcd, &|route| {
                 routes.contains(route)

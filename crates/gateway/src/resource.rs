@@ -234,6 +234,60 @@ pub fn with_defaults(kind: Kind, value: &mut Value) {
     }
 }
 
+/// `config` with its secret references resolved, as APISIX resolves them in every plugin's
+/// configuration: a text `$env://NAME` is the environment variable `NAME`, and
+/// `$env://NAME/field` the field of the JSON object `NAME` holds. A reference that does not
+/// resolve is left as it is (and so fails as the key or secret it stands for).
+pub fn with_secrets(config: &Value) -> std::borrow::Cow<'_, Value> {
+    fn refers(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("$env://")),
+            Value::Array(items) => items.iter().any(refers),
+            Value::Object(fields) => fields.values().any(refers),
+            _ => false,
+        }
+    }
+    fn resolve(value: &mut Value) {
+        match value {
+            Value::String(text) => {
+                if let Some(found) = env_secret(text) {
+                    *text = found;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(resolve),
+            Value::Object(fields) => fields.values_mut().for_each(resolve),
+            _ => {}
+        }
+    }
+    if !refers(config) {
+        return std::borrow::Cow::Borrowed(config);
+    }
+    let mut resolved = config.clone();
+    resolve(&mut resolved);
+    std::borrow::Cow::Owned(resolved)
+}
+
+/// The value `$env://NAME[/field]` refers to.
+fn env_secret(reference: &str) -> Option<String> {
+    let path = reference
+        .get(7..)
+        .filter(|_| reference[..7].eq_ignore_ascii_case("$env://"))?;
+    let (name, field) = match path.split_once('/') {
+        Some((name, field)) => (name, Some(field)),
+        None => (path, None),
+    };
+    let value = std::env::var(name).ok()?;
+    match field {
+        None => Some(value),
+        Some(field) => match serde_json::from_str::<Value>(&value).ok()?.get(field)? {
+            Value::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
+        },
+    }
+}
+
 /// Reads a stored document into its typed form.
 /// Errors name the field's path (`upstream.nodes`).
 pub fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Invalid> {

@@ -14,7 +14,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Log, Plugin, Reply, Shared, Site, Template};
+use super::{Shared, Site, Template};
+use crate::runtime::phases::{Ctx, Flow, Log, Plugin, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,8 @@ fn default_max_breaker_sec() -> u64 {
 
 #[derive(Debug)]
 struct ApiBreaker {
+    /// The process's plugin state: its circuit breakers.
+    shared: Arc<Shared>,
     code: StatusCode,
     body: Option<Bytes>,
     headers: Vec<(HeaderName, Template)>,
@@ -84,7 +87,7 @@ struct ApiBreaker {
     healthy: Healthy,
 }
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     let status = |code: u16, range: std::ops::RangeInclusive<u16>, at: &str| {
         StatusCode::from_u16(code)
@@ -125,6 +128,7 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
         })
         .collect::<Result<_, String>>()?;
     Ok(Arc::new(ApiBreaker {
+        shared: site.shared.clone(),
         code,
         body: c.break_response_body.map(Bytes::from),
         headers,
@@ -145,7 +149,7 @@ impl Plugin for ApiBreaker {
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let key = breaker_key(&ctx.route_id, &ctx.host, &ctx.original_path);
-        if !ctx
+        if !self
             .shared
             .breakers
             .is_open(&key, self.unhealthy.failures, self.max_break)
@@ -178,17 +182,17 @@ impl Plugin for ApiBreaker {
         true
     }
 
-    fn log(&self, log: &Log, shared: &Shared) {
+    fn log(&self, log: &Log) {
         let Some(status) = log.upstream_status else {
             return;
         };
         let key = breaker_key(&log.route, &log.host, &log.uri);
         if self.unhealthy.http_statuses.contains(&status) {
-            shared
+            self.shared
                 .breakers
                 .failed(key, self.unhealthy.failures, self.max_break);
         } else if self.healthy.http_statuses.contains(&status) {
-            shared.breakers.succeeded(&key, self.healthy.successes);
+            self.shared.breakers.succeeded(&key, self.healthy.successes);
         }
     }
 }

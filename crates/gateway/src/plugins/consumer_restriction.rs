@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Site};
+use super::Site;
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -11,7 +11,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Site, Template};
+use super::{Site, Template};
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Site};
+use super::Site;
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 use crate::vars::parse_cidr;
 
 #[derive(Debug, Deserialize, JsonSchema)]

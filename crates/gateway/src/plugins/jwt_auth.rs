@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::jwks::{Key, KeySetError};
-use super::{Ctx, Flow, Plugin, Prepared, Reply, Site};
+use super::{Shared, Site};
+use crate::runtime::phases::{Ctx, Flow, Plugin, Prepared, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +76,8 @@ enum Claim {
 
 #[derive(Debug)]
 struct JwtAuth {
+    /// The process's plugin state: its key sets.
+    shared: Arc<Shared>,
     header: HeaderName,
     query: String,
     cookie: String,
@@ -268,9 +271,10 @@ fn url_is_http(uri: &str) -> Option<reqwest::Url> {
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(JwtAuth {
+        shared: site.shared.clone(),
         store_in_ctx: c.store_in_ctx,
         challenge: HeaderValue::from_str(&format!("Bearer realm=\"{}\"", c.realm))
             .map_err(|_| "realm: not valid in a header".to_string())?,
@@ -363,7 +367,7 @@ impl JwtAuth {
         let verified = match &verifier.keys {
             Keys::Fixed(key) => check(&token, key, validation),
             Keys::Jwks { uri, ttl, verify } => {
-                let keys = ctx
+                let keys = self
                     .shared
                     .key_sets
                     .keys(uri, *verify, *ttl, head.kid.as_deref())

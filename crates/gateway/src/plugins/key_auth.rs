@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Site};
+use super::Site;
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -35,7 +35,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Log, Plugin, Shared, Site};
+use super::{Shared, Site};
+use crate::runtime::phases::{Ctx, Flow, Log, Plugin, Trace};
 use crate::vars::Var;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -241,6 +242,8 @@ impl Sampler {
 
 #[derive(Debug)]
 struct OpenTelemetry {
+    /// The process's plugin state: its span exporter.
+    shared: Arc<Shared>,
     sampler: Sampler,
     attributes: Vec<(String, Var)>,
     header_prefixes: Vec<String>,
@@ -319,6 +322,7 @@ pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
         })
         .collect::<Result<_, String>>()?;
     Ok(Arc::new(OpenTelemetry {
+        shared: site.shared.clone(),
         sampler,
         attributes,
         header_prefixes: c
@@ -330,10 +334,6 @@ pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
         from_request_id,
     }))
 }
-
-/// A request's span, ended with the response's status in the log phase.
-#[derive(Debug)]
-pub struct Trace(Mutex<opentelemetry_sdk::trace::Span>);
 
 impl Plugin for OpenTelemetry {
     fn name(&self) -> &'static str {
@@ -354,7 +354,7 @@ impl Plugin for OpenTelemetry {
         }
         let tracer = self.tracer.get_or_init(|| {
             let metadata = ctx.snapshot.metadata.get("opentelemetry");
-            ctx.shared
+            self.shared
                 .tracers
                 .tracer(metadata.cloned().unwrap_or(Value::Null))
         });
@@ -416,7 +416,7 @@ impl Plugin for OpenTelemetry {
         true
     }
 
-    fn log(&self, log: &Log, _shared: &Shared) {
+    fn log(&self, log: &Log) {
         let Some(Trace(span)) = &log.trace else {
             return;
         };

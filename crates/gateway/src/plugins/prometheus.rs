@@ -23,7 +23,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Log, Plugin, Shared, Site};
+use super::{Shared, Site};
+use crate::runtime::phases::{Log, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +36,8 @@ pub(crate) struct Config {
 
 #[derive(Debug)]
 struct Prometheus {
+    /// The process's plugin state: its metrics.
+    shared: Arc<Shared>,
     prefer_name: bool,
     /// The series this instance has counted in, found again by comparing labels rather than
     /// by hashing them into each metric family. A snapshot's plugins are built anew with every
@@ -45,9 +48,10 @@ struct Prometheus {
 /// The most series an instance keeps at hand; others are looked up each time.
 const SERIES_KEPT: usize = 64;
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     Ok(Arc::new(Prometheus {
+        shared: site.shared.clone(),
         prefer_name: c.prefer_name,
         series: Mutex::default(),
     }))
@@ -129,7 +133,7 @@ impl Plugin for Prometheus {
         true
     }
 
-    fn log(&self, log: &Log, shared: &Shared) {
+    fn log(&self, log: &Log) {
         let route: &str = match (&log.route_name, self.prefer_name) {
             (Some(name), true) => name,
             _ => &log.route,
@@ -146,7 +150,7 @@ impl Plugin for Prometheus {
         if let Some(series) = kept.iter().find(|s| s.is(log.status, &labels)) {
             return series.count(log);
         }
-        let series = Series::new(&shared.metrics, log.status, labels);
+        let series = Series::new(&self.shared.metrics, log.status, labels);
         series.count(log);
         if kept.len() < SERIES_KEPT {
             kept.push(series);

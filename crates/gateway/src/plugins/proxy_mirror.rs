@@ -12,8 +12,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Site};
+use super::Site;
 use crate::resource;
+use crate::runtime::phases::{Ctx, Flow, Mirror, Plugin};
 use crate::runtime::upstream::Upstream;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -45,13 +46,6 @@ struct ProxyMirror {
     path: Option<String>,
     mode: ConcatMode,
     sample_ratio: f64,
-}
-
-/// Where a request's copy goes: the mirror, and the path (with the query) it is sent to.
-#[derive(Debug)]
-pub struct Mirror {
-    pub upstream: Arc<Upstream>,
-    pub path_and_query: String,
 }
 
 pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {

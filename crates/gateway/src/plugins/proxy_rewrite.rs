@@ -14,7 +14,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, HeaderEdits, Plugin, Site, Template};
+use super::{HeaderEdits, Site, Template};
+use crate::runtime::phases::{Ctx, Flow, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

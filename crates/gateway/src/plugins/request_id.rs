@@ -12,7 +12,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, ResponseHead, Site};
+use super::Site;
+use crate::runtime::phases::{Ctx, Flow, Plugin, ResponseHead};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

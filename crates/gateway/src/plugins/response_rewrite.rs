@@ -12,7 +12,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BodyRewrite, Ctx, HeaderEdits, Plugin, ResponseHead, Site};
+use super::{HeaderEdits, Site};
+use crate::runtime::phases::{BodyRewrite, Ctx, Plugin, ResponseHead};
 use crate::vars::Vars;
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -14,8 +14,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Ctx, Flow, Plugin, Reply, Site};
+use super::Site;
 use crate::resource;
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 use crate::runtime::upstream::{Upstream, smooth_weighted};
 use crate::vars::Vars;
 

@@ -29,10 +29,11 @@ use crate::client::fields::Fields;
 use crate::client::pool::{self, Failure, Pool};
 pub use crate::client::{Body, BoxError};
 use crate::client::{empty, full, http1};
-use crate::plugins::{Ctx, Log, Mirror, Plugin, Reply, ResponseHead, Shared};
+use crate::plugins::Shared;
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
 use crate::runtime::health::Outcome;
+use crate::runtime::phases::{BodyRewrite, Ctx, Log, Mirror, Plugin, Reply, ResponseHead};
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
 use crate::vars::PostArgs;
@@ -94,6 +95,8 @@ pub struct Listener {
 #[derive(Clone)]
 pub struct DataPlane {
     runtime: Arc<Runtime>,
+    /// The plugins' process-wide state: the gateway's metrics are among it.
+    shared: Arc<Shared>,
     pool: Arc<Pool>,
     limits: Limits,
     /// hyper's server, for the connections [`server`] hands over.
@@ -123,7 +126,12 @@ struct Peer {
 }
 
 impl DataPlane {
-    pub fn new(runtime: Arc<Runtime>, limits: Limits, fallback_sni: Option<String>) -> DataPlane {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        shared: Arc<Shared>,
+        limits: Limits,
+        fallback_sni: Option<String>,
+    ) -> DataPlane {
         let mut hyper = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         hyper
             .http1()
@@ -133,6 +141,7 @@ impl DataPlane {
         hyper.http2().timer(TokioTimer::new());
         DataPlane {
             runtime,
+            shared,
             pool: Arc::default(),
             limits,
             hyper: Arc::new(hyper),
@@ -217,7 +226,7 @@ impl DataPlane {
             };
             let plane = self.clone();
             let shutdown = shutdown.clone();
-            let metrics = &self.runtime.shared.metrics;
+            let metrics = &self.shared.metrics;
             metrics.accepted.inc();
             metrics.handled.inc();
             metrics.active.inc();
@@ -235,7 +244,7 @@ impl DataPlane {
                 } else {
                     server::serve(plane.clone(), stream, peer, shutdown).await;
                 }
-                plane.runtime.shared.metrics.active.dec();
+                plane.shared.metrics.active.dec();
             });
         }
     }
@@ -290,7 +299,7 @@ impl DataPlane {
     /// One request, top to bottom; `arrived` is its size on the wire when the server knows it.
     async fn handle(&self, mut req: Request<Body>, peer: Peer, arrived: Option<u64>) -> Outgoing {
         let started = Instant::now();
-        self.runtime.shared.metrics.requests.inc();
+        self.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
@@ -457,7 +466,6 @@ impl DataPlane {
         let finish = Finish {
             log,
             loggers,
-            shared: self.runtime.shared.clone(),
             started,
             _held: std::mem::take(&mut ctx.held),
         };
@@ -532,7 +540,6 @@ impl DataPlane {
             snapshot: snapshot.clone(),
             upstream: None,
             consumer: None,
-            shared: self.runtime.shared.clone(),
             response_headers: Vec::new(),
             held: Vec::new(),
             mirror: None,
@@ -868,7 +875,6 @@ impl Outgoing {
 struct Finish {
     log: Log,
     loggers: Vec<Arc<dyn Plugin>>,
-    shared: Arc<Shared>,
     started: Instant,
     _held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -877,7 +883,7 @@ impl Drop for Finish {
     fn drop(&mut self) {
         self.log.request_time = self.started.elapsed();
         for plugin in &self.loggers {
-            plugin.log(&self.log, &self.shared);
+            plugin.log(&self.log);
         }
     }
 }
@@ -1152,7 +1158,7 @@ fn tee(body: Body) -> (Body, Body) {
 
 /// `body` read whole (up to the rewrite's limit; the rest is cut off) and rewritten, sent as
 /// one piece once it is.
-fn rewritten(body: Body, rewrite: crate::plugins::BodyRewrite) -> Body {
+fn rewritten(body: Body, rewrite: BodyRewrite) -> Body {
     let whole = async move {
         let mut body = body;
         let mut read = bytes::BytesMut::new();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::plugins::{self, Chain};
 use crate::resource::{self, Invalid, Kind, Plugins};
+use crate::runtime::phases::{Chain, PluginFactory, Prepared};
 
 #[derive(Debug)]
 pub struct Consumer {
@@ -34,7 +34,7 @@ pub struct Credential {
     /// The authentication plugin's consumer-side configuration.
     pub config: Value,
     /// What the plugin compiled from it (jwt-auth's keys).
-    pub prepared: plugins::Prepared,
+    pub prepared: Prepared,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +55,7 @@ impl Consumers {
         consumers: &[(&str, &Value)],
         credentials: &[(&str, &Value)],
         metadata: &HashMap<String, Value>,
+        plugins: &dyn PluginFactory,
         skip: Skip<'_>,
     ) -> Consumers {
         let mut group_plugins: HashMap<&str, Plugins> = HashMap::new();
@@ -87,6 +88,7 @@ impl Consumers {
                     group_id: c.group_id.as_ref().map(|g| g.0.clone()),
                     custom_id: c.labels.as_ref().and_then(|l| l.get("custom_id")).cloned(),
                     plugins: Chain::build(
+                        plugins,
                         &[
                             (&group_key, group.unwrap_or(&empty)),
                             (&Kind::Consumers.key(id), own),
@@ -99,7 +101,7 @@ impl Consumers {
             });
             match built {
                 Ok((consumer, own)) => {
-                    compiled.add_credentials(&consumer, None, &own);
+                    compiled.add_credentials(plugins, &consumer, None, &own);
                     compiled.by_name.insert(consumer.username.clone(), consumer);
                 }
                 Err(e) => skip(Kind::Consumers, id, e),
@@ -111,7 +113,7 @@ impl Consumers {
                 let consumer = compiled
                     .get(username)
                     .ok_or_else(|| Invalid(format!("consumer [{username}] does not exist")))?;
-                compiled.add_credentials(&consumer, Some(Arc::from(cid)), &c.plugins);
+                compiled.add_credentials(plugins, &consumer, Some(Arc::from(cid)), &c.plugins);
                 Ok(())
             });
             if let Err(e) = added {
@@ -121,16 +123,22 @@ impl Consumers {
         compiled
     }
 
-    fn add_credentials(&mut self, consumer: &Arc<Consumer>, id: Option<Arc<str>>, on: &Plugins) {
+    fn add_credentials(
+        &mut self,
+        plugins: &dyn PluginFactory,
+        consumer: &Arc<Consumer>,
+        id: Option<Arc<str>>,
+        on: &Plugins,
+    ) {
         for (plugin, config) in on {
-            let Some(field) = plugins::identity_field(plugin) else {
+            let Some(field) = plugins.identity_field(plugin) else {
                 continue;
             };
-            let config = &*plugins::with_secrets(config);
+            let config = &*resource::with_secrets(config);
             let Some(identity) = config.get(field).and_then(Value::as_str) else {
                 continue;
             };
-            let prepared = match plugins::prepare(plugin, config) {
+            let prepared = match plugins.prepare(plugin, config) {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     tracing::warn!(plugin, consumer = consumer.username, error = %e.0, "credential left out");

@@ -9,6 +9,7 @@
 
 pub mod consumer;
 pub mod health;
+pub mod phases;
 pub mod router;
 pub mod upstream;
 
@@ -22,12 +23,12 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::plugins::Chain;
 use crate::resource::{self, Invalid, Kind, Plugins};
 use crate::store::{ConfigStore, Update};
 use crate::tls::Certificates;
 use consumer::Consumers;
 use health::HealthChecks;
+use phases::{Chain, PluginFactory};
 use router::{HostPattern, Labels, Route, Router, UriPattern};
 use upstream::Upstream;
 
@@ -47,9 +48,14 @@ pub struct Snapshot {
     pub metadata: HashMap<String, Value>,
 }
 
-/// Compiles the configuration (key → document) into a snapshot; upstream health is kept in
-/// `checks` across compiles.
-pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthChecks) -> Snapshot {
+/// Compiles the configuration (key → document) into a snapshot, building plugins with
+/// `plugins`; upstream health is kept in `checks` across compiles.
+pub fn compile(
+    revision: i64,
+    config: &BTreeMap<String, Value>,
+    checks: &HealthChecks,
+    plugins: &dyn PluginFactory,
+) -> Snapshot {
     let mut by_kind: HashMap<Kind, Vec<(&str, &Value)>> = HashMap::new();
     for (key, value) in config {
         if let Some((kind, id)) = resource::parse_key(key) {
@@ -117,7 +123,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         }
     }
     let layers: Vec<(&str, &Plugins)> = global_rules.iter().map(|(k, p)| (k.as_str(), p)).collect();
-    let global = Chain::build(&layers, false, &metadata).unwrap_or_else(|e| {
+    let global = Chain::build(plugins, &layers, false, &metadata).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "global rules left out");
         Chain::default()
     });
@@ -126,6 +132,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
     for (id, value) in of(Kind::Routes) {
         let route = resource::parse::<resource::Route>(value).and_then(|r| {
             let layers = Layers {
+                plugins,
                 services: &services,
                 plugin_configs: &plugin_configs,
                 metadata: &metadata,
@@ -158,6 +165,7 @@ pub fn compile(revision: i64, config: &BTreeMap<String, Value>, checks: &HealthC
         of(Kind::Consumers),
         of(Kind::Credentials),
         &metadata,
+        plugins,
         &skip,
     );
     Snapshot {
@@ -198,6 +206,7 @@ fn resolve_upstream(
 /// What a route's plugins are built from besides its own: its service's and plugin config's,
 /// and the plugins' metadata.
 struct Layers<'a> {
+    plugins: &'a dyn PluginFactory,
     services: &'a HashMap<&'a str, (resource::Service, Option<Arc<Upstream>>)>,
     plugin_configs: &'a HashMap<&'a str, Plugins>,
     metadata: &'a HashMap<String, Value>,
@@ -211,6 +220,7 @@ fn compile_route(
     checks: &HealthChecks,
 ) -> Result<Option<Route>, Invalid> {
     let Layers {
+        plugins: factory,
         services,
         plugin_configs,
         metadata,
@@ -240,6 +250,7 @@ fn compile_route(
         .as_ref()
         .map(|p| Kind::PluginConfigs.key(&p.0));
     let plugins = Chain::build(
+        *factory,
         &[
             (
                 service_key.as_deref().unwrap_or_default(),
@@ -309,16 +320,25 @@ fn compile_route(
 }
 
 /// The current snapshot, shared by the data plane's workers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
-    /// Plugin state that outlives snapshots (rate-limit counters, JWKS key sets, metrics).
-    pub shared: Arc<crate::plugins::Shared>,
+    /// What builds the snapshots' plugins.
+    plugins: Arc<dyn PluginFactory>,
     /// Upstream health, kept across snapshots.
     pub checks: Arc<HealthChecks>,
 }
 
 impl Runtime {
+    /// A runtime serving an empty snapshot until it follows a store.
+    pub fn new(plugins: Arc<dyn PluginFactory>) -> Runtime {
+        Runtime {
+            current: ArcSwap::default(),
+            plugins,
+            checks: Arc::default(),
+        }
+    }
+
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
     }
@@ -428,7 +448,7 @@ impl Follower {
         let compiled = tokio::task::spawn_blocking(move || {
             let mut all = (*defaults).clone();
             all.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
-            runtime.install(compile(revision, &all, &checks));
+            runtime.install(compile(revision, &all, &checks, &*runtime.plugins));
         })
         .await;
         if let Err(e) = compiled {

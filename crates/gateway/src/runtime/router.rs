@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::plugins::Chain;
 use crate::resource::Timeout;
+use crate::runtime::phases::Chain;
 use crate::runtime::upstream::Upstream;
 use crate::vars::{Request, Vars};
 

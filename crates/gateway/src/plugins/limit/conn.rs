@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin, Shared, Site};
+use crate::plugins::{Shared, Site};
+use crate::runtime::phases::{Ctx, Flow, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,8 @@ impl Config {
 
 #[derive(Debug)]
 struct LimitConn {
+    /// The process's plugin state: its requests in flight.
+    shared: Arc<Shared>,
     conn: u64,
     burst: u64,
     key: Key,
@@ -103,6 +106,7 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
     }
     let redis = SharedRedis::of("limit-conn", c.policy, c.redis(), c.allow_degradation)?;
     Ok(Arc::new(LimitConn {
+        shared: site.shared.clone(),
         redis: redis.map(Arc::new),
         scope: super::scope(site.owner, None),
         key_ttl: Duration::from_secs(c.key_ttl),
@@ -128,10 +132,10 @@ impl Plugin for LimitConn {
         let key = self.key.counter(ctx, &self.scope);
         let most = self.conn.saturating_add(self.burst);
         let Some(redis) = &self.redis else {
-            let Some(in_flight) = ctx.shared.connections.enter(&key, most) else {
+            let Some(in_flight) = self.shared.connections.enter(&key, most) else {
                 return Flow::Reply(self.rejected.reply());
             };
-            let held = Held::Local(ctx.shared.clone(), key);
+            let held = Held::Local(self.shared.clone(), key);
             return super::after(self.hold(ctx, held, in_flight));
         };
         Flow::Wait(Box::pin(async move {

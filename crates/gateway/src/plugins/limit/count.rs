@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin, Reply, Site};
+use crate::plugins::{Shared, Site};
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +75,8 @@ fn yes() -> bool {
 
 #[derive(Debug)]
 struct LimitCount {
+    /// The process's plugin state: its counters.
+    shared: Arc<Shared>,
     quota: Arc<Quota>,
     window: Duration,
     sliding: bool,
@@ -165,6 +168,7 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
     let rejected = Rejection::new(c.rejected_code, c.rejected_msg)?;
     let key = Key::parse(c.key_type, &c.key)?;
     Ok(Arc::new(LimitCount {
+        shared: site.shared.clone(),
         quota: Arc::new(Quota {
             count: c.count,
             limit: HeaderValue::from(c.count),
@@ -246,7 +250,7 @@ impl Plugin for LimitCount {
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let counter = self.key.counter(ctx, &self.scope);
         let Some(redis) = &self.redis else {
-            let count = ctx
+            let count = self
                 .shared
                 .counters
                 .count(counter, self.window, self.sliding);

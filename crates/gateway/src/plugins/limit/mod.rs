@@ -23,7 +23,8 @@ use http::StatusCode;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Ctx, Flow, Reply, Template};
+use super::Template;
+use crate::runtime::phases::{Ctx, Flow, Reply};
 use crate::vars::Var;
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]

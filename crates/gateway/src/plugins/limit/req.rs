@@ -4,7 +4,7 @@
 //! `policy: redis` the bucket is `core::kv`'s, shared by every gateway on that Redis.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use schemars::JsonSchema;
@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Key, KeyType, Policy, RedisFields, Rejection, SharedRedis};
-use crate::plugins::{Ctx, Flow, Plugin, Site};
+use crate::plugins::{Shared, Site};
+use crate::runtime::phases::{Ctx, Flow, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +68,8 @@ const MAX_RATE: f64 = 1e9;
 
 #[derive(Debug)]
 struct LimitReq {
+    /// The process's plugin state: its leaky buckets.
+    shared: Arc<Shared>,
     rate: f64,
     burst: f64,
     key: Key,
@@ -77,7 +80,7 @@ struct LimitReq {
     scope: String,
 }
 
-pub(crate) fn build(config: &Value, site: &Site) -> Result<std::sync::Arc<dyn Plugin>, String> {
+pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     if !(c.rate > 0.0 && c.rate <= MAX_RATE) {
         return Err(format!("rate: above 0, up to {MAX_RATE}, expected"));
@@ -86,7 +89,8 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<std::sync::Arc<dyn Pl
         return Err(format!("burst: 0 up to {MAX_RATE} expected"));
     }
     let redis = SharedRedis::of("limit-req", c.policy, c.redis(), c.allow_degradation)?;
-    Ok(std::sync::Arc::new(LimitReq {
+    Ok(Arc::new(LimitReq {
+        shared: site.shared.clone(),
         redis,
         scope: super::scope(site.owner, None),
         rate: c.rate,
@@ -109,7 +113,7 @@ impl Plugin for LimitReq {
     fn access<'a>(&'a self, ctx: &'a mut Ctx) -> Flow<'a> {
         let key = self.key.counter(ctx, &self.scope);
         let Some(redis) = &self.redis else {
-            return match ctx.shared.buckets.pour(key, self.rate, self.burst) {
+            return match self.shared.buckets.pour(key, self.rate, self.burst) {
                 Some(excess) => self.queued(excess),
                 None => Flow::Reply(self.rejected.reply()),
             };

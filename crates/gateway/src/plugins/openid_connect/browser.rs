@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{Config, OpenIdConnect, UnauthAction, Verified, X_ID_TOKEN, decode};
 use crate::client::fetch;
-use crate::plugins::{Ctx, Reply};
+use crate::runtime::phases::{Ctx, Reply};
 
 /// APISIX's `session` settings (those of lua-resty-session that apply to a cookie session).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -248,7 +248,7 @@ impl Browser {
     /// Sends the browser to the provider to sign in.
     async fn start(&self, plugin: &OpenIdConnect, ctx: &Ctx, redirect_uri: String) -> Reply {
         let c = &plugin.config;
-        let Some(doc) = ctx
+        let Some(doc) = plugin
             .shared
             .oidc
             .discovery(&c.discovery, c.ssl_verify, plugin.timeout)
@@ -346,7 +346,7 @@ impl Browser {
         let Some(code) = vars.arg("code").map(|c| c.into_owned()) else {
             return refuse("no code in the authorization callback");
         };
-        let Some(doc) = ctx
+        let Some(doc) = plugin
             .shared
             .oidc
             .discovery(&c.discovery, c.ssl_verify, plugin.timeout)
@@ -366,7 +366,7 @@ impl Browser {
             fields.push(("code_verifier", verifier));
         }
         let call = plugin.client_call(&doc.token_endpoint, &fields, c.token_endpoint_auth_method);
-        let tokens: Value = match fetch::json(&ctx.shared.oidc.pool, call).await {
+        let tokens: Value = match fetch::json(&plugin.shared.oidc.pool, call).await {
             Ok(tokens) => tokens,
             Err(e) => {
                 tracing::warn!(error = %e, "openid-connect: the code could not be redeemed");
@@ -380,7 +380,7 @@ impl Browser {
             return refuse("the provider answered without an access token and an ID token");
         };
         let Some(claims) = self
-            .verify_id_token(plugin, ctx, &doc, id_token, &flow.nonce)
+            .verify_id_token(plugin, &doc, id_token, &flow.nonce)
             .await
         else {
             return refuse("the ID token is not valid");
@@ -419,7 +419,6 @@ impl Browser {
     async fn verify_id_token(
         &self,
         plugin: &OpenIdConnect,
-        ctx: &Ctx,
         doc: &super::Discovery,
         token: &str,
         nonce: &str,
@@ -431,7 +430,7 @@ impl Browser {
         validation.set_audience(&[&c.client_id]);
         validation.leeway = c.iat_slack;
         let ttl = Duration::from_secs(c.jwk_expires_in.max(1));
-        let keys = ctx
+        let keys = plugin
             .shared
             .key_sets
             .keys(&doc.jwks_uri, c.ssl_verify, ttl, head.kid.as_deref())
@@ -449,7 +448,7 @@ impl Browser {
         let c = &plugin.config;
         let vars = ctx.vars();
         let session: Option<Session> = vars.cookie(&self.cookie).and_then(|v| self.open(v));
-        let doc = ctx
+        let doc = plugin
             .shared
             .oidc
             .discovery(&c.discovery, c.ssl_verify, plugin.timeout)

@@ -34,9 +34,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::jwks::{Key, KeySetError};
-use super::{Ctx, Flow, Plugin, Reply, Site};
+use super::{Shared, Site};
 use crate::client::fetch;
 use crate::client::pool::Pool;
+use crate::runtime::phases::{Ctx, Flow, Plugin, Reply};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +187,8 @@ enum Verify {
 
 #[derive(Debug)]
 struct OpenIdConnect {
+    /// The process's plugin state: its discovery documents, verified tokens and key sets.
+    shared: Arc<Shared>,
     config: Config,
     /// Bearer tokens are looked for (else only the browser flow runs).
     bearer: bool,
@@ -205,7 +208,7 @@ const X_USERINFO: HeaderName = HeaderName::from_static("x-userinfo");
 const X_ID_TOKEN: HeaderName = HeaderName::from_static("x-id-token");
 const X_REFRESH_TOKEN: HeaderName = HeaderName::from_static("x-refresh-token");
 
-pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, String> {
+pub(super) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
     check_url("discovery", &c.discovery)?;
     if let Some(url) = &c.introspection_endpoint {
@@ -249,6 +252,7 @@ pub(super) fn build(config: &Value, _site: &Site) -> Result<Arc<dyn Plugin>, Str
     )
     .into();
     Ok(Arc::new(OpenIdConnect {
+        shared: site.shared.clone(),
         cache: std::sync::OnceLock::new(),
         scope,
         bearer,
@@ -283,7 +287,7 @@ impl Plugin for OpenIdConnect {
             ctx.headers.remove(name);
         }
         if self.bearer {
-            let cache = self.cache(&ctx.shared.oidc);
+            let cache = self.cache(&self.shared.oidc);
             let found = bearer_token(ctx, sent_access_token.as_ref()).map(|t| (cache.get(t), t));
             match found {
                 // Verified before: no future, no allocation.
@@ -352,10 +356,10 @@ impl OpenIdConnect {
 
     /// Verifies a token not verified before, remembering a JWT until it expires.
     async fn verify_bearer(&self, ctx: &mut Ctx, token: &str) -> Result<(), Reply> {
-        let state = ctx.shared.oidc.clone();
+        let state = self.shared.oidc.clone();
         let claims = match self.verify {
             Verify::Introspection => self.introspect(&state, token).await?,
-            _ => self.verify_jwt(ctx, &state, token).await?,
+            _ => self.verify_jwt(&state, token).await?,
         };
         let verified = Arc::new(Verified::new(claims, token));
         if !matches!(self.verify, Verify::Introspection) {
@@ -373,7 +377,7 @@ impl OpenIdConnect {
         self.cache.get_or_init(|| state.scope(&self.scope)).clone()
     }
 
-    async fn verify_jwt(&self, ctx: &Ctx, state: &State, token: &str) -> Result<Value, Reply> {
+    async fn verify_jwt(&self, state: &State, token: &str) -> Result<Value, Reply> {
         let invalid = |why: &str| self.unauthorized(why, Some(why));
         let head = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         if matches!(
@@ -423,7 +427,7 @@ impl OpenIdConnect {
                     ));
                 };
                 let ttl = Duration::from_secs(self.config.jwk_expires_in.max(1));
-                ctx.shared
+                self.shared
                     .key_sets
                     .keys(
                         &doc.jwks_uri,
