@@ -13,6 +13,7 @@
 pub mod path;
 mod server;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ use crate::client::{empty, full, http1};
 use crate::plugins::Shared;
 use crate::resource::PassHost;
 use crate::runtime::Runtime;
+use crate::runtime::Snapshot;
 use crate::runtime::health::Outcome;
-use crate::runtime::phases::{BodyRewrite, Ctx, Log, Mirror, Plugin, Reply, ResponseHead};
+use crate::runtime::phases::{BodyRewrite, Chain, Ctx, Log, Mirror, Plugin, Reply, ResponseHead};
 use crate::runtime::router::Route;
 use crate::runtime::upstream::{Timeouts, Upstream};
 use crate::vars::PostArgs;
@@ -296,7 +298,10 @@ impl DataPlane {
         }
     }
 
-    /// One request, top to bottom; `arrived` is its size on the wire when the server knows it.
+    /// One request, top to bottom, in the phases of APISIX: its head checked into a context,
+    /// the route matched, the request phases (rewrite, access), the upstream (balance,
+    /// forward) unless a plugin answered, the response phases, and the log phase once the
+    /// body is sent. `arrived` is its size on the wire when the server knows it.
     async fn handle(&self, mut req: Request<Body>, peer: Peer, arrived: Option<u64>) -> Outgoing {
         let started = Instant::now();
         self.shared.metrics.requests.inc();
@@ -309,160 +314,22 @@ impl DataPlane {
             Err((status, true)) => return Outgoing::of(closing(error_page(status))),
             Err((status, false)) => return Outgoing::of(error_page(status)),
         };
-
-        // `post_arg_*` in a `vars` expression: the body is read before it is evaluated (boxed:
-        // the reading is rare, and would otherwise grow every request's future).
-        let mut body = body;
-        let mut read = false;
-        if snapshot.router.reads_body() {
-            read = true;
-            body = match Box::pin(self.read_post(&mut ctx, body)).await {
-                Ok(body) => body,
-                Err(refused) => return refused,
-            };
-        }
-        let Some(route) = snapshot.router.find(&ctx.vars()) else {
-            return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
+        let (route, body) = match self.route(&mut ctx, &snapshot, body).await {
+            Ok(found) => found,
+            Err(refused) => return refused,
         };
-        if !read && (route.plugins.reads_body() || snapshot.global.reads_body()) {
-            body = match Box::pin(self.read_post(&mut ctx, body)).await {
-                Ok(body) => body,
-                Err(refused) => return refused,
-            };
-        }
-        ctx.route_id = route.id.clone();
-        ctx.uri_params = route.uri_params(&ctx.original_path);
-        ctx.service_id = route.service_id.clone();
-        // Each phase runs the global rules' plugins, then the route's; an empty chain is skipped
-        // (awaiting it would still build and move its future).
         let global = &snapshot.global;
-        let mut reply = None;
-        for chain in [global, &route.plugins] {
-            if reply.is_none() && !chain.is_empty() {
-                reply = chain.rewrite(&mut ctx).await;
-            }
-        }
-        // An authenticated consumer's plugins join the route's, theirs winning; they get their
-        // rewrite phase now.
-        let consumer = ctx.consumer.as_ref().map(|(c, _)| c.clone());
-        let with_consumer;
-        let plugins = match &consumer {
-            Some(consumer) if !consumer.plugins.is_empty() => {
-                if reply.is_none() {
-                    reply = consumer.plugins.rewrite(&mut ctx).await;
-                }
-                with_consumer = route.plugins.overlaid(&consumer.plugins);
-                &with_consumer
-            }
-            _ => &route.plugins,
+        let (reply, plugins) = request_phases(&mut ctx, global, route).await;
+        let (out, upstream) = match reply {
+            Some(reply) => (Outgoing::of(reply_response(reply)), Upstreamed::default()),
+            None => self.upstream(&mut ctx, route, body, client_upgrade).await,
         };
-        for chain in [global, plugins] {
-            if reply.is_none() && !chain.is_empty() {
-                reply = chain.access(&mut ctx).await;
-            }
-        }
-        let mut answered_by = None;
-        // As nginx's `$upstream_status`: the gateway's 502 or 504 when no node answered.
-        let mut upstream_status = None;
-        // A plugin's choice (traffic-split) wins over the route's upstream.
-        let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone());
-        let out = match (reply, &upstream) {
-            (Some(reply), _) => Outgoing::of(reply_response(reply)),
-            (None, None) => Outgoing::of(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "missing upstream configuration in Route or Service",
-            )),
-            (None, Some(upstream)) => {
-                let websocket = client_upgrade.filter(|_| route.enable_websocket);
-                let replayable = hyper::body::Body::is_end_stream(&body);
-                let (mut body, sending) = self.client_body(body);
-                if let Some(mirror) = ctx.mirror.take() {
-                    body = self.mirror(mirror, &ctx, body, replayable);
-                }
-                let upgrade = websocket.is_some();
-                let forwarded = self
-                    .forward(route, upstream, &ctx, (body, sending.as_deref()), upgrade)
-                    .await;
-                match forwarded {
-                    Ok(answer) => {
-                        let target = &upstream.targets[answer.node];
-                        ctx.answered_by = Some((target.host.clone(), target.port));
-                        answered_by = Some((target.host.clone(), answer.took));
-                        upstream_status = Some(answer.status.as_u16());
-                        if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
-                            tunnel(client, upgraded);
-                        }
-                        Outgoing {
-                            status: answer.status,
-                            fields: Fields {
-                                lines: answer.lines,
-                                ..Fields::default()
-                            },
-                            body: answer.body,
-                        }
-                    }
-                    Err(Failed::Upstream(status)) => {
-                        upstream_status = Some(status.as_u16());
-                        Outgoing::of(error_page(status))
-                    }
-                    // The body is not all read: the connection cannot carry another request.
-                    Err(Failed::Client(status)) => Outgoing::of(closing(error_page(status))),
-                }
-            }
-        };
-        // Response phases, for upstream and plugin responses alike.
-        let mut fields = out.fields;
-        fields.set = std::mem::take(&mut ctx.response_headers);
-        let mut head = ResponseHead {
-            status: out.status,
-            fields,
-            body: None,
-            rewrite: None,
-        };
-        global.response(&ctx, &mut head);
-        plugins.response(&ctx, &mut head);
-        let body = match (head.body.take(), head.rewrite.take()) {
-            (None, None) => out.body,
-            (replaced, rewrite) => {
-                let headers = head.headers();
-                headers.remove(header::CONTENT_LENGTH);
-                headers.remove(header::TRANSFER_ENCODING);
-                match (replaced, rewrite) {
-                    (Some(replaced), _) => full(replaced),
-                    (None, Some(rewrite)) => rewritten(out.body, rewrite),
-                    (None, None) => out.body,
-                }
-            }
-        };
-        let ResponseHead { status, fields, .. } = head;
+        let out = response_phases(&mut ctx, [global, &plugins], out);
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
         if loggers.is_empty() && ctx.held.is_empty() {
-            return Outgoing {
-                status,
-                fields,
-                body,
-            };
+            return out;
         }
-        let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
-        let (node, upstream_time) = answered_by.unzip();
-        let log = Log {
-            route: route.id.clone(),
-            route_name: route.labels.name.clone(),
-            service: route.service_id.clone(),
-            consumer,
-            host: std::mem::take(&mut ctx.host),
-            uri: std::mem::take(&mut ctx.original_path),
-            matched_uri,
-            matched_host,
-            node,
-            upstream_status,
-            upstream_time,
-            status: status.as_u16(),
-            request_time: Duration::ZERO,
-            request_bytes: arrived.unwrap_or_else(|| request_size(&ctx)),
-            response_bytes: ("HTTP/1.1 200 OK\r\n".len() + fields.size() + 2) as u64,
-            trace: ctx.trace.take(),
-        };
+        let log = log_of(&mut ctx, route, upstream, &out, arrived);
         let finish = Finish {
             log,
             loggers,
@@ -470,9 +337,101 @@ impl DataPlane {
             _held: std::mem::take(&mut ctx.held),
         };
         Outgoing {
-            status,
-            fields,
-            body: finish.after(body),
+            body: finish.after(out.body),
+            ..out
+        }
+    }
+
+    /// The route `ctx` matches, with the request body to send on; a 404 when none does. When a
+    /// `vars` expression of the route table, the route's or the global rules' plugins read
+    /// `post_arg_*`, the body is read first (boxed: the reading is rare, and would otherwise
+    /// grow every request's future).
+    async fn route<'s>(
+        &self,
+        ctx: &mut Ctx,
+        snapshot: &'s Snapshot,
+        mut body: Body,
+    ) -> Result<(&'s Route, Body), Outgoing> {
+        let mut read = false;
+        if snapshot.router.reads_body() {
+            read = true;
+            body = Box::pin(self.read_post(ctx, body)).await?;
+        }
+        let Some(route) = snapshot.router.find(&ctx.vars()) else {
+            return Err(Outgoing::of(json_error(
+                StatusCode::NOT_FOUND,
+                "404 Route Not Found",
+            )));
+        };
+        if !read && (route.plugins.reads_body() || snapshot.global.reads_body()) {
+            body = Box::pin(self.read_post(ctx, body)).await?;
+        }
+        ctx.route_id = route.id.clone();
+        ctx.uri_params = route.uri_params(&ctx.original_path);
+        ctx.service_id = route.service_id.clone();
+        Ok((route, body))
+    }
+
+    /// Balance and forward: the request sent to its upstream (a plugin's choice, as
+    /// traffic-split's, over the route's), mirrored when proxy-mirror asks, a WebSocket
+    /// tunnelled once the upstream agrees. The response, and what the log phase needs of it.
+    async fn upstream(
+        &self,
+        ctx: &mut Ctx,
+        route: &Route,
+        body: Body,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (Outgoing, Upstreamed) {
+        let Some(upstream) = ctx.upstream.clone().or_else(|| route.upstream.clone()) else {
+            let missing = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "missing upstream configuration in Route or Service",
+            );
+            return (Outgoing::of(missing), Upstreamed::default());
+        };
+        let websocket = client_upgrade.filter(|_| route.enable_websocket);
+        let replayable = hyper::body::Body::is_end_stream(&body);
+        let (mut body, sending) = self.client_body(body);
+        if let Some(mirror) = ctx.mirror.take() {
+            body = self.mirror(mirror, ctx, body, replayable);
+        }
+        let upgrade = websocket.is_some();
+        let forwarded = self
+            .forward(route, &upstream, ctx, (body, sending.as_deref()), upgrade)
+            .await;
+        match forwarded {
+            Ok(answer) => {
+                let target = &upstream.targets[answer.node];
+                ctx.answered_by = Some((target.host.clone(), target.port));
+                if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
+                    tunnel(client, upgraded);
+                }
+                let out = Outgoing {
+                    status: answer.status,
+                    fields: Fields {
+                        lines: answer.lines,
+                        ..Fields::default()
+                    },
+                    body: answer.body,
+                };
+                let upstreamed = Upstreamed {
+                    node: Some((target.host.clone(), answer.took)),
+                    status: Some(answer.status.as_u16()),
+                };
+                (out, upstreamed)
+            }
+            Err(Failed::Upstream(status)) => {
+                let upstreamed = Upstreamed {
+                    node: None,
+                    status: Some(status.as_u16()),
+                };
+                (Outgoing::of(error_page(status)), upstreamed)
+            }
+            // The body is not all read: the connection cannot carry another request.
+            Err(Failed::Client(status)) => (
+                Outgoing::of(closing(error_page(status))),
+                Upstreamed::default(),
+            ),
         }
     }
 
@@ -486,7 +445,7 @@ impl DataPlane {
         &self,
         mut parts: http::request::Parts,
         peer: &Peer,
-        snapshot: &Arc<crate::runtime::Snapshot>,
+        snapshot: &Arc<Snapshot>,
     ) -> Result<Ctx, (StatusCode, bool)> {
         // The host a request is for, once (RFC 9112 §3.2): an absolute-form target's authority
         // (HTTP/2's `:authority`) is it, whatever `Host` says; else HTTP/1.1 needs one `Host`.
@@ -658,8 +617,6 @@ impl DataPlane {
         }
     }
 
-    /// A request body the client is still sending, limited to `max_body_bytes`, with what it
-    /// tells of the sending; a body already all here, as it is.
     /// Reads a body whose type has fields (a form, JSON) into `ctx.post`, within the body
     /// limit, and gives it back to be sent on; a client failing to send it is answered here
     /// (400, 408, 413), on a connection that then closes.
@@ -681,6 +638,8 @@ impl DataPlane {
         }
     }
 
+    /// A request body the client is still sending, limited to `max_body_bytes`, with what it
+    /// tells of the sending; a body already all here, as it is.
     fn client_body(&self, body: Body) -> (Body, Option<Arc<Sending>>) {
         if hyper::body::Body::is_end_stream(&body) {
             return (body, None);
@@ -764,6 +723,105 @@ impl Sending {
     }
 }
 
+/// The request phases: `rewrite`, then `access`, of the global rules' plugins and then the
+/// route's, up to the first plugin that answers. An authenticated consumer's plugins join the
+/// route's, theirs winning, and get their rewrite phase once the consumer is known. The reply,
+/// and the chain the response and log phases run (the route's, or it with the consumer's).
+/// An empty chain is skipped (awaiting it would still build and move its future).
+async fn request_phases<'r>(
+    ctx: &mut Ctx,
+    global: &Chain,
+    route: &'r Route,
+) -> (Option<Reply>, Cow<'r, Chain>) {
+    let mut reply = None;
+    for chain in [global, &route.plugins] {
+        if reply.is_none() && !chain.is_empty() {
+            reply = chain.rewrite(ctx).await;
+        }
+    }
+    let consumer = ctx.consumer.as_ref().map(|(c, _)| c.clone());
+    let plugins = match &consumer {
+        Some(consumer) if !consumer.plugins.is_empty() => {
+            if reply.is_none() {
+                reply = consumer.plugins.rewrite(ctx).await;
+            }
+            Cow::Owned(route.plugins.overlaid(&consumer.plugins))
+        }
+        _ => Cow::Borrowed(&route.plugins),
+    };
+    for chain in [global, &plugins] {
+        if reply.is_none() && !chain.is_empty() {
+            reply = chain.access(ctx).await;
+        }
+    }
+    (reply, plugins)
+}
+
+/// The response phases (APISIX's `header_filter` and `body_filter`), for upstream and plugin
+/// responses alike: the headers request plugins set (rate-limit quotas), then `chains`' response
+/// hooks; a body they replace or rewrite loses its length headers.
+fn response_phases(ctx: &mut Ctx, chains: [&Chain; 2], out: Outgoing) -> Outgoing {
+    let mut fields = out.fields;
+    fields.set = std::mem::take(&mut ctx.response_headers);
+    let mut head = ResponseHead {
+        status: out.status,
+        fields,
+        body: None,
+        rewrite: None,
+    };
+    for chain in chains {
+        chain.response(ctx, &mut head);
+    }
+    let body = match (head.body.take(), head.rewrite.take()) {
+        (None, None) => out.body,
+        (replaced, rewrite) => {
+            let headers = head.headers();
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::TRANSFER_ENCODING);
+            match (replaced, rewrite) {
+                (Some(replaced), _) => full(replaced),
+                (None, Some(rewrite)) => rewritten(out.body, rewrite),
+                (None, None) => out.body,
+            }
+        }
+    };
+    Outgoing {
+        status: head.status,
+        fields: head.fields,
+        body,
+    }
+}
+
+/// What the log phase knows of the request `ctx` on `route`, answered with `out`.
+fn log_of(
+    ctx: &mut Ctx,
+    route: &Route,
+    upstream: Upstreamed,
+    out: &Outgoing,
+    arrived: Option<u64>,
+) -> Log {
+    let (matched_uri, matched_host) = route.matched(&ctx.original_path, &ctx.host);
+    let (node, upstream_time) = upstream.node.unzip();
+    Log {
+        route: route.id.clone(),
+        route_name: route.labels.name.clone(),
+        service: route.service_id.clone(),
+        consumer: ctx.consumer.as_ref().map(|(c, _)| c.clone()),
+        host: std::mem::take(&mut ctx.host),
+        uri: std::mem::take(&mut ctx.original_path),
+        matched_uri,
+        matched_host,
+        node,
+        upstream_status: upstream.status,
+        upstream_time,
+        status: out.status.as_u16(),
+        request_time: Duration::ZERO,
+        request_bytes: arrived.unwrap_or_else(|| request_size(ctx)),
+        response_bytes: ("HTTP/1.1 200 OK\r\n".len() + out.fields.size() + 2) as u64,
+        trace: ctx.trace.take(),
+    }
+}
+
 /// The status for a client body that failed: over the limit (413), too slow (408), malformed
 /// or cut short (400).
 fn client_fault(e: &BoxError) -> StatusCode {
@@ -831,6 +889,15 @@ impl Drop for ClientPlace {
             }
         }
     }
+}
+
+/// What the log phase needs of the upstream's part: the node that answered and how long it
+/// took, and the status as nginx's `$upstream_status` (the gateway's 502 or 504 when no node
+/// answered).
+#[derive(Default)]
+struct Upstreamed {
+    node: Option<(Arc<str>, Duration)>,
+    status: Option<u16>,
 }
 
 /// An upstream's answer: its status, header lines and body, the node that gave it and how long
