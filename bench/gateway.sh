@@ -3,10 +3,11 @@
 # and through Axle's gateway (1 data-plane thread) — as a plain proxy, and with key-auth +
 # limit-count + prometheus on the route — driven by the same wrk on loopback.
 # Usage: [AXLE_BIN=...] bench/gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50 and 3)
-#        [AXLE_BIN=...] COUNT_INSTRUCTIONS=1 bench/gateway.sh [SECONDS]
+#        [AXLE_BIN=...] COUNT_INSTRUCTIONS=1 [KEEP_PROFILES=DIR] bench/gateway.sh [SECONDS]
 # The second form runs Axle and the reference nginx under valgrind's callgrind and prints the
 # instructions (user space, all threads) each spends per request: steady where throughput swings
-# with the machine, for comparing two builds, and Axle with nginx.
+# with the machine, for comparing two builds, and Axle with nginx. KEEP_PROFILES keeps each
+# measurement's callgrind profile in DIR (nginx, plain, plugins), for callgrind_annotate.
 # nginx and Axle are measured in alternating rounds and each reported by its median round, so
 # a slow spell of a shared machine does not land on one of them only.
 # Core 0 runs wrk and the upstream, core 1 the proxy under test (when there are 2+ cores).
@@ -85,18 +86,19 @@ admin_put routes/plugins "{\"uri\": \"/plugins/*\", \"upstream\": {\"nodes\": {\
 wait_for "http://127.0.0.1:$AXLE_PORT/"
 for _ in $(seq 1 600); do curl -fsS -o /dev/null -H 'apikey: bench-consumer-key' "http://127.0.0.1:$AXLE_PORT/plugins/" && break; sleep 0.1; done
 
-# Prints the instructions per request of URL $2 (more wrk arguments may follow) of the process
-# under callgrind whose command line matches $1.
+# Prints the instructions per request of URL $3 (more wrk arguments may follow) of the process
+# under callgrind whose command line matches $2; $1 names the measurement.
 instructions() {
-  local pid out requests
-  pid=$(pgrep -f "valgrind.*callgrind.*$1" | head -1)
-  shift
+  local name=$1 pid out requests
+  pid=$(pgrep -f "valgrind.*callgrind.*$2" | head -1)
+  shift 2
   $LOAD_CPU wrk -t1 -c10 -d3s "${@:2}" "$1" >/dev/null # warm-up
   callgrind_control -z "$pid" >/dev/null 2>&1
   requests=$($LOAD_CPU wrk -t1 -c10 -d"${DURATION}s" "${@:2}" "$1" | awk '/requests in/ { print $1 }')
   callgrind_control -d "$pid" >/dev/null 2>&1
   out=$(ls -t /tmp/axle-callgrind.*."$pid".* | head -1)
   awk -v n="$requests" '/^totals:/ { printf "%.0f instructions per request (%d requests)\n", $2 / n, n }' "$out"
+  if [ -n "${KEEP_PROFILES:-}" ]; then mkdir -p "$KEEP_PROFILES" && cp "$out" "$KEEP_PROFILES/$name"; fi
   rm -f /tmp/axle-callgrind.*."$pid"*
 }
 if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
@@ -104,9 +106,9 @@ if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
     callgrind_control -i on "$(pgrep -f "valgrind.*callgrind.*$under" | head -1)" >/dev/null 2>&1
   done
   echo "under callgrind, wrk -t1 -c10 -d${DURATION}s per route"
-  echo "  nginx proxy_pass:    $(instructions "$WORK/proxy/nginx.conf" "http://127.0.0.1:$NGINX_PORT/")"
-  echo "  axle plain route:    $(instructions "$AXLE" "http://127.0.0.1:$AXLE_PORT/")"
-  echo "  axle plugin route:   $(instructions "$AXLE" "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"
+  echo "  nginx proxy_pass:    $(instructions nginx "$WORK/proxy/nginx.conf" "http://127.0.0.1:$NGINX_PORT/")"
+  echo "  axle plain route:    $(instructions plain "$AXLE" "http://127.0.0.1:$AXLE_PORT/")"
+  echo "  axle plugin route:   $(instructions plugins "$AXLE" "http://127.0.0.1:$AXLE_PORT/plugins/" -H 'apikey: bench-consumer-key')"
   exit 0
 fi
 

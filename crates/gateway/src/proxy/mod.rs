@@ -302,11 +302,15 @@ impl DataPlane {
     /// the route matched, the request phases (rewrite, access), the upstream (balance,
     /// forward) unless a plugin answered, the response phases, and the log phase once the
     /// body is sent. `arrived` is its size on the wire when the server knows it.
+    ///
+    /// Only the phases that wait are futures of their own (`request_phases`, `forward`): a
+    /// nested future costs every request tens of instructions to set up, poll and drop
+    /// (docs/benchmarks.md), so the steps that do not wait are plain functions.
     async fn handle(&self, mut req: Request<Body>, peer: Peer, arrived: Option<u64>) -> Outgoing {
         let started = Instant::now();
         self.shared.metrics.requests.inc();
         let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
         let snapshot = arc_swap::Guard::into_inner(self.runtime.snapshot());
         let mut ctx = match self.context(parts, &peer, &snapshot) {
             Ok(ctx) => ctx,
@@ -314,16 +318,54 @@ impl DataPlane {
             Err((status, true)) => return Outgoing::of(closing(error_page(status))),
             Err((status, false)) => return Outgoing::of(error_page(status)),
         };
-        let (route, body) = match self.route(&mut ctx, &snapshot, body).await {
-            Ok(found) => found,
-            Err(refused) => return refused,
+
+        // Match. `post_arg_*` in a `vars` expression or a plugin: the body is read first
+        // (boxed: the reading is rare, and would otherwise grow every request's future).
+        let read_first = snapshot.router.reads_body();
+        if read_first {
+            body = match Box::pin(self.read_post(&mut ctx, body)).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
+            };
+        }
+        let Some(route) = route(&mut ctx, &snapshot) else {
+            return Outgoing::of(json_error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
+        if !read_first && (route.plugins.reads_body() || snapshot.global.reads_body()) {
+            body = match Box::pin(self.read_post(&mut ctx, body)).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
+            };
+        }
+
+        // Rewrite, access: skipped when there are no plugins (awaiting would still build and
+        // move a future).
         let global = &snapshot.global;
-        let (reply, plugins) = request_phases(&mut ctx, global, route).await;
+        let (reply, plugins) = match global.is_empty() && route.plugins.is_empty() {
+            true => (None, Cow::Borrowed(&route.plugins)),
+            false => request_phases(&mut ctx, global, route).await,
+        };
+
+        // Balance, forward: unless a plugin answered.
         let (out, upstream) = match reply {
             Some(reply) => (Outgoing::of(reply_response(reply)), Upstreamed::default()),
-            None => self.upstream(&mut ctx, route, body, client_upgrade).await,
+            None => match self.outbound(&mut ctx, route, body, client_upgrade) {
+                Err(missing) => (missing, Upstreamed::default()),
+                Ok(Outbound {
+                    upstream,
+                    body,
+                    sending,
+                    websocket,
+                }) => {
+                    let upgrade = websocket.is_some();
+                    let sent = (body, sending.as_deref());
+                    let forwarded = self.forward(route, &upstream, &ctx, sent, upgrade).await;
+                    answered(&mut ctx, &upstream, websocket, forwarded)
+                }
+            },
         };
+
+        // Header and body filters, then the log phase once the body has been sent.
         let out = response_phases(&mut ctx, [global, &plugins], out);
         let loggers: Vec<_> = global.loggers().chain(plugins.loggers()).cloned().collect();
         if loggers.is_empty() && ctx.held.is_empty() {
@@ -342,97 +384,34 @@ impl DataPlane {
         }
     }
 
-    /// The route `ctx` matches, with the request body to send on; a 404 when none does. When a
-    /// `vars` expression of the route table, the route's or the global rules' plugins read
-    /// `post_arg_*`, the body is read first (boxed: the reading is rare, and would otherwise
-    /// grow every request's future).
-    async fn route<'s>(
-        &self,
-        ctx: &mut Ctx,
-        snapshot: &'s Snapshot,
-        mut body: Body,
-    ) -> Result<(&'s Route, Body), Outgoing> {
-        let mut read = false;
-        if snapshot.router.reads_body() {
-            read = true;
-            body = Box::pin(self.read_post(ctx, body)).await?;
-        }
-        let Some(route) = snapshot.router.find(&ctx.vars()) else {
-            return Err(Outgoing::of(json_error(
-                StatusCode::NOT_FOUND,
-                "404 Route Not Found",
-            )));
-        };
-        if !read && (route.plugins.reads_body() || snapshot.global.reads_body()) {
-            body = Box::pin(self.read_post(ctx, body)).await?;
-        }
-        ctx.route_id = route.id.clone();
-        ctx.uri_params = route.uri_params(&ctx.original_path);
-        ctx.service_id = route.service_id.clone();
-        Ok((route, body))
-    }
-
-    /// Balance and forward: the request sent to its upstream (a plugin's choice, as
-    /// traffic-split's, over the route's), mirrored when proxy-mirror asks, a WebSocket
-    /// tunnelled once the upstream agrees. The response, and what the log phase needs of it.
-    async fn upstream(
+    /// What the request is sent upstream with: the upstream a plugin chose (traffic-split)
+    /// or the route's, the body as the client sends it (with a copy to proxy-mirror's mirror),
+    /// and the client's side of a WebSocket the route lets through. A 503 when there is no
+    /// upstream.
+    fn outbound(
         &self,
         ctx: &mut Ctx,
         route: &Route,
         body: Body,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> (Outgoing, Upstreamed) {
+    ) -> Result<Outbound, Outgoing> {
         let Some(upstream) = ctx.upstream.clone().or_else(|| route.upstream.clone()) else {
-            let missing = json_error(
+            return Err(Outgoing::of(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "missing upstream configuration in Route or Service",
-            );
-            return (Outgoing::of(missing), Upstreamed::default());
+            )));
         };
-        let websocket = client_upgrade.filter(|_| route.enable_websocket);
         let replayable = hyper::body::Body::is_end_stream(&body);
         let (mut body, sending) = self.client_body(body);
         if let Some(mirror) = ctx.mirror.take() {
             body = self.mirror(mirror, ctx, body, replayable);
         }
-        let upgrade = websocket.is_some();
-        let forwarded = self
-            .forward(route, &upstream, ctx, (body, sending.as_deref()), upgrade)
-            .await;
-        match forwarded {
-            Ok(answer) => {
-                let target = &upstream.targets[answer.node];
-                ctx.answered_by = Some((target.host.clone(), target.port));
-                if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
-                    tunnel(client, upgraded);
-                }
-                let out = Outgoing {
-                    status: answer.status,
-                    fields: Fields {
-                        lines: answer.lines,
-                        ..Fields::default()
-                    },
-                    body: answer.body,
-                };
-                let upstreamed = Upstreamed {
-                    node: Some((target.host.clone(), answer.took)),
-                    status: Some(answer.status.as_u16()),
-                };
-                (out, upstreamed)
-            }
-            Err(Failed::Upstream(status)) => {
-                let upstreamed = Upstreamed {
-                    node: None,
-                    status: Some(status.as_u16()),
-                };
-                (Outgoing::of(error_page(status)), upstreamed)
-            }
-            // The body is not all read: the connection cannot carry another request.
-            Err(Failed::Client(status)) => (
-                Outgoing::of(closing(error_page(status))),
-                Upstreamed::default(),
-            ),
-        }
+        Ok(Outbound {
+            upstream,
+            body,
+            sending,
+            websocket: client_upgrade.filter(|_| route.enable_websocket),
+        })
     }
 
     /// A request's head checked and turned into its context: the host it is for (RFC 9112
@@ -723,6 +702,59 @@ impl Sending {
     }
 }
 
+/// The route `ctx` matches in `snapshot`, noted in `ctx` (its id, service, `:name` segments).
+fn route<'s>(ctx: &mut Ctx, snapshot: &'s Snapshot) -> Option<&'s Route> {
+    let route = snapshot.router.find(&ctx.vars())?;
+    ctx.route_id = route.id.clone();
+    ctx.uri_params = route.uri_params(&ctx.original_path);
+    ctx.service_id = route.service_id.clone();
+    Some(route)
+}
+
+/// The upstream's answer (or the gateway's 502 or 504) as the response, with a WebSocket
+/// tunnelled once the upstream agreed, and what the log phase needs of it.
+fn answered(
+    ctx: &mut Ctx,
+    upstream: &Upstream,
+    websocket: Option<hyper::upgrade::OnUpgrade>,
+    forwarded: Result<Answer, Failed>,
+) -> (Outgoing, Upstreamed) {
+    match forwarded {
+        Ok(answer) => {
+            let target = &upstream.targets[answer.node];
+            ctx.answered_by = Some((target.host.clone(), target.port));
+            if let (Some(client), Some(upgraded)) = (websocket, answer.upgraded) {
+                tunnel(client, upgraded);
+            }
+            let upstreamed = Upstreamed {
+                node: Some((target.host.clone(), answer.took)),
+                status: Some(answer.status.as_u16()),
+            };
+            let out = Outgoing {
+                status: answer.status,
+                fields: Fields {
+                    lines: answer.lines,
+                    ..Fields::default()
+                },
+                body: answer.body,
+            };
+            (out, upstreamed)
+        }
+        Err(Failed::Upstream(status)) => {
+            let upstreamed = Upstreamed {
+                node: None,
+                status: Some(status.as_u16()),
+            };
+            (Outgoing::of(error_page(status)), upstreamed)
+        }
+        // The body is not all read: the connection cannot carry another request.
+        Err(Failed::Client(status)) => (
+            Outgoing::of(closing(error_page(status))),
+            Upstreamed::default(),
+        ),
+    }
+}
+
 /// The request phases: `rewrite`, then `access`, of the global rules' plugins and then the
 /// route's, up to the first plugin that answers. An authenticated consumer's plugins join the
 /// route's, theirs winning, and get their rewrite phase once the consumer is known. The reply,
@@ -889,6 +921,15 @@ impl Drop for ClientPlace {
             }
         }
     }
+}
+
+/// A request on its way upstream (see [`DataPlane::outbound`]).
+struct Outbound {
+    upstream: Arc<Upstream>,
+    body: Body,
+    /// What the body tells of the client's sending, when the client still sends it.
+    sending: Option<Arc<Sending>>,
+    websocket: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// What the log phase needs of the upstream's part: the node that answered and how long it
