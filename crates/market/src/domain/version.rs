@@ -1,0 +1,176 @@
+//! A product's versions: numbered by semver, each served under its major version's path, and
+//! moving one way through draft → published → deprecated → retired.
+//!
+//! A deprecated version still serves, and tells its callers so with the `Deprecation`
+//! (RFC 9745) and `Sunset` (RFC 8594) headers; a retired one answers 410 and takes no new
+//! subscriptions.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{DomainError, invalid};
+
+/// A version number: semver, `1.4.0` or `2.0.0-beta.1`.
+pub fn number(text: &str) -> Result<semver::Version, DomainError> {
+    semver::Version::parse(text.trim())
+        .map_err(|e| invalid("version", format!("not a semantic version ({e}): {text}")))
+}
+
+/// Where the gateway serves the versions of `product` with major version `major`.
+pub fn base_path(product: &str, major: u64) -> String {
+    format!("/market/{product}/v{major}")
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// Being prepared: not served, not in the catalog.
+    Draft,
+    Published {
+        at: DateTime<Utc>,
+    },
+    /// Served with warnings until `sunset`.
+    Deprecated {
+        at: DateTime<Utc>,
+        sunset: DateTime<Utc>,
+    },
+    /// Answered with 410; its subscriptions end.
+    Retired {
+        at: DateTime<Utc>,
+    },
+}
+
+/// What a publisher does to a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Publish,
+    Deprecate { sunset: DateTime<Utc> },
+    Retire,
+}
+
+impl Status {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Published { .. } => "published",
+            Status::Deprecated { .. } => "deprecated",
+            Status::Retired { .. } => "retired",
+        }
+    }
+
+    /// Whether the gateway routes calls to it.
+    pub fn serves(&self) -> bool {
+        matches!(self, Status::Published { .. } | Status::Deprecated { .. })
+    }
+
+    /// The status after `command` at `now`; a command the status does not allow is refused.
+    pub fn apply(self, command: Command, now: DateTime<Utc>) -> Result<Status, DomainError> {
+        let refused = |action| DomainError::IllegalTransition {
+            noun: "version",
+            from: self.name(),
+            action,
+        };
+        match (self, command) {
+            (Status::Draft, Command::Publish) => Ok(Status::Published { at: now }),
+            (Status::Published { .. }, Command::Deprecate { sunset }) => {
+                if sunset <= now {
+                    return Err(invalid("sunset", "must be in the future"));
+                }
+                Ok(Status::Deprecated { at: now, sunset })
+            }
+            (Status::Published { .. } | Status::Deprecated { .. }, Command::Retire) => {
+                Ok(Status::Retired { at: now })
+            }
+            (_, Command::Publish) => Err(refused("publish")),
+            (_, Command::Deprecate { .. }) => Err(refused("deprecate")),
+            (_, Command::Retire) => Err(refused("retire")),
+        }
+    }
+
+    /// The headers a deprecated version's responses carry: `Deprecation` as `@<unix time>`
+    /// (RFC 9745) and `Sunset` as an HTTP date (RFC 8594). None for the other statuses.
+    pub fn deprecation_headers(&self) -> Option<[(&'static str, String); 2]> {
+        let Status::Deprecated { at, sunset } = self else {
+            return None;
+        };
+        let sunset = SystemTime::UNIX_EPOCH + Duration::from_secs(sunset.timestamp().max(0) as u64);
+        Some([
+            ("Deprecation", format!("@{}", at.timestamp())),
+            ("Sunset", httpdate::fmt_http_date(sunset)),
+        ])
+    }
+
+    /// Whether a new subscription may name the version: not once it is retired.
+    pub fn takes_subscriptions(&self, number: &str) -> Result<(), DomainError> {
+        match self {
+            Status::Retired { .. } => Err(DomainError::Retired(number.to_string())),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn numbers_are_semver() {
+        assert_eq!(number("2.1.0").unwrap().major, 2);
+        assert_eq!(number("1.0.0-beta.1").unwrap().pre.as_str(), "beta.1");
+        assert!(number("v2").is_err() && number("2.1").is_err());
+        assert_eq!(base_path("vehicle-data", 2), "/market/vehicle-data/v2");
+    }
+
+    #[test]
+    fn a_version_moves_one_way() {
+        let now = at("2026-12-01T00:00:00Z");
+        let sunset = at("2027-03-01T00:00:00Z");
+        let published = Status::Draft.apply(Command::Publish, now).unwrap();
+        assert!(published.serves());
+        let deprecated = published.apply(Command::Deprecate { sunset }, now).unwrap();
+        assert!(deprecated.serves());
+        let retired = deprecated.apply(Command::Retire, now).unwrap();
+        assert!(!retired.serves());
+        let e = retired.apply(Command::Publish, now).unwrap_err();
+        assert_eq!(e.to_string(), "cannot publish a version that is retired");
+        assert_eq!(e.code(), "MARKET_ILLEGAL_TRANSITION");
+        assert!(Status::Draft.apply(Command::Retire, now).is_err());
+        assert!(
+            published
+                .apply(Command::Deprecate { sunset: now }, now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn deprecation_is_announced_in_headers() {
+        let status = Status::Deprecated {
+            at: at("2026-12-01T00:00:00Z"),
+            sunset: at("2027-03-01T00:00:00Z"),
+        };
+        let [deprecation, sunset] = status.deprecation_headers().unwrap();
+        assert_eq!(deprecation, ("Deprecation", "@1796083200".to_string()));
+        assert_eq!(
+            sunset,
+            ("Sunset", "Mon, 01 Mar 2027 00:00:00 GMT".to_string())
+        );
+        assert!(Status::Draft.deprecation_headers().is_none());
+    }
+
+    #[test]
+    fn retired_versions_take_no_subscriptions() {
+        let retired = Status::Retired {
+            at: at("2026-12-01T00:00:00Z"),
+        };
+        let e = retired.takes_subscriptions("1.2.0").unwrap_err();
+        assert_eq!(e.code(), "MARKET_VERSION_RETIRED");
+        assert!(Status::Draft.takes_subscriptions("1.2.0").is_ok());
+    }
+}
