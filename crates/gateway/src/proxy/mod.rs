@@ -350,8 +350,14 @@ impl DataPlane {
         let (out, upstream) = match reply {
             Some(reply) => (Outgoing::of(reply_response(reply)), Upstreamed::default()),
             None => match self.outbound(&mut ctx, route, body, client_upgrade) {
-                Err(missing) => (missing, Upstreamed::default()),
-                Ok(Outbound {
+                None => {
+                    let missing = json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "missing upstream configuration in Route or Service",
+                    );
+                    (Outgoing::of(missing), Upstreamed::default())
+                }
+                Some(Outbound {
                     upstream,
                     body,
                     sending,
@@ -386,7 +392,7 @@ impl DataPlane {
 
     /// What the request is sent upstream with: the upstream a plugin chose (traffic-split)
     /// or the route's, the body as the client sends it (with a copy to proxy-mirror's mirror),
-    /// and the client's side of a WebSocket the route lets through. A 503 when there is no
+    /// and the client's side of a WebSocket the route lets through; none when there is no
     /// upstream.
     fn outbound(
         &self,
@@ -394,19 +400,14 @@ impl DataPlane {
         route: &Route,
         body: Body,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Outbound, Outgoing> {
-        let Some(upstream) = ctx.upstream.clone().or_else(|| route.upstream.clone()) else {
-            return Err(Outgoing::of(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "missing upstream configuration in Route or Service",
-            )));
-        };
+    ) -> Option<Outbound> {
+        let upstream = ctx.upstream.clone().or_else(|| route.upstream.clone())?;
         let replayable = hyper::body::Body::is_end_stream(&body);
         let (mut body, sending) = self.client_body(body);
         if let Some(mirror) = ctx.mirror.take() {
             body = self.mirror(mirror, ctx, body, replayable);
         }
-        Ok(Outbound {
+        Some(Outbound {
             upstream,
             body,
             sending,
