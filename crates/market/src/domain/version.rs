@@ -112,6 +112,20 @@ impl Status {
     }
 }
 
+/// A version of a product, as the catalog shows it: its number, where it is in its life, and
+/// what its OpenAPI document says of itself (the document is kept beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiVersion {
+    pub product_id: uuid::Uuid,
+    pub number: String,
+    #[serde(flatten)]
+    pub status: Status,
+    /// The document's `openapi`, `info.title` and operation count.
+    pub openapi: String,
+    pub title: String,
+    pub operations: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,30 @@
+//! Events the market publishes (through its outbox): one per change, carrying the record as
+//! it now is and who made the change.
+
+use axle_core::events::{CloudEvent, EventError};
+use serde::Serialize;
+
+use crate::store::Record;
+
+pub const PRODUCT_CREATED: &str = "axle.market.product_created.v1";
+pub const VERSION_CREATED: &str = "axle.market.version_created.v1";
+pub const VERSION_PUBLISHED: &str = "axle.market.version_published.v1";
+pub const VERSION_DEPRECATED: &str = "axle.market.version_deprecated.v1";
+pub const VERSION_RETIRED: &str = "axle.market.version_retired.v1";
+
+#[derive(Serialize)]
+struct Changed<'a, T> {
+    #[serde(flatten)]
+    record: &'a Record<T>,
+    actor: &'a str,
+}
+
+/// The event of `record`'s latest change, made by `actor`.
+pub fn changed<T: Serialize>(
+    record: &Record<T>,
+    event_type: &str,
+    actor: &str,
+) -> Result<CloudEvent, EventError> {
+    let data = Changed { record, actor };
+    CloudEvent::new(crate::NAME, event_type, record.id, record.version, &data)
+}
