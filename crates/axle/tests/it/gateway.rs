@@ -154,12 +154,23 @@ async fn stopping_finishes_the_requests_in_flight_before_the_services_go() {
         .build()
         .unwrap();
     let url = format!("http://127.0.0.1:{}/slow", server.gateway_port);
+    // Ready once the vehicle service answers through the route: until the route is in the
+    // data plane, the pages' catch-all route answers `/slow` (with a page). The first answer
+    // also has the vehicle service fetch the issuer's keys, which it could not do once the
+    // gateway stops taking requests.
     let mut ready = false;
     for _ in 0..100 {
-        if client.get(&url).send().await.unwrap().status() == 200 {
+        let answer = client.get(&url).send().await.unwrap();
+        let vehicles = answer.status() == 200
+            && answer
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|body| body.get("items").is_some());
+        if vehicles {
             ready = true;
             break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(ready, "the route reached the data plane");
 
