@@ -28,12 +28,22 @@ pub fn axle(dir: &Path) -> Command {
     cmd
 }
 
+/// A port no listener has, for an `axle serve` of a test to listen on. Taken below the
+/// kernel's ephemeral range (32768 and up on Linux), where outgoing connections take their
+/// local ports: a port the kernel handed out for `:0` may be some connection's by the time
+/// the server binds it. Each test process walks its own stretch (by pid), and a port that
+/// does not bind now is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 40) * 300;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(base + n % 300).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Runs a command that must fail on its own, returning its output.
