@@ -29,6 +29,8 @@ CREATE TABLE plans (
     product_id TEXT NOT NULL REFERENCES products (id),
     name       TEXT NOT NULL,
     doc        TEXT NOT NULL,
+    version    BIGINT NOT NULL,
     created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
     CONSTRAINT plans_name_key UNIQUE (product_id, name)
 );

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::store::Record;
 
 pub const PRODUCT_CREATED: &str = "axle.market.product_created.v1";
+pub const PLAN_CREATED: &str = "axle.market.plan_created.v1";
 pub const VERSION_CREATED: &str = "axle.market.version_created.v1";
 pub const VERSION_PUBLISHED: &str = "axle.market.version_published.v1";
 pub const VERSION_DEPRECATED: &str = "axle.market.version_deprecated.v1";

@@ -2,10 +2,10 @@
 //! plans with their limits, and applications' subscriptions, which become gateway
 //! configuration when approved.
 //!
-//! Built so far: the [`domain`] rules (pure, no I/O), and the [`store`] of products and their
-//! versions with the [`events`] of their changes. The API, plans and subscriptions in the
-//! store, the gateway configuration it writes, metering and the portal pages come next
-//! (issue M1).
+//! Built so far: the [`domain`] rules (pure, no I/O), and the [`store`] of products, their
+//! versions and plans with the [`events`] of their changes. The API, applications and
+//! subscriptions in the store, the gateway configuration it writes, metering and the portal
+//! pages come next (issue M1).
 
 pub mod domain;
 pub mod events;

@@ -1,4 +1,4 @@
-//! Persistence of products and their versions (one SQL dialect for SQLite and PostgreSQL, see
+//! Persistence of products, their versions and their plans (one SQL dialect for SQLite and PostgreSQL, see
 //! `axle_core::db`).
 //!
 //! A row holds its whole record as JSON (`doc`) beside the columns queries use; a version's
@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::domain::plan::ProductPlan;
 use crate::domain::product::Product;
 use crate::domain::version::ApiVersion;
 
@@ -25,6 +26,8 @@ pub enum StoreError {
     SlugExists(String),
     #[error("the product already has a version {0}")]
     NumberExists(String),
+    #[error("the product already has a plan named {0:?}")]
+    PlanExists(String),
     #[error("the version changed concurrently")]
     Conflict,
     #[error("stored record {0} is unreadable: {1}")]
@@ -73,8 +76,7 @@ impl MarketStore {
         product: &Record<Product>,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO products (id, slug, doc, version, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -83,18 +85,15 @@ impl MarketStore {
         .bind(doc(product))
         .bind(product.version)
         .bind(to_text(product.created_at))
-        .bind(to_text(product.updated_at))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if violates(&e, "products_slug_key") || violates(&e, "products.slug") => {
-                return Err(StoreError::SlugExists(product.item.slug.clone()));
-            }
-            other => other?,
-        };
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(to_text(product.updated_at));
+        let exists = StoreError::SlugExists(product.item.slug.clone());
+        self.insert(
+            insert,
+            ["products_slug_key", "products.slug"],
+            exists,
+            event,
+        )
+        .await
     }
 
     pub async fn product(&self, id: Uuid) -> Result<Option<Record<Product>>, StoreError> {
@@ -126,8 +125,7 @@ impl MarketStore {
         document: &Value,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO api_versions (id, product_id, number, status, doc, document, version, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -139,21 +137,13 @@ impl MarketStore {
         .bind(document.to_string())
         .bind(version.version)
         .bind(to_text(version.created_at))
-        .bind(to_text(version.updated_at))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e)
-                if violates(&e, "api_versions_number_key")
-                    || violates(&e, "api_versions.product_id, api_versions.number") =>
-            {
-                return Err(StoreError::NumberExists(version.item.number.clone()));
-            }
-            other => other?,
-        };
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(to_text(version.updated_at));
+        let exists = StoreError::NumberExists(version.item.number.clone());
+        let unique = [
+            "api_versions_number_key",
+            "api_versions.product_id, api_versions.number",
+        ];
+        self.insert(insert, unique, exists, event).await
     }
 
     pub async fn api_version(&self, id: Uuid) -> Result<Option<Record<ApiVersion>>, StoreError> {
@@ -212,6 +202,56 @@ impl MarketStore {
         if updated.rows_affected() != 1 {
             return Err(StoreError::Conflict);
         }
+        Outbox::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts a new plan and its event in one transaction.
+    pub async fn create_plan(
+        &self,
+        plan: &Record<ProductPlan>,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let insert = sqlx::query(
+            "INSERT INTO plans (id, product_id, name, doc, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(plan.id.to_string())
+        .bind(plan.item.product_id.to_string())
+        .bind(&plan.item.plan.name)
+        .bind(doc(plan))
+        .bind(plan.version)
+        .bind(to_text(plan.created_at))
+        .bind(to_text(plan.updated_at));
+        let exists = StoreError::PlanExists(plan.item.plan.name.clone());
+        let unique = ["plans_name_key", "plans.product_id, plans.name"];
+        self.insert(insert, unique, exists, event).await
+    }
+
+    /// A product's plans, oldest first.
+    pub async fn plans_of(&self, product: Uuid) -> Result<Vec<Record<ProductPlan>>, StoreError> {
+        let rows = sqlx::query("SELECT id, doc FROM plans WHERE product_id = $1 ORDER BY id")
+            .bind(product.to_string())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(read).collect()
+    }
+
+    /// Runs `insert` and enqueues `event` in one transaction; `exists` when the insert breaks
+    /// the unique constraint `unique` (named as PostgreSQL, then as SQLite names it).
+    async fn insert<'q>(
+        &self,
+        insert: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        unique: [&str; 2],
+        exists: StoreError,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        match insert.execute(&mut *tx).await {
+            Err(e) if unique.iter().any(|name| violates(&e, name)) => return Err(exists),
+            other => other?,
+        };
         Outbox::enqueue(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())

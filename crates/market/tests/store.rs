@@ -1,10 +1,11 @@
-//! The store of products and versions on SQLite and, when `AXLE_TEST_POSTGRES_URL` (with the
+//! The store of products, versions and plans on SQLite and, when `AXLE_TEST_POSTGRES_URL` (with the
 //! other scaled-out servers) is named, PostgreSQL: records round-trip, names are unique, a
 //! version's change is saved once when two race, and every change leaves its event.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 use axle_core::testing::{Backends, TestPlatform};
+use axle_market::domain::plan::{Approval, Period, Plan, ProductPlan, Quota};
 use axle_market::domain::product::{Product, Visibility};
 use axle_market::domain::version::{ApiVersion, Command, Status};
 use axle_market::events;
@@ -39,7 +40,7 @@ async fn outbox_types(store_db: &axle_core::db::Db) -> Vec<String> {
         .collect()
 }
 
-async fn products_and_versions(backends: Backends) {
+async fn products_versions_and_plans(backends: Backends) {
     let platform = TestPlatform::start(backends).await;
     let db = platform
         .platform
@@ -126,25 +127,65 @@ async fn products_and_versions(backends: Backends) {
     assert!(stored.item.status.serves());
     assert_eq!(stored.version, 2);
 
+    let gold = Record::new(
+        ProductPlan {
+            product_id: vehicles.id,
+            plan: Plan {
+                name: "Gold".into(),
+                rate_per_second: Some(50),
+                quota: Some(Quota {
+                    count: 100_000,
+                    period: Period::Day,
+                }),
+                approval: Approval::Manual,
+                organisations: Some(vec!["org-dealer".into()]),
+            },
+        },
+        axle_core::id::new_id(),
+        now,
+    );
+    let event = events::changed(&gold, events::PLAN_CREATED, "alice").unwrap();
+    store.create_plan(&gold, &event).await.unwrap();
+    let twice = Record::new(gold.item.clone(), axle_core::id::new_id(), now);
+    let e = store.create_plan(&twice, &event).await.unwrap_err();
+    assert!(matches!(e, StoreError::PlanExists(_)), "{e}");
+    // The same name on another product is another plan.
+    let elsewhere = Record::new(
+        ProductPlan {
+            product_id: parts.id,
+            ..gold.item.clone()
+        },
+        axle_core::id::new_id(),
+        now,
+    );
+    let event = events::changed(&elsewhere, events::PLAN_CREATED, "alice").unwrap();
+    store.create_plan(&elsewhere, &event).await.unwrap();
+    assert_eq!(
+        store.plans_of(vehicles.id).await.unwrap(),
+        std::slice::from_ref(&gold)
+    );
+
     assert_eq!(
         outbox_types(&db).await,
         [
             events::PRODUCT_CREATED,
             events::PRODUCT_CREATED,
             events::VERSION_CREATED,
-            events::VERSION_PUBLISHED
+            events::VERSION_PUBLISHED,
+            events::PLAN_CREATED,
+            events::PLAN_CREATED,
         ]
     );
 }
 
 #[tokio::test]
-async fn products_and_versions_on_sqlite() {
-    products_and_versions(Backends::embedded()).await;
+async fn products_versions_and_plans_on_sqlite() {
+    products_versions_and_plans(Backends::embedded()).await;
 }
 
 #[tokio::test]
-async fn products_and_versions_on_postgres() {
+async fn products_versions_and_plans_on_postgres() {
     if let Some(backends) = Backends::scaled_out() {
-        products_and_versions(backends).await;
+        products_versions_and_plans(backends).await;
     }
 }

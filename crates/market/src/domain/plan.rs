@@ -150,6 +150,14 @@ impl Plan {
     }
 }
 
+/// A plan of a product, as stored and listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductPlan {
+    pub product_id: uuid::Uuid,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
