@@ -37,13 +37,14 @@ pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 20_000 + (std::process::id() % 40) * 300;
-    loop {
+    for _ in 0..300 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = u16::try_from(base + n % 300).unwrap();
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in 127.0.0.1:{base}..{}", base + 300);
 }
 
 /// Runs a command that must fail on its own, returning its output.
