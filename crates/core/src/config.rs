@@ -222,6 +222,7 @@ pub struct ServicesConfig {
     pub masterdata: MasterdataConfig,
     pub identity: IdentityConfig,
     pub web: WebConfig,
+    pub market: MarketConfig,
 }
 
 impl Default for ServicesConfig {
@@ -232,6 +233,7 @@ impl Default for ServicesConfig {
             masterdata: MasterdataConfig::default(),
             identity: IdentityConfig::default(),
             web: WebConfig::default(),
+            market: MarketConfig::default(),
         }
     }
 }
@@ -402,7 +404,67 @@ impl Default for WebConfig {
     }
 }
 
+/// `[services.market]`: the API market, which writes its products' routes and its
+/// applications' consumers through the gateway's Admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketConfig {
+    pub listen: SocketAddr,
+    /// The gateway's Admin API; unset: this process's (`services.gateway.admin_listen`). Its
+    /// key is the gateway's (`services.gateway.admin_key`).
+    pub gateway_admin_url: Option<String>,
+    /// The gateway's data plane as API consumers reach it, shown in the catalog; unset: the
+    /// site's origin.
+    pub gateway_url: Option<String>,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9205)),
+            gateway_admin_url: None,
+            gateway_url: None,
+        }
+    }
+}
+
+/// The environment variable that sets the gateway's Admin API key.
+pub const ADMIN_KEY_ENV: &str = "AXLE_ADMIN_KEY";
+
 impl Config {
+    /// The gateway's Admin API key (`X-API-KEY`): configured, else from [`ADMIN_KEY_ENV`], else
+    /// generated once and kept in `<data_dir>/gateway/admin_key` (printed when generated,
+    /// never logged) — so the gateway and the services that call it agree.
+    pub fn gateway_admin_key(&self) -> std::io::Result<SecretString> {
+        if let Some(key) = &self.services.gateway.admin_key {
+            return Ok(key.clone());
+        }
+        if let Ok(key) = std::env::var(ADMIN_KEY_ENV)
+            && !key.is_empty()
+        {
+            return Ok(SecretString::from(key));
+        }
+        let path = self.data_dir.join("gateway").join("admin_key");
+        let (key, made) =
+            crate::files::kept_secret(&path, || uuid::Uuid::new_v4().simple().to_string())?;
+        if made {
+            println!(
+                "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
+                 services.gateway.admin_key to choose one)",
+                path.display()
+            );
+        }
+        Ok(SecretString::from(key))
+    }
+
+    /// The gateway's Admin API as the market calls it.
+    pub fn gateway_admin_url(&self) -> String {
+        match &self.services.market.gateway_admin_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.services.gateway.admin_listen),
+        }
+    }
+
     /// The pages' session secret: configured, else kept in the data directory.
     pub fn web_session_secret(&self) -> std::io::Result<String> {
         if let Some(secret) = &self.services.web.session_secret {

@@ -23,14 +23,12 @@ pub mod warnings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axle_core::config::{ConfigProvider, GatewayRole};
 use axle_core::db::Migrations;
 use axle_core::platform::{Platform, Service, ServiceParts, StartError};
 use prometheus::Registry;
-use secrecy::SecretString;
 use serde_json::json;
 
 pub use proxy::{DataPlane, Listener};
@@ -41,9 +39,6 @@ use store::ConfigStore;
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub const NAME: &str = "gateway";
-
-/// The environment variable that sets the Admin API key.
-pub const ADMIN_KEY_ENV: &str = "AXLE_ADMIN_KEY";
 
 pub fn migrations() -> Migrations {
     Migrations {
@@ -162,7 +157,9 @@ pub async fn build(
     let (api, openapi) = if config.role == GatewayRole::DataPlane {
         (axum::Router::new(), admin::openapi::health_only())
     } else {
-        let key = admin_key(config.admin_key.clone(), &platform.config.data_dir)
+        let key = platform
+            .config
+            .gateway_admin_key()
             .map_err(|e| fail(format!("admin key: {e}")))?;
         let allow = config
             .allow_admin
@@ -338,31 +335,4 @@ fn pages_routes(
                    "plugins": plugins, "upstream": upstream}),
         ),
     ]
-}
-
-/// The Admin API key: configured, else from the environment, else generated once and kept in
-/// the data directory (printed when generated, never logged).
-fn admin_key(configured: Option<SecretString>, data_dir: &Path) -> std::io::Result<SecretString> {
-    if let Some(key) = configured {
-        return Ok(key);
-    }
-    if let Ok(key) = std::env::var(ADMIN_KEY_ENV)
-        && !key.is_empty()
-    {
-        return Ok(SecretString::from(key));
-    }
-    let path = data_dir.join(NAME).join("admin_key");
-    let (key, made) = axle_core::files::kept_secret(&path, || {
-        use rand::Rng;
-        let bytes: [u8; 16] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    })?;
-    if made {
-        println!(
-            "gateway: generated the Admin API key {key} (kept in {}; set {ADMIN_KEY_ENV} or \
-             services.gateway.admin_key to choose one)",
-            path.display()
-        );
-    }
-    Ok(SecretString::from(key))
 }

@@ -12,6 +12,23 @@ pub const VERSION_CREATED: &str = "axle.market.version_created.v1";
 pub const VERSION_PUBLISHED: &str = "axle.market.version_published.v1";
 pub const VERSION_DEPRECATED: &str = "axle.market.version_deprecated.v1";
 pub const VERSION_RETIRED: &str = "axle.market.version_retired.v1";
+pub const APPLICATION_CREATED: &str = "axle.market.application_created.v1";
+pub const KEY_CREATED: &str = "axle.market.key_created.v1";
+pub const KEY_ROTATED: &str = "axle.market.key_rotated.v1";
+pub const KEY_REVOKED: &str = "axle.market.key_revoked.v1";
+
+/// The event of a subscription reaching `status`: `axle.market.subscription_requested.v1`,
+/// `…_approved`, `…_rejected`, `…_suspended`, `…_revoked`.
+pub fn subscription(status: crate::domain::subscription::Status) -> &'static str {
+    use crate::domain::subscription::Status;
+    match status {
+        Status::Requested => "axle.market.subscription_requested.v1",
+        Status::Approved => "axle.market.subscription_approved.v1",
+        Status::Rejected => "axle.market.subscription_rejected.v1",
+        Status::Suspended => "axle.market.subscription_suspended.v1",
+        Status::Revoked => "axle.market.subscription_revoked.v1",
+    }
+}
 
 #[derive(Serialize)]
 struct Changed<'a, T> {

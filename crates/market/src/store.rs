@@ -1,5 +1,5 @@
-//! Persistence of products, their versions and their plans (one SQL dialect for SQLite and PostgreSQL, see
-//! `axle_core::db`).
+//! Persistence of products, their versions and plans, applications, their keys and their
+//! subscriptions (one SQL dialect for SQLite and PostgreSQL, see `axle_core::db`).
 //!
 //! A row holds its whole record as JSON (`doc`) beside the columns queries use; a version's
 //! OpenAPI document is kept in its own column, read only when asked for. Every change is saved
@@ -16,8 +16,10 @@ use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::domain::application::{ApiKey, Application};
 use crate::domain::plan::ProductPlan;
 use crate::domain::product::Product;
+use crate::domain::subscription::{Status as SubscriptionStatus, Subscription};
 use crate::domain::version::ApiVersion;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,9 @@ pub enum StoreError {
     NumberExists(String),
     #[error("the product already has a plan named {0:?}")]
     PlanExists(String),
-    #[error("the version changed concurrently")]
+    #[error("the application already has a subscription to this product")]
+    SubscriptionExists,
+    #[error("the record changed concurrently")]
     Conflict,
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, String),
@@ -89,7 +93,7 @@ impl MarketStore {
         let exists = StoreError::SlugExists(product.item.slug.clone());
         self.insert(
             insert,
-            ["products_slug_key", "products.slug"],
+            &["products_slug_key", "products.slug"],
             exists,
             event,
         )
@@ -97,11 +101,7 @@ impl MarketStore {
     }
 
     pub async fn product(&self, id: Uuid) -> Result<Option<Record<Product>>, StoreError> {
-        let row = sqlx::query("SELECT id, doc FROM products WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.map(|r| read(&r)).transpose()
+        self.get("products", id).await
     }
 
     /// Products in id order (creation order), after `after`, at most `limit`.
@@ -143,15 +143,11 @@ impl MarketStore {
             "api_versions_number_key",
             "api_versions.product_id, api_versions.number",
         ];
-        self.insert(insert, unique, exists, event).await
+        self.insert(insert, &unique, exists, event).await
     }
 
     pub async fn api_version(&self, id: Uuid) -> Result<Option<Record<ApiVersion>>, StoreError> {
-        let row = sqlx::query("SELECT id, doc FROM api_versions WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.map(|r| read(&r)).transpose()
+        self.get("api_versions", id).await
     }
 
     /// The OpenAPI document version `id` was published with.
@@ -170,12 +166,8 @@ impl MarketStore {
 
     /// A product's versions, oldest first.
     pub async fn versions_of(&self, product: Uuid) -> Result<Vec<Record<ApiVersion>>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, doc FROM api_versions WHERE product_id = $1 ORDER BY id")
-                .bind(product.to_string())
-                .fetch_all(self.db.pool())
-                .await?;
-        rows.iter().map(read).collect()
+        self.all_where("api_versions", "product_id", &product.to_string())
+            .await
     }
 
     /// Saves `version` (at its new record version) and its event if the stored version is
@@ -186,25 +178,9 @@ impl MarketStore {
         read_version: i64,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE api_versions SET status = $1, doc = $2, version = $3, updated_at = $4 \
-             WHERE id = $5 AND version = $6",
-        )
-        .bind(version.item.status.name())
-        .bind(doc(version))
-        .bind(version.version)
-        .bind(to_text(version.updated_at))
-        .bind(version.id.to_string())
-        .bind(read_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        let status = version.item.status.name();
+        self.save("api_versions", version, status, read_version, event)
+            .await
     }
 
     /// Inserts a new plan and its event in one transaction.
@@ -226,16 +202,259 @@ impl MarketStore {
         .bind(to_text(plan.updated_at));
         let exists = StoreError::PlanExists(plan.item.plan.name.clone());
         let unique = ["plans_name_key", "plans.product_id, plans.name"];
-        self.insert(insert, unique, exists, event).await
+        self.insert(insert, &unique, exists, event).await
+    }
+
+    pub async fn plan(&self, id: Uuid) -> Result<Option<Record<ProductPlan>>, StoreError> {
+        self.get("plans", id).await
     }
 
     /// A product's plans, oldest first.
     pub async fn plans_of(&self, product: Uuid) -> Result<Vec<Record<ProductPlan>>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc FROM plans WHERE product_id = $1 ORDER BY id")
-            .bind(product.to_string())
+        self.all_where("plans", "product_id", &product.to_string())
+            .await
+    }
+
+    /// Inserts a new application and its event in one transaction.
+    pub async fn create_application(
+        &self,
+        app: &Record<Application>,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let insert = sqlx::query(
+            "INSERT INTO applications (id, owner, doc, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(app.id.to_string())
+        .bind(&app.item.owner)
+        .bind(doc(app))
+        .bind(app.version)
+        .bind(to_text(app.created_at))
+        .bind(to_text(app.updated_at));
+        self.insert(insert, &[], StoreError::Conflict, event).await
+    }
+
+    pub async fn application(&self, id: Uuid) -> Result<Option<Record<Application>>, StoreError> {
+        self.get("applications", id).await
+    }
+
+    /// The applications `owner` (a subject) owns, oldest first.
+    pub async fn applications_of(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<Record<Application>>, StoreError> {
+        self.all_where("applications", "owner", owner).await
+    }
+
+    /// Every application, oldest first (the gateway's consumers).
+    pub async fn applications(&self) -> Result<Vec<Record<Application>>, StoreError> {
+        let rows = sqlx::query("SELECT id, doc FROM applications ORDER BY id")
             .fetch_all(self.db.pool())
             .await?;
         rows.iter().map(read).collect()
+    }
+
+    /// Inserts a new key (what is kept of it) and its event in one transaction.
+    pub async fn create_key(
+        &self,
+        key: &Record<ApiKey>,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let insert = sqlx::query(
+            "INSERT INTO api_keys (id, application_id, hash, expires_at, doc, version, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(key.id.to_string())
+        .bind(key.item.application_id.to_string())
+        .bind(&key.item.hash)
+        .bind(key.item.expires_at.map(to_text))
+        .bind(doc(key))
+        .bind(key.version)
+        .bind(to_text(key.created_at))
+        .bind(to_text(key.updated_at));
+        self.insert(insert, &[], StoreError::Conflict, event).await
+    }
+
+    pub async fn key(&self, id: Uuid) -> Result<Option<Record<ApiKey>>, StoreError> {
+        self.get("api_keys", id).await
+    }
+
+    /// An application's keys, oldest first, expired ones included.
+    pub async fn keys_of(&self, application: Uuid) -> Result<Vec<Record<ApiKey>>, StoreError> {
+        self.all_where("api_keys", "application_id", &application.to_string())
+            .await
+    }
+
+    /// Saves a key's new end (rotation, revocation) and its event, guarded as versions are.
+    pub async fn save_key(
+        &self,
+        key: &Record<ApiKey>,
+        read_version: i64,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE api_keys SET expires_at = $1, doc = $2, version = $3, updated_at = $4 \
+             WHERE id = $5 AND version = $6",
+        )
+        .bind(key.item.expires_at.map(to_text))
+        .bind(doc(key))
+        .bind(key.version)
+        .bind(to_text(key.updated_at))
+        .bind(key.id.to_string())
+        .bind(read_version)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        Outbox::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Keys that stopped working by `now` and that the gateway may still hold.
+    pub async fn lapsed_keys(&self, now: DateTime<Utc>) -> Result<Vec<Record<ApiKey>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, doc FROM api_keys WHERE removed = 0 AND expires_at IS NOT NULL \
+             AND expires_at <= $1 ORDER BY id",
+        )
+        .bind(to_text(now))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(read).collect()
+    }
+
+    /// Notes that the gateway no longer holds key `id`.
+    pub async fn key_removed(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET removed = 1 WHERE id = $1")
+            .bind(id.to_string())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts a new subscription and its event in one transaction;
+    /// `SubscriptionExists` when the application has a live one to the product.
+    pub async fn create_subscription(
+        &self,
+        sub: &Record<Subscription>,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let insert = sqlx::query(
+            "INSERT INTO subscriptions (id, application_id, product_id, plan_id, status, doc, \
+             version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(sub.id.to_string())
+        .bind(sub.item.application_id.to_string())
+        .bind(sub.item.product_id.to_string())
+        .bind(sub.item.plan_id.to_string())
+        .bind(sub.item.status.name())
+        .bind(doc(sub))
+        .bind(sub.version)
+        .bind(to_text(sub.created_at))
+        .bind(to_text(sub.updated_at));
+        let unique = [
+            "subscriptions_live_key",
+            "subscriptions.application_id, subscriptions.product_id",
+        ];
+        self.insert(insert, &unique, StoreError::SubscriptionExists, event)
+            .await
+    }
+
+    pub async fn subscription(&self, id: Uuid) -> Result<Option<Record<Subscription>>, StoreError> {
+        self.get("subscriptions", id).await
+    }
+
+    /// An application's subscriptions, oldest first.
+    pub async fn subscriptions_of(
+        &self,
+        application: Uuid,
+    ) -> Result<Vec<Record<Subscription>>, StoreError> {
+        self.all_where("subscriptions", "application_id", &application.to_string())
+            .await
+    }
+
+    /// Subscriptions in `status`, oldest first (the approvals queue: `requested`).
+    pub async fn subscriptions_in(
+        &self,
+        status: SubscriptionStatus,
+    ) -> Result<Vec<Record<Subscription>>, StoreError> {
+        self.all_where("subscriptions", "status", status.name())
+            .await
+    }
+
+    /// Saves a subscription's move and its event, guarded by the version it was read at, so
+    /// of two publishers deciding at once one wins and the other gets `Conflict`.
+    pub async fn save_subscription(
+        &self,
+        sub: &Record<Subscription>,
+        read_version: i64,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let status = sub.item.status.name();
+        self.save("subscriptions", sub, status, read_version, event)
+            .await
+    }
+
+    /// The record `id` of `table`.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        id: Uuid,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let row = sqlx::query(&format!("SELECT id, doc FROM {table} WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| read(&r)).transpose()
+    }
+
+    /// The records of `table` whose `column` is `value`, oldest first.
+    async fn all_where<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        let sql = format!("SELECT id, doc FROM {table} WHERE {column} = $1 ORDER BY id");
+        let rows = sqlx::query(&sql)
+            .bind(value)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(read).collect()
+    }
+
+    /// Saves `record` (its doc, status and new record version) and its event in one
+    /// transaction if `table`'s row is still at `read_version`; `Conflict` otherwise.
+    async fn save<T: Serialize>(
+        &self,
+        table: &str,
+        record: &Record<T>,
+        status: &str,
+        read_version: i64,
+        event: &CloudEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let sql = format!(
+            "UPDATE {table} SET status = $1, doc = $2, version = $3, updated_at = $4 \
+             WHERE id = $5 AND version = $6"
+        );
+        let updated = sqlx::query(&sql)
+            .bind(status)
+            .bind(doc(record))
+            .bind(record.version)
+            .bind(to_text(record.updated_at))
+            .bind(record.id.to_string())
+            .bind(read_version)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        Outbox::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Runs `insert` and enqueues `event` in one transaction; `exists` when the insert breaks
@@ -243,7 +462,7 @@ impl MarketStore {
     async fn insert<'q>(
         &self,
         insert: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-        unique: [&str; 2],
+        unique: &[&str],
         exists: StoreError,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {

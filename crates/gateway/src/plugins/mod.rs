@@ -27,6 +27,7 @@ mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
 mod traffic_split;
+mod workflow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
@@ -251,6 +252,13 @@ const REGISTRY: &[Registered] = &[
         name: "proxy-rewrite",
         build: proxy_rewrite::build,
         schema: schema_of::<proxy_rewrite::Config>,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "workflow",
+        build: workflow::build,
+        schema: schema_of::<workflow::Config>,
         authentication: None,
         metadata: None,
     },

@@ -543,3 +543,124 @@ async fn global_limits_count_across_routes_with_the_header_names_metadata_gives(
     }
     assert_eq!(statuses, [200, 200, 429], "one count for both routes");
 }
+
+#[tokio::test]
+async fn workflow_runs_the_first_matching_rules_action_as_apisixs_examples_do() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    let upstream = json!({"type": "roundrobin", "nodes": {up.to_string(): 1}});
+    // APISIX's "Return Response HTTP Status Code Conditionally".
+    gw.put(
+        "/apisix/admin/routes/workflow-route",
+        json!({"uri": "/anything/*", "plugins": {"workflow": {"rules": [
+                  {"case": [["uri", "==", "/anything/rejected"]], "actions": [["return", {"code": 403}]]}]}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.wait_for("/anything/anything", 200).await;
+    let (status, body, _) = get(&gw, "/anything/rejected", &[]).await;
+    assert_eq!(
+        (status, body),
+        (403, json!({"error_msg": "rejected by workflow"}))
+    );
+
+    // "Apply Rate Limiting Conditionally by URI and Query Parameter".
+    gw.put(
+        "/apisix/admin/routes/workflow-route",
+        json!({"uri": "/anything/*", "plugins": {"workflow": {"rules": [
+                  {"case": [["uri", "==", "/anything/rate-limit"], ["arg_env", "==", "v1"]],
+                   "actions": [["limit-count", {"count": 1, "time_window": 60, "rejected_code": 429}]]}]}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.wait_for("/anything/rejected", 200).await;
+    let statuses = |path: &'static str, n: usize, key: Option<&'static str>| {
+        let gw = &gw;
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let headers: Vec<(&str, &str)> = key.map(|k| ("apikey", k)).into_iter().collect();
+                seen.push(get(gw, path, &headers).await.0);
+            }
+            seen
+        }
+    };
+    assert_eq!(
+        statuses("/anything/rate-limit?env=v1", 2, None).await,
+        [200, 429]
+    );
+    assert_eq!(
+        statuses("/anything/anything?env=v1", 3, None).await,
+        [200, 200, 200]
+    );
+
+    // "Apply Rate Limiting Conditionally by Consumers": john 5, jane 3, everyone else 2.
+    for name in ["john", "jane", "jimmy"] {
+        gw.put("/apisix/admin/consumers", json!({ "username": name }))
+            .await;
+        gw.put(
+            &format!("/apisix/admin/consumers/{name}/credentials"),
+            json!({"id": format!("cred-{name}-key-auth"), "plugins": {"key-auth": {"key": format!("{name}-key")}}}),
+        )
+        .await;
+    }
+    let limit = |count: u64, key: &str, key_type: &str| {
+        json!(["limit-count", {"count": count, "key": key, "key_type": key_type,
+                                "rejected_code": 429, "time_window": 30, "policy": "local"}])
+    };
+    gw.put(
+        "/apisix/admin/routes/workflow-route",
+        json!({"uri": "/anything", "plugins": {"key-auth": {}, "workflow": {"rules": [
+                  {"actions": [limit(5, "consumer_john", "constant")], "case": [["consumer_name", "==", "john"]]},
+                  {"actions": [limit(3, "consumer_jane", "constant")], "case": [["consumer_name", "==", "jane"]]},
+                  {"actions": [limit(2, "$consumer_name", "var")]}]}},
+               "upstream": upstream}),
+    )
+    .await;
+    gw.wait_for("/anything", 401).await;
+    let tally = |seen: Vec<u16>| {
+        (
+            seen.iter().filter(|s| **s == 200).count(),
+            seen.iter().filter(|s| **s == 429).count(),
+        )
+    };
+    assert_eq!(
+        tally(statuses("/anything", 6, Some("john-key")).await),
+        (5, 1)
+    );
+    assert_eq!(
+        tally(statuses("/anything", 6, Some("jane-key")).await),
+        (3, 3)
+    );
+    assert_eq!(
+        tally(statuses("/anything", 3, Some("jimmy-key")).await),
+        (2, 1)
+    );
+
+    // Bad rules are refused naming what is wrong.
+    for (rules, says) in [
+        (
+            json!([{"actions": [["rewrite", {}]]}]),
+            "unsupported action: rewrite",
+        ),
+        (json!([{"actions": [["return", {"code": 99}]]}]), "code"),
+        (
+            json!([{"case": [["uri", "=~", "x"]], "actions": [["return", {"code": 403}]]}]),
+            "case",
+        ),
+        (
+            json!([{"actions": [["limit-count", {"count": 1, "time_window": 1, "group": "g"}]]}]),
+            "group",
+        ),
+        (json!([{"actions": []}]), "actions"),
+    ] {
+        let message = gw
+            .refused(
+                reqwest::Method::PUT,
+                "/apisix/admin/routes/bad",
+                json!({"uri": "/bad", "plugins": {"workflow": {"rules": rules}}, "upstream": upstream}),
+            )
+            .await;
+        assert!(message.contains(says), "{message}");
+    }
+}

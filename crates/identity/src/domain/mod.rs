@@ -23,6 +23,8 @@ pub enum Role {
     PlatformAdmin,
     /// Runs the platform: gateway, replays, consistency checks, dead letters.
     Operator,
+    /// Publishes API products in the market and approves subscriptions to them.
+    ApiPublisher,
     /// Runs auction sessions.
     Auctioneer,
     /// A dealer company's staff: bids, buys, pays.
@@ -38,9 +40,10 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::PlatformAdmin,
         Role::Operator,
+        Role::ApiPublisher,
         Role::Auctioneer,
         Role::Dealer,
         Role::Finance,
@@ -53,6 +56,7 @@ impl Role {
         match self {
             Role::PlatformAdmin => "platform-admin",
             Role::Operator => "operator",
+            Role::ApiPublisher => "api-publisher",
             Role::Auctioneer => "auctioneer",
             Role::Dealer => "dealer",
             Role::Finance => "finance",
@@ -67,6 +71,7 @@ impl Role {
         match self {
             Role::PlatformAdmin => "everything, including users, organisations and clients",
             Role::Operator => "runs the platform: gateway, replays, consistency checks",
+            Role::ApiPublisher => "publishes API products in the market, approves subscriptions",
             Role::Auctioneer => "runs auction sessions",
             Role::Dealer => "a dealer company's staff: bids, buys and pays",
             Role::Finance => "receivables, payments, reconciliation, rebate approval",

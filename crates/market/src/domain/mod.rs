@@ -4,11 +4,13 @@
 //! - [`version`]: a product's versions (semver), their lifecycle draft → published →
 //!   deprecated → retired, and the paths and headers the gateway serves them with;
 //! - [`document`]: the OpenAPI document a version is published with, checked on upload;
-//! - [`plan`]: what a subscription allows (a rate, a quota) and how it is approved;
+//! - [`plan`]: what a subscription allows (requests per period) and how it is approved;
+//! - [`application`]: applications (gateway consumers) and their API keys;
 //! - [`subscription`]: an application's subscription to a plan and its lifecycle.
 //!
 //! Every refusal is a [`DomainError`] with a stable code, which the API answers with.
 
+pub mod application;
 pub mod document;
 pub mod plan;
 pub mod product;

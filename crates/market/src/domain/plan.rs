@@ -1,8 +1,9 @@
 //! A product's plans: what a subscription allows, how it is approved, and who may choose it.
 //!
-//! A plan's limits become the gateway plugins of the subscribing application's consumer: a rate
-//! (requests per second) is `limit-req`, a quota (requests per minute, hour, day or month) is
-//! `limit-count`, both keyed by the consumer, so each application has its own.
+//! A plan's limit — at most `count` requests per second, minute, hour, day or month — becomes a
+//! `limit-count` keyed by the subscribing application's consumer, so each application has its
+//! own count; the product's routes pick each application's plan with `workflow` (one rule per
+//! plan, see [`crate::gateway`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -19,11 +20,13 @@ pub enum Approval {
     Manual,
 }
 
-/// The period of a quota. A month is 30 days: `limit-count` counts in fixed windows of
-/// seconds, starting with the window's first request.
+/// The period of a limit: per second is a rate, the longer ones are quotas. A month is 30
+/// days: `limit-count` counts in fixed windows of seconds, starting with the window's first
+/// request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
+    Second,
     Minute,
     Hour,
     Day,
@@ -33,6 +36,7 @@ pub enum Period {
 impl Period {
     pub fn seconds(self) -> u64 {
         match self {
+            Period::Second => 1,
             Period::Minute => 60,
             Period::Hour => 3_600,
             Period::Day => 86_400,
@@ -41,27 +45,25 @@ impl Period {
     }
 }
 
-/// Requests allowed per `period`.
+/// At most `count` requests per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quota {
+pub struct Limit {
     pub count: u64,
     pub period: Period,
 }
 
-/// A plan as its publisher writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
-    /// Requests per second, at most.
-    pub rate_per_second: Option<u32>,
-    pub quota: Option<Quota>,
+    /// None: as many requests as the API takes.
+    pub limit: Option<Limit>,
     pub approval: Approval,
-    /// The organisations whose applications may choose it; none: whoever sees the product.
+    /// When set, only these organisations' applications may choose the plan.
     pub organisations: Option<Vec<String>>,
 }
 
-/// Where the gateway keeps the counts: in the gateway process, or in Redis, shared by every
-/// gateway and kept across restarts (`limit-count`'s `redis_*` fields).
+/// Where the gateway counts: in each gateway process, or in Redis, shared by every gateway
+/// and kept across their restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Counting {
     Local,
@@ -74,13 +76,10 @@ pub enum Counting {
 }
 
 impl Plan {
-    /// The plan, checked: a name, limits above zero, a restriction naming organisations.
+    /// Checks the plan's fields; the name is trimmed.
     pub fn checked(self) -> Result<Plan, DomainError> {
-        if self.rate_per_second == Some(0) {
-            return Err(invalid("rate_per_second", "must be at least 1"));
-        }
-        if self.quota.is_some_and(|q| q.count == 0) {
-            return Err(invalid("quota.count", "must be at least 1"));
+        if self.limit.is_some_and(|l| l.count == 0) {
+            return Err(invalid("limit.count", "must be at least 1"));
         }
         if self.organisations.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid(
@@ -94,7 +93,7 @@ impl Plan {
         })
     }
 
-    /// Whether an application of `organisation` may subscribe.
+    /// Whether an application of `organisation` may subscribe to the plan.
     pub fn admits(&self, organisation: Option<&str>) -> Result<(), DomainError> {
         match (&self.organisations, organisation) {
             (None, _) => Ok(()),
@@ -103,54 +102,41 @@ impl Plan {
         }
     }
 
-    /// The gateway plugins that enforce the plan on a subscriber's consumer, by name, in
-    /// APISIX's configuration shapes.
-    pub fn gateway_plugins(&self, counting: &Counting) -> serde_json::Map<String, Value> {
-        let mut plugins = serde_json::Map::new();
-        if let Some(rate) = self.rate_per_second {
-            plugins.insert(
-                "limit-req".into(),
-                json!({
-                    "rate": rate,
-                    "burst": 0,
-                    "key_type": "var",
-                    "key": "consumer_name",
-                    "rejected_code": 429,
-                }),
-            );
-        }
-        if let Some(quota) = self.quota {
-            let mut count = json!({
-                "count": quota.count,
-                "time_window": quota.period.seconds(),
-                "key_type": "var",
-                "key": "consumer_name",
-                "rejected_code": 429,
-                "show_limit_quota_header": true,
-                "policy": "local",
-            });
-            if let Counting::Redis {
-                host,
-                port,
-                password,
-                database,
-            } = counting
-            {
-                count["policy"] = json!("redis");
-                count["redis_host"] = json!(host);
-                count["redis_port"] = json!(port);
-                count["redis_database"] = json!(database);
-                if let Some(password) = password {
-                    count["redis_password"] = json!(password);
-                }
+    /// The plan's limit as APISIX's `limit-count` configuration, counting per consumer, with
+    /// the quota headers; none for a plan without a limit.
+    pub fn limit_count(&self, counting: &Counting) -> Option<Value> {
+        let limit = self.limit?;
+        let mut count = json!({
+            "count": limit.count,
+            "time_window": limit.period.seconds(),
+            "key_type": "var",
+            "key": "consumer_name",
+            "rejected_code": 429,
+            "rejected_msg": format!("the plan {:?} allows {} requests per {}", self.name, limit.count,
+                                    serde_json::to_value(limit.period).ok()?.as_str()?),
+            "show_limit_quota_header": true,
+            "policy": "local",
+        });
+        if let Counting::Redis {
+            host,
+            port,
+            password,
+            database,
+        } = counting
+        {
+            count["policy"] = json!("redis");
+            count["redis_host"] = json!(host);
+            count["redis_port"] = json!(port);
+            count["redis_database"] = json!(database);
+            if let Some(password) = password {
+                count["redis_password"] = json!(password);
             }
-            plugins.insert("limit-count".into(), count);
         }
-        plugins
+        Some(count)
     }
 }
 
-/// A plan of a product, as stored and listed.
+/// A plan of a product, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductPlan {
     pub product_id: uuid::Uuid,
@@ -165,8 +151,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             name: "Gold".into(),
-            rate_per_second: Some(50),
-            quota: Some(Quota {
+            limit: Some(Limit {
                 count: 100_000,
                 period: Period::Day,
             }),
@@ -179,12 +164,15 @@ mod tests {
     fn limits_are_checked() {
         assert!(plan().checked().is_ok());
         let zero = Plan {
-            rate_per_second: Some(0),
+            limit: Some(Limit {
+                count: 0,
+                period: Period::Second,
+            }),
             ..plan()
         };
         assert_eq!(
             zero.checked().unwrap_err().to_string(),
-            "rate_per_second: must be at least 1"
+            "limit.count: must be at least 1"
         );
         let nobody = Plan {
             organisations: Some(vec![]),
@@ -207,27 +195,31 @@ mod tests {
     }
 
     #[test]
-    fn limits_become_apisix_plugins_per_consumer() {
-        let local = plan().gateway_plugins(&Counting::Local);
-        assert_eq!(local["limit-req"]["rate"], 50);
-        assert_eq!(local["limit-count"]["count"], 100_000);
-        assert_eq!(local["limit-count"]["time_window"], 86_400);
-        assert_eq!(local["limit-count"]["key"], "consumer_name");
-        assert_eq!(local["limit-count"]["policy"], "local");
-        let shared = plan().gateway_plugins(&Counting::Redis {
-            host: "127.0.0.1".into(),
-            port: 6379,
-            password: None,
-            database: 0,
-        });
-        assert_eq!(shared["limit-count"]["policy"], "redis");
-        assert_eq!(shared["limit-count"]["redis_host"], "127.0.0.1");
-        assert!(shared["limit-count"].get("redis_password").is_none());
+    fn a_limit_becomes_limit_count_per_consumer() {
+        let local = plan().limit_count(&Counting::Local).unwrap();
+        assert_eq!(local["count"], 100_000);
+        assert_eq!(local["time_window"], 86_400);
+        assert_eq!(local["key"], "consumer_name");
+        assert_eq!(local["policy"], "local");
+        assert_eq!(
+            local["rejected_msg"],
+            "the plan \"Gold\" allows 100000 requests per day"
+        );
+        let shared = plan()
+            .limit_count(&Counting::Redis {
+                host: "127.0.0.1".into(),
+                port: 6379,
+                password: None,
+                database: 0,
+            })
+            .unwrap();
+        assert_eq!(shared["policy"], "redis");
+        assert_eq!(shared["redis_host"], "127.0.0.1");
+        assert!(shared.get("redis_password").is_none());
         let unlimited = Plan {
-            rate_per_second: None,
-            quota: None,
+            limit: None,
             ..plan()
         };
-        assert!(unlimited.gateway_plugins(&Counting::Local).is_empty());
+        assert!(unlimited.limit_count(&Counting::Local).is_none());
     }
 }

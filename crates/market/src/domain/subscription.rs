@@ -4,8 +4,24 @@
 
 use serde::{Deserialize, Serialize};
 
+use uuid::Uuid;
+
 use super::plan::Approval;
 use super::{DomainError, text};
+
+/// An application's subscription to one of a product's plans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub application_id: Uuid,
+    pub product_id: Uuid,
+    pub plan_id: Uuid,
+    pub status: Status,
+    /// Why it was rejected, suspended or revoked.
+    pub reason: Option<String>,
+    pub requested_by: String,
+    /// Who moved it last (approved, rejected…); none while it waits.
+    pub decided_by: Option<String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -124,6 +124,50 @@ pub struct ApiVersion {
     pub openapi: String,
     pub title: String,
     pub operations: usize,
+    /// Where the gateway sends the version's requests.
+    pub backend: Backend,
+}
+
+/// The service behind a version: its base URL, `http` or `https`; a request to
+/// `/market/<product>/v<major>/pets/1` goes to `<url>/pets/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub url: String,
+}
+
+impl Backend {
+    /// Checks the URL: http or https, a host, no query or fragment; the path loses its trailing
+    /// `/`.
+    pub fn checked(self) -> Result<Backend, DomainError> {
+        let bad = |reason: &str| invalid("backend.url", format!("{reason}: {}", self.url));
+        let url = url::Url::parse(self.url.trim()).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("must be an http or https URL"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("names no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(bad("takes no query, fragment or credentials"));
+        }
+        let mut text = url.to_string();
+        while text.ends_with('/') {
+            text.pop();
+        }
+        Ok(Backend { url: text })
+    }
+
+    /// `(scheme, host:port, path)`: the path is empty or starts with `/`.
+    pub fn parts(&self) -> Option<(String, String, String)> {
+        let url = url::Url::parse(&self.url).ok()?;
+        let host = match url.host()? {
+            url::Host::Ipv6(ip) => format!("[{ip}]"),
+            host => host.to_string(),
+        };
+        let port = url.port_or_known_default()?;
+        let path = url.path().trim_end_matches('/').to_string();
+        Some((url.scheme().to_string(), format!("{host}:{port}"), path))
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +220,30 @@ mod tests {
             ("Sunset", "Mon, 01 Mar 2027 00:00:00 GMT".to_string())
         );
         assert!(Status::Draft.deprecation_headers().is_none());
+    }
+
+    #[test]
+    fn a_backend_is_an_http_url() {
+        let b = Backend {
+            url: "https://api.example.com/v2/".into(),
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(b.url, "https://api.example.com/v2");
+        assert_eq!(
+            b.parts().unwrap(),
+            ("https".into(), "api.example.com:443".into(), "/v2".into())
+        );
+        let plain = Backend {
+            url: "http://127.0.0.1:8080".into(),
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(plain.parts().unwrap().2, "");
+        for bad in ["ftp://x", "127.0.0.1:80", "http://x/?a=1", "http://u:p@x/"] {
+            let e = Backend { url: bad.into() }.checked().unwrap_err();
+            assert_eq!(e.code(), "MARKET_INVALID", "{bad}");
+        }
     }
 
     #[test]

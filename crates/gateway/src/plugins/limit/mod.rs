@@ -47,7 +47,11 @@ pub(super) enum Key {
 impl Key {
     pub(super) fn parse(key_type: KeyType, key: &str) -> Result<Key, String> {
         Ok(match key_type {
-            KeyType::Var => Key::Var(Var::parse(key).map_err(|e| format!("key: {e}"))?),
+            // APISIX's examples write the variable both ways: `consumer_name`, `$consumer_name`.
+            KeyType::Var => Key::Var(
+                Var::parse(key.strip_prefix('$').unwrap_or(key))
+                    .map_err(|e| format!("key: {e}"))?,
+            ),
             KeyType::VarCombination => Key::Combination(Template::parse(key)?),
             KeyType::Constant => Key::Constant(key.to_string()),
         })
