@@ -27,6 +27,7 @@ const SERVICES: &[&str] = &[
     axle_web::NAME,
     axle_vehicle::NAME,
     axle_masterdata::NAME,
+    axle_market::NAME,
     axle_gateway::NAME,
 ];
 
@@ -92,6 +93,7 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
         axle_web::NAME => axle_web::build(platform).await,
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
         axle_masterdata::NAME => axle_masterdata::build(platform).await,
+        axle_market::NAME => axle_market::build(platform).await,
         _ => unreachable!("select() only returns names from SERVICES; the gateway is built apart"),
     }
 }
@@ -111,6 +113,7 @@ fn listen_addr(config: &Config, name: &str) -> SocketAddr {
         axle_web::NAME => config.services.web.listen,
         axle_vehicle::NAME => config.services.vehicle.listen,
         axle_masterdata::NAME => config.services.masterdata.listen,
+        axle_market::NAME => config.services.market.listen,
         axle_gateway::NAME => config.services.gateway.admin_listen,
         _ => unreachable!("select() only returns names from SERVICES"),
     }

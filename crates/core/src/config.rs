@@ -413,9 +413,6 @@ pub struct MarketConfig {
     /// The gateway's Admin API; unset: this process's (`services.gateway.admin_listen`). Its
     /// key is the gateway's (`services.gateway.admin_key`).
     pub gateway_admin_url: Option<String>,
-    /// The gateway's data plane as API consumers reach it, shown in the catalog; unset: the
-    /// site's origin.
-    pub gateway_url: Option<String>,
 }
 
 impl Default for MarketConfig {
@@ -423,7 +420,6 @@ impl Default for MarketConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9205)),
             gateway_admin_url: None,
-            gateway_url: None,
         }
     }
 }

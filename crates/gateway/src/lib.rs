@@ -107,11 +107,17 @@ pub async fn build(
     let expiry = store.expire_lapsed(platform.shutdown.clone());
     let mut tasks = Vec::new();
     let mut exporter = None;
+    let mut applied = None;
     let data_plane = if config.role == GatewayRole::ControlPlane {
         None
     } else {
         let plugins = plugins::Factory::default();
         let runtime = Arc::new(runtime::Runtime::new(Arc::new(plugins.clone())));
+        // Writes wait for this data plane to serve them when it follows the same embedded
+        // store; etcd's revisions count every writer's keys, not only the gateway's.
+        if config.config_provider == ConfigProvider::Embedded {
+            applied = Some(runtime.applied());
+        }
         let defaults = if config.default_routes {
             let c = &platform.config;
             let discovery = c
@@ -174,6 +180,7 @@ pub async fn build(
             allow: Arc::new(allow),
             writing: Arc::default(),
             plugins: &plugins::Catalog,
+            applied,
         });
         (router, openapi)
     };

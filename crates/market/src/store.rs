@@ -41,7 +41,7 @@ pub enum StoreError {
 }
 
 /// A stored item with its id, the version of its record and its times.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record<T> {
     pub id: Uuid,
     pub version: i64,
@@ -372,6 +372,15 @@ impl MarketStore {
         application: Uuid,
     ) -> Result<Vec<Record<Subscription>>, StoreError> {
         self.all_where("subscriptions", "application_id", &application.to_string())
+            .await
+    }
+
+    /// A product's subscriptions, oldest first.
+    pub async fn subscriptions_to(
+        &self,
+        product: Uuid,
+    ) -> Result<Vec<Record<Subscription>>, StoreError> {
+        self.all_where("subscriptions", "product_id", &product.to_string())
             .await
     }
 

@@ -299,7 +299,7 @@ async fn applications_keys_and_subscriptions(backends: Backends) {
             .subscriptions_in(subscription::Status::Requested)
             .await
             .unwrap(),
-        [sub.clone()]
+        std::slice::from_ref(&sub)
     );
     let mut approved = sub.clone();
     approved.item.status = subscription::Status::Approved;

@@ -4,12 +4,15 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub fn axle(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_axle"));
     cmd.current_dir(dir);
     // Tests run in parallel: no service may take its default port.
     for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
+        "AXLE__SERVICES__MARKET__LISTEN",
         "AXLE__SERVICES__IDENTITY__LISTEN",
         "AXLE__SERVICES__WEB__LISTEN",
         "AXLE__SERVICES__GATEWAY__LISTEN",
@@ -213,4 +216,136 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+pub const ADMIN_KEY: &str = "identity-tests-admin-key";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// `axle serve` with a known Admin API key and administrator password, and a client for it.
+pub struct Axle {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+    /// The Admin API's port.
+    pub admin: u16,
+    /// The gateway's address.
+    pub site: String,
+    pub client: reqwest::Client,
+}
+
+pub async fn start() -> Axle {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, vehicle) = (free_port(), free_port());
+    let server = Server::serve(
+        dir.path(),
+        vehicle,
+        &[
+            (
+                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin}"),
+            ),
+            ("AXLE__SERVICES__GATEWAY__ADMIN_KEY", ADMIN_KEY.into()),
+            ("AXLE_ADMIN_PASSWORD", PASSWORD.into()),
+        ],
+    )
+    .await;
+    let site = format!("http://127.0.0.1:{}", server.gateway_port);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Axle {
+        server,
+        dir,
+        admin,
+        site,
+        client,
+    }
+}
+
+impl Axle {
+    pub async fn put_route(&self, id: &str, route: &Value) {
+        let r = self
+            .client
+            .put(format!(
+                "http://127.0.0.1:{}/apisix/admin/routes/{id}",
+                self.admin
+            ))
+            .header("x-api-key", ADMIN_KEY)
+            .json(route)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.site));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Waits until `path` answers `status` (a route just written reaches the data plane).
+    pub async fn until(&self, path: &str, token: Option<&str>, status: u16) -> reqwest::Response {
+        for _ in 0..100 {
+            let response = self.get(path, token).await;
+            if response.status() == status {
+                return response;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{path} never answered {status}");
+    }
+
+    /// A user's access token, signing in through the form as a browser would.
+    pub async fn sign_in(&self, username: &str, password: &str) -> String {
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let callback = format!("{}/auth/callback", self.site);
+        let authorize = format!(
+            "{}/api/identity/authorize?response_type=code&client_id=axle-web&scope=openid&state=s&redirect_uri={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+            self.site,
+            urlencode(&callback)
+        );
+        let action = format!("{}/api/identity/authorize", self.site);
+        let answer = axle_identity::testing::submit_sign_in(
+            &browser, &authorize, &action, username, password,
+        )
+        .await;
+        let location = answer.headers()["location"].to_str().unwrap().to_string();
+        let code = query_param(&location, "code").expect("a code");
+        let tokens: Value = self
+            .client
+            .post(format!("{}/api/identity/token", self.site))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &callback),
+                ("client_id", "axle-web"),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

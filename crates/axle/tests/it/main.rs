@@ -5,5 +5,6 @@
 mod gateway;
 mod helpers;
 mod identity;
+mod market;
 mod pages;
 mod serve;

@@ -37,7 +37,13 @@ pub struct AdminState {
     pub writing: Arc<tokio::sync::Mutex<()>>,
     /// The plugins' checks and schemas.
     pub plugins: &'static dyn resource::PluginCatalog,
+    /// The revision this process's data plane serves, when it follows the same embedded store:
+    /// a write is answered once it serves it (see [`served_before_answering`]).
+    pub applied: Option<tokio::sync::watch::Receiver<i64>>,
 }
+
+/// How long a write's answer waits for the data plane to serve it.
+const SERVED_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An Admin API failure, with APISIX's status and body.
 #[derive(Debug)]
@@ -119,9 +125,39 @@ pub fn router(state: AdminState) -> Router {
         .route("/axle/admin/history", get(history))
         .route("/axle/admin/diff", get(diff))
         .route("/axle/admin/rollback", post(rollback))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            served_before_answering,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::map_response(in_apisix_shape));
     guarded.with_state(state)
+}
+
+/// A successful write is answered once this process's data plane serves it (up to
+/// [`SERVED_WITHIN`]), so a client's next request through the gateway meets the change — what
+/// the API market's approvals and revocations rely on. On etcd, or with the data plane
+/// elsewhere (a control plane), the change reaches the data planes as the watch delivers it.
+async fn served_before_answering(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let response = next.run(request).await;
+    if let (false, true, Some(applied)) = (reads, response.status().is_success(), &state.applied)
+        && let Ok(revision) = state.store.revision().await
+    {
+        let mut applied = applied.clone();
+        let served = applied.wait_for(|served| *served >= revision);
+        if tokio::time::timeout(SERVED_WITHIN, served).await.is_err() {
+            tracing::warn!(
+                revision,
+                "an Admin API write is answered before the data plane serves it"
+            );
+        }
+    }
+    response
 }
 
 /// The framework's own refusals (a body over the limit, a query that does not parse) as APISIX

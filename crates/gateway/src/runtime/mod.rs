@@ -327,6 +327,8 @@ pub struct Runtime {
     plugins: Arc<dyn PluginFactory>,
     /// Upstream health, kept across snapshots.
     pub checks: Arc<HealthChecks>,
+    /// The revision of the snapshot serving, for whoever waits for a change to serve.
+    applied: tokio::sync::watch::Sender<i64>,
 }
 
 impl Runtime {
@@ -336,7 +338,13 @@ impl Runtime {
             current: ArcSwap::default(),
             plugins,
             checks: Arc::default(),
+            applied: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Follows the revision of the snapshot serving.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.applied.subscribe()
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -344,7 +352,9 @@ impl Runtime {
     }
 
     pub fn install(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision;
         self.current.store(Arc::new(snapshot));
+        self.applied.send_replace(revision);
     }
 
     /// Follows the store until `shutdown`, installing a new snapshot after each change.

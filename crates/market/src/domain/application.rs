@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{DomainError, invalid, text};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Application {
     pub name: String,
     pub description: String,
@@ -45,7 +45,7 @@ pub fn consumer_name(application: Uuid) -> String {
 pub const MAX_OVERLAP: Duration = Duration::days(7);
 
 /// An API key of an application, as kept (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub application_id: Uuid,
     /// The key's first characters, to tell keys apart on pages.

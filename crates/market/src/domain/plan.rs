@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{DomainError, invalid, text};
 
 /// How a subscription to the plan is approved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Approval {
     /// At once, when requested.
@@ -23,7 +23,7 @@ pub enum Approval {
 /// The period of a limit: per second is a rate, the longer ones are quotas. A month is 30
 /// days: `limit-count` counts in fixed windows of seconds, starting with the window's first
 /// request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Second,
@@ -46,13 +46,13 @@ impl Period {
 }
 
 /// At most `count` requests per `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limit {
     pub count: u64,
     pub period: Period,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     pub name: String,
     /// None: as many requests as the API takes.
@@ -137,7 +137,7 @@ impl Plan {
 }
 
 /// A plan of a product, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductPlan {
     pub product_id: uuid::Uuid,
     #[serde(flatten)]

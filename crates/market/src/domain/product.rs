@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{DomainError, invalid, slug, text};
 
 /// Who sees a product in the catalog and may subscribe to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Visibility {
     /// Anyone signed in, partners included.
@@ -40,7 +40,7 @@ impl Visibility {
 }
 
 /// A product as its publisher writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     /// The product's name in paths (`/market/<slug>/v1/...`) and the catalog's links.
     pub slug: String,

@@ -10,7 +10,7 @@ use super::plan::Approval;
 use super::{DomainError, text};
 
 /// An application's subscription to one of a product's plans.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub application_id: Uuid,
     pub product_id: Uuid,
@@ -23,7 +23,7 @@ pub struct Subscription {
     pub decided_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Requested,

@@ -24,7 +24,7 @@ pub fn base_path(product: &str, major: u64) -> String {
 }
 
 /// Where a version is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     /// Being prepared: not served, not in the catalog.
@@ -114,7 +114,7 @@ impl Status {
 
 /// A version of a product, as the catalog shows it: its number, where it is in its life, and
 /// what its OpenAPI document says of itself (the document is kept beside it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiVersion {
     pub product_id: uuid::Uuid,
     pub number: String,
@@ -130,7 +130,7 @@ pub struct ApiVersion {
 
 /// The service behind a version: its base URL, `http` or `https`; a request to
 /// `/market/<product>/v<major>/pets/1` goes to `<url>/pets/1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Backend {
     pub url: String,
 }
