@@ -12,6 +12,7 @@ pub const VERSION_CREATED: &str = "axle.market.version_created.v1";
 pub const VERSION_PUBLISHED: &str = "axle.market.version_published.v1";
 pub const VERSION_DEPRECATED: &str = "axle.market.version_deprecated.v1";
 pub const VERSION_RETIRED: &str = "axle.market.version_retired.v1";
+pub const VERSION_WEIGHTED: &str = "axle.market.version_weighted.v1";
 pub const APPLICATION_CREATED: &str = "axle.market.application_created.v1";
 pub const KEY_CREATED: &str = "axle.market.key_created.v1";
 pub const KEY_ROTATED: &str = "axle.market.key_rotated.v1";

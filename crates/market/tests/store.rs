@@ -87,6 +87,7 @@ async fn products_versions_and_plans(backends: Backends) {
             backend: Backend {
                 url: "http://127.0.0.1:8080".into(),
             },
+            weight: None,
         },
         axle_core::id::new_id(),
         now,

@@ -42,10 +42,20 @@ struct Market<'a> {
 impl Market<'_> {
     /// POSTs `body` to the market's API as `token`; (status, body).
     async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, token, path, body).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let r = self
             .axle
             .client
-            .post(format!("{}/api/market{path}", self.axle.site))
+            .request(method, format!("{}/api/market{path}", self.axle.site))
             .bearer_auth(token)
             .json(&body)
             .send()
@@ -469,5 +479,122 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
         .unwrap();
     assert_eq!(doc["info"]["title"], "Axle API market");
     tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(axle.server.terminate().status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_weight_of_five_thousand_requests_then_all_of_them() {
+    let axle = start().await;
+    let market = Market { axle: &axle };
+    let admin = axle.server.token(axle.dir.path());
+    let (stable_url, canary_url) = (backend("stable").await, backend("canary").await);
+    let pid = market
+        .made(
+            &admin,
+            "/products",
+            json!({"slug": "canary-data", "title": "Canary data", "owner_team": "platform"}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ids = Vec::new();
+    for (number, url, weight) in [
+        ("1.0.0", &stable_url, json!({})),
+        ("1.1.0", &canary_url, json!({"weight": 20})),
+    ] {
+        let v = market
+            .made(
+                &admin,
+                &format!("/products/{pid}/versions"),
+                json!({"number": number, "document": DOCUMENT, "backend": {"url": url}}),
+                201,
+            )
+            .await;
+        let vid = v["id"].as_str().unwrap().to_string();
+        market
+            .made(&admin, &format!("/versions/{vid}/publish"), weight, 200)
+            .await;
+        ids.push(vid);
+    }
+    // A canary on another path cannot share the route.
+    let elsewhere = market
+        .made(
+            &admin,
+            &format!("/products/{pid}/versions"),
+            json!({"number": "1.2.0", "document": DOCUMENT,
+                   "backend": {"url": stable_url.replace("/api", "/other")}}),
+            201,
+        )
+        .await;
+    let (status, refused) = market
+        .post(
+            &admin,
+            &format!("/versions/{}/publish", elsewhere["id"].as_str().unwrap()),
+            json!({"weight": 5}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("MARKET_INVALID")),
+        "{refused}"
+    );
+
+    let plan = market
+        .made(
+            &admin,
+            &format!("/products/{pid}/plans"),
+            json!({"name": "Internal", "approval": "auto"}),
+            201,
+        )
+        .await;
+    let aid = market
+        .made(&admin, "/applications", json!({"name": "Load"}), 201)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = market
+        .made(&admin, &format!("/applications/{aid}/keys"), json!({}), 201)
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    market
+        .made(
+            &admin,
+            &format!("/applications/{aid}/subscriptions"),
+            json!({"plan_id": plan["id"]}),
+            201,
+        )
+        .await;
+
+    let path = "/market/canary-data/v1/cars/1";
+    let (total, mut canary) = (5_000, 0);
+    for _ in 0..total {
+        let r = market.call(path, &key).await;
+        assert_eq!(r.status(), 200);
+        if r.json::<Value>().await.unwrap()["backend"] == "canary" {
+            canary += 1;
+        }
+    }
+    let share = f64::from(canary) / f64::from(total);
+    assert!((0.18..=0.22).contains(&share), "the canary took {share}");
+
+    // Promoted: without a weight, the newest version takes every request.
+    let (status, promoted) = market
+        .send(
+            reqwest::Method::PUT,
+            &admin,
+            &format!("/versions/{}/weight", ids[1]),
+            json!({"weight": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{promoted}");
+    for _ in 0..20 {
+        let body: Value = market.call(path, &key).await.json().await.unwrap();
+        assert_eq!(body["backend"], "canary");
+    }
     assert!(axle.server.terminate().status.success());
 }

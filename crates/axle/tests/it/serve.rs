@@ -382,14 +382,21 @@ async fn every_openapi_document_passes_the_validator() {
         )],
     )
     .await;
+    let through_gateway = |name| {
+        format!(
+            "http://127.0.0.1:{}/api/{name}/openapi.json",
+            server.gateway_port
+        )
+    };
+    let own = |port| format!("http://127.0.0.1:{port}/openapi.json");
     let services = [
-        ("vehicle", vehicle),
-        ("masterdata", server.masterdata_port),
-        ("identity", server.identity_port),
-        ("gateway", admin),
+        ("vehicle", own(vehicle)),
+        ("masterdata", own(server.masterdata_port)),
+        ("identity", own(server.identity_port)),
+        ("market", through_gateway("market")),
+        ("gateway", own(admin)),
     ];
-    for (name, port) in services {
-        let url = format!("http://127.0.0.1:{port}/openapi.json");
+    for (name, url) in services {
         let document: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
         assert!(
             document["paths"].as_object().is_some_and(|p| !p.is_empty()),

@@ -91,6 +91,7 @@ fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
         products::fetch_version,
         products::document,
         products::publish,
+        products::set_weight,
         products::deprecate,
         products::retire,
         products::create_plan,

@@ -7,7 +7,7 @@ use axle_core::http::{ApiError, ApiResult, Caller, ErrorBody, Json, Path, Query}
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/versions/{id}", get(fetch_version))
         .route("/versions/{id}/openapi", get(document))
         .route("/versions/{id}/publish", post(publish))
+        .route("/versions/{id}/weight", put(set_weight))
         .route("/versions/{id}/deprecate", post(deprecate))
         .route("/versions/{id}/retire", post(retire))
 }
@@ -215,6 +216,7 @@ pub async fn create_version(
             title: document.title,
             operations: document.operations.len(),
             backend: new.backend.checked()?,
+            weight: None,
         },
         axle_core::id::new_id(),
         axle_core::time::now(),
@@ -276,9 +278,19 @@ pub async fn document(
     Ok(Json(document))
 }
 
-/// Publish a draft: its routes go into the gateway. Refused when its backend cannot be
-/// reached. Emits `axle.market.version_published.v1`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Weight {
+    /// A canary's share of its major version's requests, 0 to 100 percent; none: the version
+    /// serves what the canaries leave (the newest such version does).
+    pub weight: Option<u8>,
+}
+
+/// Publish a draft: its routes go into the gateway — with a `weight`, as a canary taking that
+/// share of its major version's requests. Refused when its backend cannot be reached. Emits
+/// `axle.market.version_published.v1`.
 #[utoipa::path(post, path = "/versions/{id}/publish", tag = "versions", operation_id = "publish_version", params(("id" = Uuid, Path)),
+    request_body(content = Weight, description = "Optional"),
     responses((status = 200, body = Record<ApiVersion>), (status = 404, body = ErrorBody),
         (status = 409, description = "MARKET_ILLEGAL_TRANSITION, MARKET_CONCURRENT_UPDATE", body = ErrorBody),
         (status = 422, description = "MARKET_BACKEND_UNREACHABLE", body = ErrorBody)))]
@@ -286,10 +298,13 @@ pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Record<ApiVersion>>> {
     caller.require(PUBLISHERS)?;
-    let version = readable_version(&state, &caller, id).await?;
+    let Weight { weight } = optional_body(&body)?;
+    let mut version = readable_version(&state, &caller, id).await?;
     reachable(&version.item.backend).await?;
+    version.item.weight = canary_weight(&state, &version, weight).await?;
     move_version(
         &state,
         &caller,
@@ -298,6 +313,84 @@ pub async fn publish(
         events::VERSION_PUBLISHED,
     )
     .await
+}
+
+/// Set or clear a serving version's canary weight. Emits `axle.market.version_weighted.v1`.
+#[utoipa::path(put, path = "/versions/{id}/weight", tag = "versions", operation_id = "weigh_version",
+    params(("id" = Uuid, Path)), request_body = Weight,
+    responses((status = 200, body = Record<ApiVersion>), (status = 404, body = ErrorBody),
+        (status = 409, description = "MARKET_ILLEGAL_TRANSITION (not serving), MARKET_CONCURRENT_UPDATE", body = ErrorBody),
+        (status = 422, description = "MARKET_INVALID", body = ErrorBody)))]
+pub async fn set_weight(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(Weight { weight }): Json<Weight>,
+) -> ApiResult<Json<Record<ApiVersion>>> {
+    caller.require(PUBLISHERS)?;
+    let version = readable_version(&state, &caller, id).await?;
+    if !version.item.status.serves() {
+        return Err(crate::domain::DomainError::IllegalTransition {
+            noun: "version",
+            from: version.item.status.name(),
+            action: "weigh",
+        }
+        .into());
+    }
+    let now = axle_core::time::now();
+    let mut weighed = version.clone();
+    weighed.item.weight = canary_weight(&state, &version, weight).await?;
+    weighed.version += 1;
+    weighed.updated_at = now;
+    let event = events::changed(&weighed, events::VERSION_WEIGHTED, &caller.name)
+        .map_err(ApiError::internal)?;
+    state
+        .store
+        .save_version(&weighed, version.version, &event)
+        .await?;
+    state.changed().await;
+    Ok(Json(weighed))
+}
+
+/// Checks `weight` for `version`: a canary shares its major's route, so its backend's path
+/// must be that of the major's other serving versions.
+async fn canary_weight(
+    state: &AppState,
+    version: &Record<ApiVersion>,
+    weight: Option<u8>,
+) -> ApiResult<Option<u8>> {
+    let weight = version::weight(weight)?;
+    if weight.is_none() {
+        return Ok(None);
+    }
+    let major = |v: &ApiVersion| version::number(&v.number).ok().map(|n| n.major);
+    let path = |v: &ApiVersion| v.backend.parts().map(|(_, _, path)| path);
+    for other in state.store.versions_of(version.item.product_id).await? {
+        if other.id != version.id
+            && other.item.status.serves()
+            && major(&other.item) == major(&version.item)
+            && path(&other.item) != path(&version.item)
+        {
+            return Err(ApiError::unprocessable(
+                "MARKET_INVALID",
+                format!(
+                    "weight: a canary's backend must have the path of the versions it shares \
+                     traffic with ({} has {})",
+                    other.item.number, other.item.backend.url
+                ),
+            ));
+        }
+    }
+    Ok(weight)
+}
+
+/// An optional JSON body: empty reads as the default.
+pub(super) fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("the body: {e}")))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

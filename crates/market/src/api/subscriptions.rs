@@ -64,13 +64,9 @@ pub async fn decide(
     Path((id, decision)): Path<(Uuid, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Record<Subscription>>> {
-    // The body is optional: approving and resuming need none.
-    let decision_body: Decision = match body.is_empty() {
-        true => Decision::default(),
-        false => serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("BAD_REQUEST", format!("the body: {e}")))?,
-    };
-    let reason = decision_body.reason.unwrap_or_default();
+    // Approving and resuming need no body.
+    let Decision { reason } = super::products::optional_body(&body)?;
+    let reason = reason.unwrap_or_default();
     let command = match decision.as_str() {
         "approve" => Command::Approve,
         "reject" => Command::Reject { reason },

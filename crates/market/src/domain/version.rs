@@ -126,6 +126,18 @@ pub struct ApiVersion {
     pub operations: usize,
     /// Where the gateway sends the version's requests.
     pub backend: Backend,
+    /// A canary's share of its major version's requests, in percent; none for a version that
+    /// takes what the canaries leave (see [`crate::gateway::config`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+}
+
+/// Checks a canary's weight: 0 to 100 percent.
+pub fn weight(weight: Option<u8>) -> Result<Option<u8>, DomainError> {
+    match weight {
+        Some(w) if w > 100 => Err(invalid("weight", "must be 0 to 100 (percent)")),
+        w => Ok(w),
+    }
 }
 
 /// The service behind a version: its base URL, `http` or `https`; a request to

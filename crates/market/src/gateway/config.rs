@@ -3,7 +3,9 @@
 //!
 //! The market owns its part of the gateway by name: routes `market-<product id>-v<major>`,
 //! consumers `market_<application id>` (see [`consumer_name`]). A product's major version is
-//! served by its newest published or deprecated version of that major:
+//! served by its newest published or deprecated version of that major without a `weight` —
+//! the primary — and by its versions with a weight (canaries), each taking that percentage of
+//! the requests (`traffic-split`), the primary the rest:
 //!
 //! - `key-auth` (the key in `apikey`, as header or query, kept from the backend);
 //! - `consumer-restriction`: only applications with an approved subscription pass (403);
@@ -58,10 +60,25 @@ pub fn routes(state: &ProductState<'_>, counting: &Counting) -> BTreeMap<String,
     let mut routes = BTreeMap::new();
     for (major, mut versions) in majors {
         versions.sort_by(|a, b| b.0.cmp(&a.0));
-        let serving = versions.iter().find(|(_, v)| v.item.status.serves());
+        let serving: Vec<&Record<ApiVersion>> = versions
+            .iter()
+            .map(|(_, v)| *v)
+            .filter(|v| v.item.status.serves())
+            .collect();
+        let primary = serving
+            .iter()
+            .find(|v| v.item.weight.is_none())
+            .or(serving.first());
         let id = route_id(state.product.id, major);
-        let route = match serving {
-            Some((_, v)) => served(state, v, major, counting),
+        let route = match primary {
+            Some(primary) => {
+                let canaries: Vec<_> = serving
+                    .iter()
+                    .filter(|v| v.id != primary.id && v.item.weight.is_some_and(|w| w > 0))
+                    .copied()
+                    .collect();
+                served(state, primary, &canaries, major, counting)
+            }
             None => retired(state, major),
         };
         routes.insert(id, route);
@@ -69,20 +86,22 @@ pub fn routes(state: &ProductState<'_>, counting: &Counting) -> BTreeMap<String,
     routes
 }
 
-/// The route of a major version served by `v`.
+/// The route of a major version served by `v`, and by `canaries` for their weights.
 fn served(
     state: &ProductState<'_>,
     v: &Record<ApiVersion>,
+    canaries: &[&Record<ApiVersion>],
     major: u64,
     counting: &Counting,
 ) -> Value {
     let product = &state.product.item;
     let base = version::base_path(&product.slug, major);
-    let (scheme, node, path) = v
+    let path = v
         .item
         .backend
         .parts()
-        .unwrap_or_else(|| ("http".into(), "127.0.0.1:1".into(), String::new()));
+        .map(|(_, _, path)| path)
+        .unwrap_or_default();
     // Which applications may call, and on which plan.
     let mut allowed = Vec::new();
     let mut on_plan: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
@@ -124,6 +143,18 @@ fn served(
     if !rules.is_empty() {
         plugins["workflow"] = json!({ "rules": rules });
     }
+    if !canaries.is_empty() {
+        let mut split: Vec<Value> = canaries
+            .iter()
+            .map(|c| json!({"upstream": upstream(c), "weight": c.item.weight.unwrap_or(0)}))
+            .collect();
+        let taken: u32 = canaries
+            .iter()
+            .map(|c| u32::from(c.item.weight.unwrap_or(0)))
+            .sum();
+        split.push(json!({"weight": 100u32.saturating_sub(taken)}));
+        plugins["traffic-split"] = json!({"rules": [{"weighted_upstreams": split}]});
+    }
     if let Some(headers) = v.item.status.deprecation_headers() {
         let set: serde_json::Map<String, Value> = headers
             .into_iter()
@@ -137,13 +168,18 @@ fn served(
         "labels": {"market": product.slug, "version": v.item.number},
         "uris": [base.clone(), format!("{base}/*")],
         "plugins": plugins,
-        "upstream": {
-            "type": "roundrobin",
-            "scheme": scheme,
-            "pass_host": "node",
-            "nodes": {node: 1},
-        },
+        "upstream": upstream(v),
     })
+}
+
+/// The upstream of a version's backend.
+fn upstream(v: &Record<ApiVersion>) -> Value {
+    let (scheme, node, _) = v
+        .item
+        .backend
+        .parts()
+        .unwrap_or_else(|| ("http".into(), "127.0.0.1:1".into(), String::new()));
+    json!({"type": "roundrobin", "scheme": scheme, "pass_host": "node", "nodes": {node: 1}})
 }
 
 /// The route of a major version whose versions are all retired: 410 for everyone.
@@ -202,6 +238,7 @@ mod tests {
             title: "Fleet".into(),
             operations: 1,
             backend: Backend { url: url.into() },
+            weight: None,
         })
     }
 
@@ -315,6 +352,32 @@ mod tests {
         assert_eq!(
             v2["plugins"]["fault-injection"]["abort"]["http_status"],
             410
+        );
+
+        assert!(v1["plugins"].get("traffic-split").is_none());
+
+        // A canary takes its weight of its major's requests; the primary the rest.
+        let mut canary = version(product.id, "1.2.0", published, "http://10.0.0.3:8080/api");
+        canary.item.weight = Some(10);
+        let with_canary = [versions.to_vec(), vec![canary]].concat();
+        let split = ProductState {
+            versions: &with_canary,
+            ..state.clone()
+        };
+        let routes = super::routes(&split, &Counting::Local);
+        let v1 = &routes[&route_id(product.id, 1)];
+        assert_eq!(
+            v1["upstream"]["nodes"],
+            json!({"10.0.0.2:8080": 1}),
+            "1.1.0 stays primary"
+        );
+        assert_eq!(
+            v1["plugins"]["traffic-split"]["rules"][0]["weighted_upstreams"],
+            json!([
+                {"upstream": {"type": "roundrobin", "scheme": "http", "pass_host": "node",
+                              "nodes": {"10.0.0.3:8080": 1}}, "weight": 10},
+                {"weight": 90}
+            ])
         );
 
         // Nobody subscribed: the route lets nobody through.
