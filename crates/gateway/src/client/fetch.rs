@@ -19,10 +19,12 @@ pub struct Call<'a> {
     pub url: &'a str,
     /// Whether an `https` server's certificate is verified (system roots, host name).
     pub verify: bool,
-    /// A form body (`application/x-www-form-urlencoded`), for POSTs.
-    pub form: Option<String>,
+    /// A body and its content type, for POSTs.
+    pub body: Option<(&'static str, String)>,
     /// An `Authorization` header.
     pub authorization: Option<String>,
+    /// More header fields.
+    pub headers: Vec<(&'static str, String)>,
     pub timeout: Duration,
     /// The largest body accepted.
     pub max_bytes: usize,
@@ -34,17 +36,22 @@ impl<'a> Call<'a> {
             method: Method::GET,
             url,
             verify,
-            form: None,
+            body: None,
             authorization: None,
+            headers: Vec::new(),
             timeout: Duration::from_secs(3),
             max_bytes: 1024 * 1024,
         }
     }
 
     pub fn post_form(url: &'a str, verify: bool, form: String) -> Self {
+        Self::post(url, verify, "application/x-www-form-urlencoded", form)
+    }
+
+    pub fn post(url: &'a str, verify: bool, content_type: &'static str, body: String) -> Self {
         Self {
             method: Method::POST,
-            form: Some(form),
+            body: Some((content_type, body)),
             ..Self::get(url, verify)
         }
     }
@@ -102,11 +109,14 @@ async fn exchange(pool: &Arc<Pool>, call: &Call<'_>) -> Result<(StatusCode, Byte
     if let Some(authorization) = &call.authorization {
         request = request.header(header::AUTHORIZATION, authorization);
     }
-    let request = match &call.form {
-        Some(form) => request
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::CONTENT_LENGTH, form.len())
-            .body(super::full(form.clone())),
+    for (name, value) in &call.headers {
+        request = request.header(*name, value);
+    }
+    let request = match &call.body {
+        Some((content_type, body)) => request
+            .header(header::CONTENT_TYPE, *content_type)
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(super::full(body.clone())),
         None => request.body(super::empty()),
     }
     .map_err(|e| e.to_string())?;

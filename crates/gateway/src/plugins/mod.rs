@@ -14,6 +14,7 @@ mod basic_auth;
 mod consumer_restriction;
 mod cors;
 mod fault_injection;
+mod http_logger;
 mod ip_restriction;
 mod jwks;
 mod jwt_auth;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub connections: limit::conn::Connections,
     /// `api-breaker`'s circuit breakers.
     pub breakers: api_breaker::Breakers,
+    /// `http-logger`'s batches waiting to be sent.
+    pub loggers: http_logger::Batches,
     /// `opentelemetry`'s span exporter.
     pub tracers: opentelemetry::Tracers,
     /// Fetched JWKS key sets (`jwt-auth`, `openid-connect`).
@@ -252,6 +255,13 @@ const REGISTRY: &[Registered] = &[
         name: "proxy-rewrite",
         build: proxy_rewrite::build,
         schema: schema_of::<proxy_rewrite::Config>,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "http-logger",
+        build: http_logger::build,
+        schema: schema_of::<http_logger::Config>,
         authentication: None,
         metadata: None,
     },

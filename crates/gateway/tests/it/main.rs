@@ -12,6 +12,7 @@ mod helpers;
 mod jwt_auth;
 mod layers;
 mod limits;
+mod loggers;
 mod opentelemetry;
 mod plugins;
 mod prometheus;
