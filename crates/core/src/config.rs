@@ -413,6 +413,10 @@ pub struct MarketConfig {
     /// The gateway's Admin API; unset: this process's (`services.gateway.admin_listen`). Its
     /// key is the gateway's (`services.gateway.admin_key`).
     pub gateway_admin_url: Option<String>,
+    /// Whether the gateway reports each request to the market (usage, latency, errors).
+    pub metering: bool,
+    /// Where the gateway reports them; unset: `http://<listen>/usage/ingest`.
+    pub usage_url: Option<String>,
 }
 
 impl Default for MarketConfig {
@@ -420,6 +424,8 @@ impl Default for MarketConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9205)),
             gateway_admin_url: None,
+            metering: true,
+            usage_url: None,
         }
     }
 }

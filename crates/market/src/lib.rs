@@ -48,12 +48,25 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
         .gateway_admin_key()
         .map_err(|e| fail(format!("the gateway's Admin API key: {e}")))?;
     let admin = gateway::admin::AdminApi::new(config.gateway_admin_url(), key);
-    let sync = gateway::GatewaySync::new(store.clone(), admin, counting(config));
+    let usage_token = usage_token(config).map_err(|e| fail(format!("the usage token: {e}")))?;
+    let market = &config.services.market;
+    let settings = gateway::config::Settings {
+        counting: counting(config),
+        metering: market.metering.then(|| gateway::config::Metering {
+            url: market
+                .usage_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}/usage/ingest", market.listen)),
+            token: usage_token.clone(),
+        }),
+    };
+    let sync = gateway::GatewaySync::new(store.clone(), admin, settings);
     let task = sync.spawn(platform.shutdown.clone());
     let api = api::router(api::AppState {
         store,
         outbox: outbox.clone(),
         gateway: sync,
+        usage_token: std::sync::Arc::from(usage_token),
     });
     let mut service = platform.assemble(ServiceParts {
         name: NAME,
@@ -65,6 +78,14 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
     })?;
     service.tasks.push(task);
     Ok(service)
+}
+
+/// The token the gateway reports usage with: kept in `<data_dir>/market/usage_token`, the same
+/// for every market node sharing the data directory's copy.
+fn usage_token(config: &Config) -> std::io::Result<String> {
+    let path = config.data_dir.join(NAME).join("usage_token");
+    axle_core::files::kept_secret(&path, || uuid::Uuid::new_v4().simple().to_string())
+        .map(|(token, _)| token)
 }
 
 /// Where plans' limits count: in Redis when the platform has one (shared by every gateway,

@@ -6,6 +6,8 @@
 //! with its event in one transaction; a change to a version is guarded by the version it was
 //! read at (optimistic concurrency), so two publishers racing get one outcome and a `Conflict`.
 
+use std::collections::BTreeMap;
+
 use axle_core::db::{Db, violates};
 use axle_core::events::{CloudEvent, Outbox};
 use axle_core::time::to_text;
@@ -20,6 +22,7 @@ use crate::domain::application::{ApiKey, Application};
 use crate::domain::plan::ProductPlan;
 use crate::domain::product::Product;
 use crate::domain::subscription::{Status as SubscriptionStatus, Subscription};
+use crate::domain::usage;
 use crate::domain::version::ApiVersion;
 
 #[derive(Debug, thiserror::Error)]
@@ -406,7 +409,74 @@ impl MarketStore {
             .await
     }
 
-    /// The record `id` of `table`.
+    /// Adds counted usage to what is stored, in one transaction.
+    pub async fn add_usage(
+        &self,
+        counted: &BTreeMap<usage::Key, usage::Counts>,
+    ) -> Result<(), StoreError> {
+        let buckets: String = (0..usage::BUCKETS).map(|i| format!(", l{i}")).collect();
+        let values: String = (0..usage::BUCKETS)
+            .map(|i| format!(", ${}", 9 + i))
+            .collect();
+        let sums: String = (0..usage::BUCKETS)
+            .map(|i| format!(", l{i} = usage_minutes.l{i} + excluded.l{i}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO usage_minutes (minute, application_id, product_id, status, requests, \
+             bytes, latency_ms, dropped{buckets}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8{values}) \
+             ON CONFLICT (minute, application_id, product_id, status) DO UPDATE SET \
+             requests = usage_minutes.requests + excluded.requests, \
+             bytes = usage_minutes.bytes + excluded.bytes, \
+             latency_ms = usage_minutes.latency_ms + excluded.latency_ms, \
+             dropped = usage_minutes.dropped + excluded.dropped{sums}"
+        );
+        let mut tx = self.db.begin().await?;
+        for (key, counts) in counted {
+            let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let mut query = sqlx::query(&sql)
+                .bind(to_text(key.minute))
+                .bind(key.application.map(|a| a.to_string()).unwrap_or_default())
+                .bind(key.product.to_string())
+                .bind(i64::from(key.status))
+                .bind(number(counts.requests))
+                .bind(number(counts.bytes))
+                .bind(number(counts.latency_ms))
+                .bind(number(counts.dropped));
+            for n in counts.latency {
+                query = query.bind(number(n));
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The usage rows of an application (or, with `by_product`, of a product) since `from`.
+    pub async fn usage(
+        &self,
+        id: Uuid,
+        by_product: bool,
+        from: DateTime<Utc>,
+    ) -> Result<Vec<(usage::Key, usage::Counts)>, StoreError> {
+        let column = if by_product {
+            "product_id"
+        } else {
+            "application_id"
+        };
+        let buckets: String = (0..usage::BUCKETS).map(|i| format!(", l{i}")).collect();
+        let sql = format!(
+            "SELECT minute, application_id, product_id, status, requests, bytes, latency_ms, \
+             dropped{buckets} FROM usage_minutes WHERE {column} = $1 AND minute >= $2 \
+             ORDER BY minute"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(to_text(from))
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(usage_row).collect()
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         table: &str,
@@ -484,6 +554,39 @@ impl MarketStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+fn usage_row(row: &sqlx::any::AnyRow) -> Result<(usage::Key, usage::Counts), StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt("usage_minutes".into(), e);
+    let minute: String = row.try_get("minute")?;
+    let application: String = row.try_get("application_id")?;
+    let product: String = row.try_get("product_id")?;
+    let number = |name: &str| -> Result<u64, StoreError> {
+        let n: i64 = row.try_get(name)?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    };
+    let mut latency = [0; usage::BUCKETS];
+    for (i, n) in latency.iter_mut().enumerate() {
+        *n = number(&format!("l{i}"))?;
+    }
+    let key = usage::Key {
+        minute: axle_core::time::from_text(&minute)
+            .ok_or_else(|| corrupt(format!("minute {minute:?}")))?,
+        application: match application.as_str() {
+            "" => None,
+            id => Some(Uuid::parse_str(id).map_err(|e| corrupt(e.to_string()))?),
+        },
+        product: Uuid::parse_str(&product).map_err(|e| corrupt(e.to_string()))?,
+        status: u8::try_from(number("status")?).unwrap_or_default(),
+    };
+    let counts = usage::Counts {
+        requests: number("requests")?,
+        bytes: number("bytes")?,
+        latency_ms: number("latency_ms")?,
+        dropped: number("dropped")?,
+        latency,
+    };
+    Ok((key, counts))
 }
 
 fn doc<T: Serialize>(record: &Record<T>) -> String {

@@ -467,6 +467,34 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
         (409, Some("MARKET_VERSION_RETIRED"))
     );
 
+    // Usage, as the gateway reported it: every request of each application, counted exactly
+    // (the retired route is not metered).
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = market.get(&dealer, &format!("/applications/{aid}/usage")).await;
+        if usage["requests"] == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(usage["requests"], 12, "{usage}");
+    assert_eq!(
+        usage["statuses"],
+        json!({"2xx": 10, "4xx": 2}),
+        "403 before subscribing, 429 over the quota"
+    );
+    assert_eq!(usage["errors"], 2);
+    assert!(usage["p99_ms"].as_u64().is_some());
+    assert_eq!(usage["products"][&pid]["requests"], 12);
+    let product_usage = market.get(&publisher, &format!("/products/{pid}/usage")).await;
+    assert_eq!(product_usage["applications"][&aid]["requests"], 12);
+    assert_eq!(product_usage["applications"][&oid]["requests"], 3);
+    assert_eq!(
+        product_usage["applications"]["anonymous"]["requests"], 2,
+        "no key, then the revoked key: {product_usage}"
+    );
+    assert_eq!(product_usage["dropped"], 0);
+
     // The market's OpenAPI document is served through the gateway.
     let doc: Value = axle
         .client

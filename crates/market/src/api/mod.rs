@@ -6,6 +6,7 @@
 mod applications;
 mod products;
 mod subscriptions;
+mod usage;
 
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: MarketStore,
     pub outbox: Outbox,
     pub gateway: GatewaySync,
+    /// What the gateway reports usage with (`Authorization: Bearer …`).
+    pub usage_token: std::sync::Arc<str>,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(products::router())
         .merge(applications::router())
         .merge(subscriptions::router())
+        .merge(usage::router())
         .with_state(state)
 }
 
@@ -106,6 +110,9 @@ fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
         applications::list_subscriptions,
         subscriptions::queue,
         subscriptions::decide,
+        usage::ingest,
+        usage::of_application,
+        usage::of_product,
     ),
     components(schemas(axle_core::http::ErrorBody))
 )]

@@ -6,7 +6,8 @@
 //! - [`document`]: the OpenAPI document a version is published with, checked on upload;
 //! - [`plan`]: what a subscription allows (requests per period) and how it is approved;
 //! - [`application`]: applications (gateway consumers) and their API keys;
-//! - [`subscription`]: an application's subscription to a plan and its lifecycle.
+//! - [`subscription`]: an application's subscription to a plan and its lifecycle;
+//! - [`usage`]: what the gateway reports of each request, counted and summed up.
 //!
 //! Every refusal is a [`DomainError`] with a stable code, which the API answers with.
 
@@ -15,6 +16,7 @@ pub mod document;
 pub mod plan;
 pub mod product;
 pub mod subscription;
+pub mod usage;
 pub mod version;
 
 /// Why the market refuses a change.

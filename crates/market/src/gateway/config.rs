@@ -13,6 +13,7 @@
 //!   with the quota headers); rules stay in the plans' order, so each keeps its counters;
 //! - `proxy-rewrite`: `/market/<product>/v<major>/rest` → the backend's path + `/rest`;
 //! - deprecated: `response-rewrite` adds `Deprecation` and `Sunset`;
+//! - metered: `http-logger` reports each request to the market's usage endpoint;
 //! - a major with only retired versions answers 410 to everyone (`fault-injection`).
 
 use std::collections::BTreeMap;
@@ -26,6 +27,21 @@ use crate::domain::product::Product;
 use crate::domain::subscription::Subscription;
 use crate::domain::version::{self, ApiVersion, Status};
 use crate::store::Record;
+
+/// How the market's routes count and report.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub counting: Counting,
+    /// Where the gateway reports each request (`http-logger`); none: not metered.
+    pub metering: Option<Metering>,
+}
+
+/// The market's usage endpoint, and the token the gateway sends it.
+#[derive(Debug, Clone)]
+pub struct Metering {
+    pub url: String,
+    pub token: String,
+}
 
 /// A name no application's consumer has, for a route nobody may call yet (APISIX's
 /// `whitelist` takes at least one name).
@@ -47,7 +63,7 @@ pub fn route_id(product: Uuid, major: u64) -> String {
 }
 
 /// The product's routes by id.
-pub fn routes(state: &ProductState<'_>, counting: &Counting) -> BTreeMap<String, Value> {
+pub fn routes(state: &ProductState<'_>, settings: &Settings) -> BTreeMap<String, Value> {
     let mut majors: BTreeMap<u64, Vec<(semver::Version, &Record<ApiVersion>)>> = BTreeMap::new();
     for v in state.versions {
         if v.item.status == Status::Draft {
@@ -77,7 +93,7 @@ pub fn routes(state: &ProductState<'_>, counting: &Counting) -> BTreeMap<String,
                     .filter(|v| v.id != primary.id && v.item.weight.is_some_and(|w| w > 0))
                     .copied()
                     .collect();
-                served(state, primary, &canaries, major, counting)
+                served(state, primary, &canaries, major, settings)
             }
             None => retired(state, major),
         };
@@ -92,7 +108,7 @@ fn served(
     v: &Record<ApiVersion>,
     canaries: &[&Record<ApiVersion>],
     major: u64,
-    counting: &Counting,
+    settings: &Settings,
 ) -> Value {
     let product = &state.product.item;
     let base = version::base_path(&product.slug, major);
@@ -123,7 +139,7 @@ fn served(
         .plans
         .iter()
         .filter_map(|plan| {
-            let limit = plan.item.plan.limit_count(counting)?;
+            let limit = plan.item.plan.limit_count(&settings.counting)?;
             let consumers = on_plan.get(&plan.id).cloned().unwrap_or_default();
             Some(json!({
                 "case": [["consumer_name", "in", consumers]],
@@ -142,6 +158,19 @@ fn served(
     });
     if !rules.is_empty() {
         plugins["workflow"] = json!({ "rules": rules });
+    }
+    if let Some(metering) = &settings.metering {
+        plugins["http-logger"] = json!({
+            "uri": metering.url,
+            "auth_header": format!("Bearer {}", metering.token),
+            "name": "API market usage",
+            "batch_max_size": 1000,
+            "inactive_timeout": 1,
+            // Rides out a market restart: the batch waits (and new entries with it, up to
+            // the bound) rather than being dropped.
+            "max_retry_count": 120,
+            "retry_delay": 1,
+        });
     }
     if !canaries.is_empty() {
         let mut split: Vec<Value> = canaries
@@ -319,7 +348,14 @@ mod tests {
             plans: &plans,
             subscriptions: &subscriptions,
         };
-        let routes = routes(&state, &Counting::Local);
+        let settings = Settings {
+            counting: Counting::Local,
+            metering: Some(Metering {
+                url: "http://127.0.0.1:9205/usage/ingest".into(),
+                token: "t".into(),
+            }),
+        };
+        let routes = routes(&state, &settings);
         assert_eq!(routes.len(), 2);
         let v1 = &routes[&route_id(product.id, 1)];
         assert_eq!(
@@ -353,7 +389,11 @@ mod tests {
             v2["plugins"]["fault-injection"]["abort"]["http_status"],
             410
         );
-
+        assert!(
+            v2["plugins"].get("http-logger").is_none(),
+            "a retired major is not metered"
+        );
+        assert_eq!(v1["plugins"]["http-logger"]["auth_header"], "Bearer t");
         assert!(v1["plugins"].get("traffic-split").is_none());
 
         // A canary takes its weight of its major's requests; the primary the rest.
@@ -364,7 +404,7 @@ mod tests {
             versions: &with_canary,
             ..state.clone()
         };
-        let routes = super::routes(&split, &Counting::Local);
+        let routes = super::routes(&split, &settings);
         let v1 = &routes[&route_id(product.id, 1)];
         assert_eq!(
             v1["upstream"]["nodes"],
@@ -385,7 +425,7 @@ mod tests {
             subscriptions: &[],
             ..state
         };
-        let routes = super::routes(&none, &Counting::Local);
+        let routes = super::routes(&none, &settings);
         let v1 = &routes[&route_id(product.id, 1)];
         assert_eq!(
             v1["plugins"]["consumer-restriction"]["whitelist"],

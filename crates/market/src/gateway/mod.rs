@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::application::consumer_name;
-use crate::domain::plan::Counting;
 use crate::store::{MarketStore, StoreError};
 use admin::{AdminApi, AdminError};
 
@@ -51,7 +50,7 @@ pub struct GatewaySync {
 struct Inner {
     store: MarketStore,
     admin: AdminApi,
-    counting: Counting,
+    settings: config::Settings,
     wake: Notify,
     /// Syncs asked for, and the last one finished.
     asked: AtomicU64,
@@ -59,12 +58,12 @@ struct Inner {
 }
 
 impl GatewaySync {
-    pub fn new(store: MarketStore, admin: AdminApi, counting: Counting) -> GatewaySync {
+    pub fn new(store: MarketStore, admin: AdminApi, settings: config::Settings) -> GatewaySync {
         GatewaySync {
             inner: Arc::new(Inner {
                 store,
                 admin,
-                counting,
+                settings,
                 wake: Notify::new(),
                 asked: AtomicU64::new(0),
                 done: watch::channel(0).0,
@@ -220,7 +219,7 @@ impl Inner {
                     plans: &plans,
                     subscriptions: &subscriptions,
                 };
-                for (id, route) in config::routes(&state, &self.counting) {
+                for (id, route) in config::routes(&state, &self.settings) {
                     desired.insert(format!("/apisix/admin/routes/{id}"), route);
                 }
             }
