@@ -23,9 +23,34 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/vendor/htmx-2.0.8/htmx.min.js"),
     ),
     (
+        "swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/vendor/swagger-ui-dist-5.36.0/swagger-ui-bundle.js"),
+    ),
+    (
+        "swagger-ui.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/vendor/swagger-ui-dist-5.36.0/swagger-ui.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/vendor/uplot-1.6.32/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/vendor/uplot-1.6.32/uPlot.min.css"),
+    ),
+    (
         "axle.css",
         "text/css; charset=utf-8",
         include_bytes!("../assets/axle.css"),
+    ),
+    (
+        "market.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/market.js"),
     ),
 ];
 

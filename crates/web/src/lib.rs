@@ -41,6 +41,8 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
         .await?;
     let api = pages::router(pages::AppState {
         identity: config.issuer(),
+        market: format!("{}/api/market", config.site()),
+        site: config.site(),
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -74,6 +76,10 @@ pub struct Shell {
     /// Who is signed in, if anyone.
     pub user: Option<String>,
     pub flash: Vec<Flash>,
+    /// A page's own assets beyond the layout's (by name, see [`assets`]): stylesheets and
+    /// scripts (deferred).
+    pub styles: Vec<&'static str>,
+    pub scripts: Vec<&'static str>,
 }
 
 impl Shell {

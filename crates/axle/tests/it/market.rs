@@ -471,7 +471,9 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
     // (the retired route is not metered).
     let mut usage = Value::Null;
     for _ in 0..100 {
-        usage = market.get(&dealer, &format!("/applications/{aid}/usage")).await;
+        usage = market
+            .get(&dealer, &format!("/applications/{aid}/usage"))
+            .await;
         if usage["requests"] == 12 {
             break;
         }
@@ -486,7 +488,9 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
     assert_eq!(usage["errors"], 2);
     assert!(usage["p99_ms"].as_u64().is_some());
     assert_eq!(usage["products"][&pid]["requests"], 12);
-    let product_usage = market.get(&publisher, &format!("/products/{pid}/usage")).await;
+    let product_usage = market
+        .get(&publisher, &format!("/products/{pid}/usage"))
+        .await;
     assert_eq!(product_usage["applications"][&aid]["requests"], 12);
     assert_eq!(product_usage["applications"][&oid]["requests"], 3);
     assert_eq!(

@@ -236,3 +236,266 @@ async fn a_person_signs_in_sees_their_roles_pages_and_signs_out() {
     page.close().await.unwrap();
     assert!(server.terminate().status.success());
 }
+
+/// Clicks the element `css` once it is there.
+async fn click(page: &fantoccini::Client, css: &str) {
+    page.wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The text of the element `css`, once it is there.
+async fn text_of(page: &fantoccini::Client, css: &str) -> String {
+    page.wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A pet shop's backend for the Swagger Petstore document.
+async fn pet_shop() -> String {
+    let app = axum::Router::new().route(
+        "/shop/pets",
+        axum::routing::get(|| async { axum::Json(json!([{"id": 1, "name": "Rex"}])) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/shop")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dealer_finds_an_api_subscribes_and_tries_it_in_the_market_pages() {
+    let Some(chromedriver) = axle_core::testing::tool("AXLE_TEST_CHROMEDRIVER", "chromedriver")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::serve(
+        dir.path(),
+        free_port(),
+        &[("AXLE_ADMIN_PASSWORD", PASSWORD.into())],
+    )
+    .await;
+    let site = format!("http://127.0.0.1:{}", server.gateway_port);
+    let admin = server.token(dir.path());
+    let http = reqwest::Client::new();
+    let call = |path: &str, body: serde_json::Value| {
+        http.post(format!("{site}{path}"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let made = |r: Result<reqwest::Response, reqwest::Error>| async move {
+        let r = r.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    // A publisher's product: the Swagger Petstore (the OpenAPI Initiative's document, as
+    // written) in front of a pet shop, with a plan approved at once and one by a publisher.
+    made(
+        call(
+            "/api/identity/users",
+            json!({"username": "dana.dealer",
+        "password": "a long dealer passphrase", "roles": ["dealer"]}),
+        )
+        .await,
+    )
+    .await;
+    let product = made(
+        call(
+            "/api/market/products",
+            json!({"slug": "petstore", "title": "Swagger Petstore", "owner_team": "pets",
+                   "description": "Pets, listed and shown"}),
+        )
+        .await,
+    )
+    .await;
+    let pid = product["id"].as_str().unwrap();
+    let petstore = include_str!("../../../market/tests/openapi/petstore.yaml");
+    let version = made(
+        call(
+            &format!("/api/market/products/{pid}/versions"),
+            json!({"number": "1.0.0", "document": petstore, "backend": {"url": pet_shop().await}}),
+        )
+        .await,
+    )
+    .await;
+    let vid = version["id"].as_str().unwrap();
+    made(call(&format!("/api/market/versions/{vid}/publish"), json!({})).await).await;
+    for (name, approval) in [("Free", "auto"), ("Gold", "manual")] {
+        made(
+            call(
+                &format!("/api/market/products/{pid}/plans"),
+                json!({"name": name, "approval": approval, "limit": {"count": 100, "period": "day"}}),
+            )
+            .await,
+        )
+        .await;
+    }
+
+    let (page, _driver) = browser(&chromedriver).await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    page.goto(&format!("{site}/market")).await.unwrap();
+    sign_in(&page, "dana.dealer", "a long dealer passphrase").await;
+    on_page(&page, "API market").await;
+    // Find it, open it.
+    let search = page.find(Locator::Css("input[name=q]")).await.unwrap();
+    search.send_keys("pets").await.unwrap();
+    click(&page, "form[role=search] button").await;
+    page.find(Locator::LinkText("Swagger Petstore"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    on_page(&page, "Swagger Petstore").await;
+    assert!(page.source().await.unwrap().contains("/market/petstore/v1"));
+    // An application and its key, shown once.
+    page.find(Locator::LinkText("Make an application first"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    on_page(&page, "My applications").await;
+    let form = page.form(Locator::Css("details form")).await.unwrap();
+    form.set_by_name("name", "Pet shop app").await.unwrap();
+    form.submit().await.unwrap();
+    on_page(&page, "Pet shop app").await;
+    let app_url = page.current_url().await.unwrap().to_string();
+    click(&page, "form button[type=submit]").await;
+    let key = text_of(&page, "#new-key").await;
+    assert!(key.starts_with("axk_"), "{key}");
+    // Subscribe to Free: approved at once.
+    page.goto(&format!("{site}/market/products/{pid}"))
+        .await
+        .unwrap();
+    on_page(&page, "Swagger Petstore").await;
+    click(&page, "tbody tr:first-child form button").await;
+    on_page(&page, "Pet shop app").await;
+    assert!(
+        text_of(&page, ".flash-info")
+            .await
+            .starts_with("Subscribed")
+    );
+    // The rendered reference, and a call tried from it through the gateway with the key.
+    page.goto(&format!("{site}/market/products/{pid}"))
+        .await
+        .unwrap();
+    page.find(Locator::LinkText("API reference"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    on_page(&page, "Swagger Petstore 1.0.0").await;
+    assert_eq!(text_of(&page, ".opblock-summary-path").await, "/pets");
+    click(&page, "button.authorize").await;
+    page.wait()
+        .for_element(Locator::Css("#api_key_value"))
+        .await
+        .unwrap()
+        .send_keys(&key)
+        .await
+        .unwrap();
+    click(&page, ".modal-ux button.authorize").await;
+    click(&page, ".modal-ux button.btn-done").await;
+    click(&page, ".opblock-summary-control").await;
+    if text_of(&page, "button.try-out__btn")
+        .await
+        .contains("Try it out")
+    {
+        click(&page, "button.try-out__btn").await;
+    }
+    click(&page, "button.execute").await;
+    let status = text_of(
+        &page,
+        ".live-responses-table .response .response-col_status",
+    )
+    .await;
+    assert_eq!(status, "200", "the try-it call through the gateway");
+    std::fs::write(
+        shots.join("market-reference.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    // Its usage shows on the application's page once the gateway reported it.
+    let mut requests = String::new();
+    for _ in 0..50 {
+        page.goto(&app_url).await.unwrap();
+        requests = text_of(&page, ".numbers div:first-child strong").await;
+        if requests == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(requests, "1");
+    std::fs::write(
+        shots.join("market-app.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // Gold waits for a publisher, who approves it from the approvals page.
+    page.goto(&format!("{site}/market/apps")).await.unwrap();
+    click(&page, "details summary").await;
+    let form = page.form(Locator::Css("details form")).await.unwrap();
+    form.set_by_name("name", "Back office").await.unwrap();
+    form.submit().await.unwrap();
+    on_page(&page, "Back office").await;
+    page.goto(&format!("{site}/market/products/{pid}"))
+        .await
+        .unwrap();
+    on_page(&page, "Swagger Petstore").await;
+    let gold = page
+        .find(Locator::Css("tbody tr:nth-child(2) form"))
+        .await
+        .unwrap();
+    let select = gold
+        .find(Locator::Css("select[name=application_id]"))
+        .await
+        .unwrap();
+    select.select_by_label("Back office").await.unwrap();
+    gold.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    on_page(&page, "Back office").await;
+    assert!(text_of(&page, ".flash-info").await.starts_with("Requested"));
+    assert!(page.source().await.unwrap().contains("<td>requested</td>"));
+    page.goto(&format!("{site}/market/approvals"))
+        .await
+        .unwrap();
+    on_page(&page, "Not for your role").await;
+
+    page.goto(&format!("{site}/logout")).await.unwrap();
+    click(&page, "form button[type=submit]").await;
+    on_page(&page, "Sign in").await;
+    sign_in(&page, "admin", PASSWORD).await;
+    page.goto(&format!("{site}/market/approvals"))
+        .await
+        .unwrap();
+    on_page(&page, "Approvals").await;
+    assert!(page.source().await.unwrap().contains("dana.dealer"));
+    click(&page, "tbody form button").await;
+    on_page(&page, "Approvals").await;
+    assert_eq!(text_of(&page, ".flash-info").await, "Done.");
+    assert!(
+        page.source()
+            .await
+            .unwrap()
+            .contains("Nothing waits for a decision.")
+    );
+    page.close().await.unwrap();
+    assert!(server.terminate().status.success());
+}

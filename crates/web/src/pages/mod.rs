@@ -9,6 +9,7 @@
 
 mod account;
 mod admin;
+mod market;
 
 use askama::Template;
 use axle_core::http::Caller;
@@ -27,6 +28,10 @@ use crate::{FlashKind, Html, Link, Shell};
 pub struct AppState {
     /// The identity service's API (its issuer URL).
     pub identity: String,
+    /// The market's API, and the gateway as browsers reach it (where the market's APIs are
+    /// called).
+    pub market: String,
+    pub site: String,
     pub http: reqwest::Client,
     pub csrf: CsrfKey,
     /// Cookies only over HTTPS.
@@ -38,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(home))
         .merge(account::router())
         .merge(admin::router())
+        .merge(market::router())
         .merge(crate::assets::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::security::headers))
@@ -46,7 +52,15 @@ pub fn router(state: AppState) -> Router {
 
 /// The signed-in user's shell: navigation by role.
 pub(crate) fn shell(title: &str, caller: &Caller, flash: Option<&Flash>) -> Shell {
-    let mut nav = vec![link("/", "Home"), link("/account", "My account")];
+    let mut nav = vec![
+        link("/", "Home"),
+        link("/market", "Market"),
+        link("/market/apps", "Apps"),
+    ];
+    if caller.has_role("api-publisher") || caller.has_role("platform-admin") {
+        nav.push(link("/market/approvals", "Approvals"));
+    }
+    nav.push(link("/account", "Account"));
     if caller.has_role("platform-admin") {
         nav.extend([
             link("/admin/users", "Users"),
@@ -81,6 +95,10 @@ pub(crate) enum Flash {
     SessionEnded,
     Created,
     Saved,
+    Subscribed,
+    Requested,
+    Decided,
+    Revoked,
 }
 
 impl Flash {
@@ -90,6 +108,10 @@ impl Flash {
             Flash::SessionEnded => "The session is ended.",
             Flash::Created => "Created.",
             Flash::Saved => "Saved.",
+            Flash::Subscribed => "Subscribed: the application may call the API now.",
+            Flash::Requested => "Requested: a publisher will approve or reject it.",
+            Flash::Decided => "Done.",
+            Flash::Revoked => "Revoked: it no longer works.",
         }
     }
 
@@ -210,9 +232,18 @@ impl AppState {
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let request = self
-            .http
-            .request(method, format!("{}{path}", self.identity));
+        self.call_at(&self.identity, caller, method, path)
+    }
+
+    /// Calls the API at `base` as the caller.
+    pub(crate) fn call_at(
+        &self,
+        base: &str,
+        caller: &Caller,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{base}{path}"));
         match caller.bearer() {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -225,11 +256,11 @@ pub(crate) async fn answer(
     response: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<(StatusCode, serde_json::Value), Response> {
     let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "a page could not reach the identity service");
+        tracing::warn!(error = %e, "a page could not reach a service");
         error_page(
             StatusCode::BAD_GATEWAY,
             "Try again in a moment",
-            "The identity service did not answer.",
+            "A service behind this page did not answer.",
         )
     };
     let response = response.map_err(|e| unavailable(&e))?;
