@@ -1,6 +1,7 @@
 //! `axle serve --demo`: sample data a newcomer can click through at once — two dealer
-//! companies with staff, an auctioneer, a finance clerk, and vehicles at several points of
-//! their lifecycle — written through the public APIs, as any client would, once Axle answers.
+//! companies with staff, an auctioneer, a finance clerk, vehicles at several points of their
+//! lifecycle, and an API in the market (master data's model catalog) — written through the
+//! public APIs, as any client would, once Axle answers.
 //! Seeding again finds them there and adds nothing.
 
 use anyhow::Context;
@@ -69,6 +70,7 @@ pub async fn seed(config: Config) -> anyhow::Result<()> {
         }
         post("/api/identity/users".into(), body).await?; // 409 when seeded before
     }
+    seed_market(&http, &site, &token, &config).await?;
     let existing: Value = http
         .get(format!("{site}/api/vehicle/vehicles?limit=1"))
         .bearer_auth(&token)
@@ -126,6 +128,54 @@ pub async fn seed(config: Config) -> anyhow::Result<()> {
             request.send().await?;
         }
     }
+    Ok(())
+}
+
+/// Master data's public model catalog as an API product of the market, with a plan anyone
+/// may take at once (unless the market is not running, or it was seeded before).
+async fn seed_market(
+    http: &reqwest::Client,
+    site: &str,
+    token: &str,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let post = |path: String, body: Value| {
+        http.post(format!("{site}/api/market{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let product = post(
+        "/products".into(),
+        json!({"slug": "vehicle-models", "title": "Vehicle models", "owner_team": "master data",
+               "description": "The model catalog: makes, models and years.",
+               "tags": ["vehicles", "catalog"]}),
+    )
+    .await?;
+    if product.status() != reqwest::StatusCode::CREATED {
+        return Ok(());
+    }
+    let product: Value = product.json().await?;
+    let id = product["id"].as_str().unwrap_or_default();
+    let document = json!({"openapi": "3.0.3",
+        "info": {"title": "Vehicle models", "version": "1.0.0"},
+        "paths": {"/models": {"get": {"operationId": "listModels", "summary": "The model catalog",
+            "responses": {"200": {"description": "Makes and models"}}}}}});
+    let backend = format!("http://{}", config.services.masterdata.listen);
+    let version: Value = post(
+        format!("/products/{id}/versions"),
+        json!({"number": "1.0.0", "document": document, "backend": {"url": backend}}),
+    )
+    .await?
+    .json()
+    .await?;
+    let version = version["id"].as_str().unwrap_or_default();
+    post(format!("/versions/{version}/publish"), json!({})).await?;
+    post(
+        format!("/products/{id}/plans"),
+        json!({"name": "Open", "approval": "auto", "limit": {"count": 1000, "period": "day"}}),
+    )
+    .await?;
     Ok(())
 }
 

@@ -433,6 +433,26 @@ async fn the_demo_adds_dealers_staff_and_vehicles_once() {
         names.contains(&"li.wei") && names.contains(&"wang.finance"),
         "{names:?}"
     );
+    // The market has master data's model catalog, callable with a key.
+    let market = |path: &str| {
+        client
+            .get(format!("{site}/api/market{path}"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let products: Value = market("/products").await.unwrap().json().await.unwrap();
+    assert_eq!(products[0]["slug"], "vehicle-models", "{products}");
+    let view: Value = market(&format!(
+        "/products/{}",
+        products[0]["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(view["versions"][0]["status"], "published", "{view}");
+    assert_eq!(view["plans"][0]["name"], "Open");
     let out = server.terminate();
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo: dealers li.wei"));
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# API market benchmark. One `axle serve` (every service; the gateway's data plane on 1 thread)
+# in front of an nginx upstream, a product published through the market's API, an application
+# subscribed with a key. The same wrk drives
+#   - the market's route as the market writes it (key-auth, consumer-restriction,
+#     proxy-rewrite, http-logger reporting each request to the market), and a copy of it
+#     without http-logger: the proxy's CPU per request and throughput, metered and not;
+# then, for ROUNDS new applications each, the time from the approval call to the first
+# request the gateway accepts, and from the revocation call to the first it refuses.
+# Usage: [AXLE_BIN=...] bench/market.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50, 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNECTIONS="${2:-50}"
+ROUNDS="${3:-3}"
+UPSTREAM_PORT=18381 AXLE_PORT=18383 ADMIN_PORT=18384
+
+for tool in nginx wrk; do
+  if ! command -v "$tool" >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+  fi
+done
+if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
+AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+PROXY_CPU="" LOAD_CPU=""
+if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
+$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
+
+export AXLE_ADMIN_KEY=bench-key AXLE_ADMIN_PASSWORD="a benchmark passphrase"
+export AXLE__LOG__LEVEL=warn
+export AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT"
+export AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
+unset AXLE__SERVICES__GATEWAY__TLS_LISTEN
+export AXLE__SERVICES__IDENTITY__LISTEN=127.0.0.1:18391 AXLE__SERVICES__WEB__LISTEN=127.0.0.1:18392
+export AXLE__SERVICES__VEHICLE__LISTEN=127.0.0.1:18393 AXLE__SERVICES__MASTERDATA__LISTEN=127.0.0.1:18394
+export AXLE__SERVICES__MASTERDATA__VEHICLE_URL=http://127.0.0.1:18393
+export AXLE__SERVICES__MARKET__LISTEN=127.0.0.1:18396
+export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN=127.0.0.1:18395
+$PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+AXLE_PID=$!
+
+SITE="http://127.0.0.1:$AXLE_PORT"
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
+wait_for "$SITE/api/identity/jwks"
+wait_for "$SITE/api/market/healthz"
+TOKEN=$("$AXLE" token --data-dir "$WORK/axle")
+# market METHOD PATH [BODY]: the market's answer, as the administrator (publisher too).
+market() { curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' "$SITE/api/market$2" ${3:+-d "$3"}; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+PRODUCT=$(market POST /products '{"slug": "bench", "title": "Bench", "owner_team": "bench"}' | field '["id"]')
+DOCUMENT='{"openapi": "3.0.3", "info": {"title": "Bench", "version": "1.0.0"}, "paths": {"/hello": {"get": {"responses": {"200": {"description": "hello"}}}}}}'
+VERSION=$(market POST "/products/$PRODUCT/versions" "{\"number\": \"1.0.0\", \"document\": $DOCUMENT,
+  \"backend\": {\"url\": \"http://127.0.0.1:$UPSTREAM_PORT\"}}" | field '["id"]')
+market POST "/versions/$VERSION/publish" >/dev/null
+OPEN=$(market POST "/products/$PRODUCT/plans" '{"name": "Open", "approval": "auto"}' | field '["id"]')
+MANUAL=$(market POST "/products/$PRODUCT/plans" '{"name": "Manual", "approval": "manual"}' | field '["id"]')
+APP=$(market POST /applications '{"name": "load"}' | field '["id"]')
+KEY=$(market POST "/applications/$APP/keys" | field '["key"]')
+market POST "/applications/$APP/subscriptions" "{\"plan_id\": \"$OPEN\"}" >/dev/null
+
+# The market's route, copied under /unmetered without its http-logger.
+ROUTE_ID="market-$(echo "$PRODUCT" | tr -d -)-v1"
+curl -fsS -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/$ROUTE_ID" \
+  | python3 -c "
+import json, sys
+route = json.load(sys.stdin)['value']
+for field in ('id', 'create_time', 'update_time'):
+    route.pop(field, None)
+route['plugins'].pop('http-logger')
+print(json.dumps(route).replace('/market/bench/v1', '/unmetered/bench/v1'))" > "$WORK/unmetered.json"
+curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' \
+  "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/bench-unmetered" -d @"$WORK/unmetered.json"
+METERED="$SITE/market/bench/v1/hello" UNMETERED="$SITE/unmetered/bench/v1/hello"
+for url in "$METERED" "$UNMETERED"; do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $KEY" "$url")" = 200 ] || { echo "$url refuses the key" >&2; exit 1; }
+done
+
+metered_runs="" unmetered_runs=""
+for _ in $(seq 1 "$ROUNDS"); do
+  unmetered_runs+="$(measure "$AXLE_PID" "$UNMETERED" -H "apikey: $KEY")"$'\n'
+  metered_runs+="$(measure "$AXLE_PID" "$METERED" -H "apikey: $KEY")"$'\n'
+done
+read -r unmetered_rps unmetered_p99 unmetered_cpu < <(printf '%s' "$unmetered_runs" | median)
+read -r metered_rps metered_p99 metered_cpu < <(printf '%s' "$metered_runs" | median)
+sleep 3 # the last batches reach the market
+REPORTED=$(market GET "/applications/$APP/usage?minutes=60" | field '["requests"]')
+DROPPED=$(market GET "/products/$PRODUCT/usage?minutes=60" | field '["dropped"]')
+
+# Until URL answers STATUS with KEY: milliseconds since $1 (epoch ms).
+first() { # $1 = start ms, $2 = key, $3 = status
+  for _ in $(seq 1 5000); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $2" "$METERED")" = "$3" ]; then
+      echo $(( $(date +%s%3N) - $1 )); return 0
+    fi
+  done
+  echo "never answered $3" >&2; exit 1
+}
+approvals="" revocations=""
+for i in $(seq 1 "$ROUNDS"); do
+  app=$(market POST /applications "{\"name\": \"latency $i\"}" | field '["id"]')
+  key=$(market POST "/applications/$app/keys" | field '["key"]')
+  sub=$(market POST "/applications/$app/subscriptions" "{\"plan_id\": \"$MANUAL\"}" | field '["id"]')
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $key" "$METERED")" = 403 ] || { echo "a waiting subscription passes" >&2; exit 1; }
+  start=$(date +%s%3N); market POST "/subscriptions/$sub/approve" >/dev/null
+  approvals+="$(first "$start" "$key" 200) "
+  start=$(date +%s%3N); market POST "/subscriptions/$sub/revoke" '{"reason": "benchmark"}' >/dev/null
+  revocations+="$(first "$start" "$key" 403) "
+done
+
+echo "market benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds, $(nproc) cores, axle pinned: ${PROXY_CPU:-no}"
+row() { printf "  %-44s %10s req/s   p99 %7s ms   axle CPU %7s us/request\n" "$@"; }
+row "market route, not metered" "$unmetered_rps" "$unmetered_p99" "$unmetered_cpu"
+row "market route, metered (http-logger)" "$metered_rps" "$metered_p99" "$metered_cpu"
+awk -v u="$unmetered_cpu" -v m="$metered_cpu" -v ur="$unmetered_rps" -v mr="$metered_rps" 'BEGIN {
+  printf "  metering costs %.1f %% of a request'"'"'s CPU, %.1f %% of the throughput\n", (m / u - 1) * 100, (1 - mr / ur) * 100 }'
+echo "  usage reported for the load's application: $REPORTED requests, $DROPPED dropped"
+echo "  approval → first accepted request (ms): $approvals"
+echo "  revocation → first refused request (ms): $revocations"
