@@ -630,3 +630,135 @@ async fn a_canary_takes_its_weight_of_five_thousand_requests_then_all_of_them() 
     }
     assert!(axle.server.terminate().status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_market_down_the_gateway_keeps_enforcing_and_usage_catches_up() {
+    // The gateway (with identity) in one process, the market in another writing to it through
+    // its Admin API.
+    let (gateway_dir, market_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (admin_port, market_port) = (free_port(), free_port());
+    let key = "split-admin-key";
+    let gateway = Server::serve_with(
+        gateway_dir.path(),
+        free_port(),
+        &["--only", "identity,web,vehicle,masterdata,gateway"],
+        &[
+            (
+                "AXLE__SERVICES__GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{admin_port}"),
+            ),
+            ("AXLE_ADMIN_KEY", key.into()),
+        ],
+    )
+    .await;
+    let site = format!("http://127.0.0.1:{}", gateway.gateway_port);
+    let start_market = || async {
+        let mut cmd = axle(market_dir.path());
+        cmd.args(["serve", "--only", "market"])
+            .env(
+                "AXLE__SERVICES__MARKET__LISTEN",
+                format!("127.0.0.1:{market_port}"),
+            )
+            .env(
+                "AXLE__SERVICES__MARKET__GATEWAY_ADMIN_URL",
+                format!("http://127.0.0.1:{admin_port}"),
+            )
+            .env("AXLE_ADMIN_KEY", key)
+            // Its callers' tokens are the gateway's identity's.
+            .env(
+                "AXLE__SERVICES__GATEWAY__LISTEN",
+                format!("127.0.0.1:{}", gateway.gateway_port),
+            );
+        let mut server = Server::start(cmd);
+        server
+            .wait_ready(&format!("http://127.0.0.1:{market_port}/healthz"))
+            .await;
+        server
+    };
+    let market_server = start_market().await;
+    let token = gateway.token(gateway_dir.path());
+    let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{market_port}");
+    let post = |path: &str, body: Value| {
+        let request = http
+            .post(format!("{api}{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let pid = post(
+        "/products",
+        json!({"slug": "split", "title": "Split", "owner_team": "platform"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vid = post(
+        &format!("/products/{pid}/versions"),
+        json!({"number": "1.0.0", "document": DOCUMENT, "backend": {"url": backend("split").await}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(&format!("/versions/{vid}/publish"), json!({})).await;
+    let plan = post(
+        &format!("/products/{pid}/plans"),
+        json!({"name": "Open", "approval": "auto"}),
+    )
+    .await;
+    let aid = post("/applications", json!({"name": "Split app"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api_key = post(&format!("/applications/{aid}/keys"), json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(
+        &format!("/applications/{aid}/subscriptions"),
+        json!({"plan_id": plan["id"]}),
+    )
+    .await;
+    let call = |key: &str| {
+        http.get(format!("{site}/market/split/v1/cars/1"))
+            .header("apikey", key)
+            .send()
+    };
+    assert_eq!(call(&api_key).await.unwrap().status(), 200);
+
+    // The market crashes: the gateway goes on with what it has, and keeps the usage.
+    drop(market_server);
+    for _ in 0..10 {
+        assert_eq!(call(&api_key).await.unwrap().status(), 200);
+    }
+    assert_eq!(call("unknown-key").await.unwrap().status(), 401);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Back: every request is counted, none dropped.
+    let _market_server = start_market().await;
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = http
+            .get(format!("{api}/applications/{aid}/usage"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["requests"] == 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(usage["requests"], 11, "{usage}");
+    assert_eq!(usage["dropped"], 0);
+    assert!(gateway.terminate().status.success());
+}
