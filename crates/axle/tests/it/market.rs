@@ -221,6 +221,38 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
         (422, Some("MARKET_BACKEND_UNREACHABLE"))
     );
 
+    // An existing gateway route imports as a draft version: its upstream as the backend.
+    let legacy = v1_url
+        .trim_end_matches("/api")
+        .trim_start_matches("http://");
+    axle.put_route(
+        "legacy-cars",
+        &json!({"name": "Legacy cars", "uri": "/legacy/cars/*", "upstream": {"nodes": {legacy: 1}}}),
+    )
+    .await;
+    let imported = market
+        .made(
+            &publisher,
+            &format!("/products/{pid}/versions/import"),
+            json!({"number": "0.9.0", "route_id": "legacy-cars"}),
+            201,
+        )
+        .await;
+    assert_eq!(imported["status"], "draft");
+    assert_eq!(imported["backend"]["url"], format!("http://{legacy}"));
+    assert_eq!(
+        (imported["title"].as_str(), imported["operations"].as_u64()),
+        (Some("Legacy cars"), Some(1))
+    );
+    let (status, _) = market
+        .post(
+            &publisher,
+            &format!("/products/{pid}/versions/import"),
+            json!({"number": "0.9.1", "route_id": "no-such-route"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
     // The dealer's side: the catalog, an application and its key.
     let catalog = market.get(&dealer, "/products?q=fleet").await;
     assert_eq!(catalog.as_array().unwrap().len(), 1);

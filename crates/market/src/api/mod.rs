@@ -92,6 +92,7 @@ fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
         products::list,
         products::fetch,
         products::create_version,
+        products::import_version,
         products::fetch_version,
         products::document,
         products::publish,

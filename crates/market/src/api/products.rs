@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/products", get(list).post(create))
         .route("/products/{id}", get(fetch))
         .route("/products/{id}/versions", post(create_version))
+        .route("/products/{id}/versions/import", post(import_version))
         .route("/products/{id}/plans", post(create_plan))
         .route("/versions/{id}", get(fetch_version))
         .route("/versions/{id}/openapi", get(document))
@@ -229,6 +230,82 @@ pub async fn create_version(
         .await?;
     state.outbox.wake();
     Ok((StatusCode::CREATED, Json(record)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Import {
+    /// A semantic version: `1.0.0`.
+    pub number: String,
+    /// The gateway route to import: its upstream becomes the version's backend.
+    pub route_id: String,
+    /// The OpenAPI document; none: a minimal one listing the route's paths.
+    pub document: Option<Value>,
+}
+
+/// Add a draft version from an existing gateway route: its upstream as the backend, its
+/// paths as the document unless one is given. Emits `axle.market.version_created.v1`.
+#[utoipa::path(post, path = "/products/{id}/versions/import", tag = "versions", operation_id = "import_version",
+    params(("id" = Uuid, Path)), request_body = Import,
+    responses((status = 201, body = Record<ApiVersion>), (status = 404, description = "MARKET_NOT_FOUND (the product or the route)", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, description = "MARKET_GATEWAY_UNAVAILABLE", body = ErrorBody)))]
+pub async fn import_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(import): Json<Import>,
+) -> ApiResult<(StatusCode, Json<Record<ApiVersion>>)> {
+    caller.require(PUBLISHERS)?;
+    let admin = state.gateway.admin();
+    let safe = |id: &str| {
+        !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !safe(&import.route_id) {
+        return Err(not_found("route", &import.route_id));
+    }
+    let route = admin
+        .get(&format!("/apisix/admin/routes/{}", import.route_id))
+        .await?
+        .ok_or_else(|| not_found("route", &import.route_id))?;
+    let named = match (route["upstream_id"].as_str(), route["service_id"].as_str()) {
+        (Some(upstream), _) if safe(upstream) => {
+            admin
+                .get(&format!("/apisix/admin/upstreams/{upstream}"))
+                .await?
+        }
+        (None, Some(service)) if safe(service) => admin
+            .get(&format!("/apisix/admin/services/{service}"))
+            .await?
+            .and_then(|s| s.get("upstream").cloned()),
+        _ => None,
+    };
+    let backend =
+        crate::gateway::config::imported_backend(&route, named.as_ref()).ok_or_else(|| {
+            ApiError::unprocessable(
+                "MARKET_INVALID",
+                format!(
+                    "route {}: no upstream node to import as the backend",
+                    import.route_id
+                ),
+            )
+        })?;
+    let document = import
+        .document
+        .unwrap_or_else(|| crate::gateway::config::imported_document(&import.route_id, &route));
+    create_version(
+        State(state),
+        caller,
+        Path(id),
+        Json(NewVersion {
+            number: import.number,
+            document,
+            backend: Backend { url: backend },
+        }),
+    )
+    .await
 }
 
 /// Fetch a version.

@@ -232,6 +232,49 @@ fn retired(state: &ProductState<'_>, major: u64) -> Value {
     })
 }
 
+/// The backend of an existing gateway route, for importing it as a version: its upstream's
+/// first node (the route's own, or `upstream` — the one it names by `upstream_id` or through
+/// its service), with the upstream's scheme.
+pub fn imported_backend(route: &Value, upstream: Option<&Value>) -> Option<String> {
+    let upstream = route.get("upstream").or(upstream)?;
+    let scheme = upstream["scheme"].as_str().unwrap_or("http");
+    let node = match &upstream["nodes"] {
+        Value::Object(nodes) => nodes.keys().next()?.clone(),
+        Value::Array(nodes) => {
+            let first = nodes.first()?;
+            format!("{}:{}", first["host"].as_str()?, first["port"].as_u64()?)
+        }
+        _ => return None,
+    };
+    Some(format!("{scheme}://{node}"))
+}
+
+/// A minimal OpenAPI document for an existing route: a GET per `uri`/`uris` entry (`/*` as a
+/// `{path}` parameter), for a publisher to complete.
+pub fn imported_document(route_id: &str, route: &Value) -> Value {
+    let uris: Vec<&str> = match (route["uri"].as_str(), route["uris"].as_array()) {
+        (Some(uri), _) => vec![uri],
+        (None, Some(uris)) => uris.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let mut paths = serde_json::Map::new();
+    for uri in uris {
+        let (path, rest) = match uri.strip_suffix('*') {
+            Some(prefix) => (format!("{prefix}{{path}}"), true),
+            None => (uri.to_string(), false),
+        };
+        let mut get = json!({"summary": format!("Imported from the gateway route {route_id}"),
+                             "responses": {"200": {"description": "The route's answer"}}});
+        if rest {
+            get["parameters"] = json!([{"name": "path", "in": "path", "required": true,
+                                        "schema": {"type": "string"}}]);
+        }
+        paths.insert(path, json!({ "get": get }));
+    }
+    let title = route["name"].as_str().unwrap_or(route_id);
+    json!({"openapi": "3.0.3", "info": {"title": title, "version": "1.0.0"}, "paths": paths})
+}
+
 /// An application's consumer.
 pub fn consumer(application: &Record<crate::domain::application::Application>) -> Value {
     json!({
@@ -269,6 +312,33 @@ mod tests {
             backend: Backend { url: url.into() },
             weight: None,
         })
+    }
+
+    #[test]
+    fn an_existing_route_imports_as_a_backend_and_a_document() {
+        let route = json!({"name": "Vehicles", "uris": ["/vehicles/*", "/health"],
+                           "upstream": {"scheme": "https", "nodes": {"10.0.0.9:8443": 1}}});
+        assert_eq!(
+            imported_backend(&route, None).as_deref(),
+            Some("https://10.0.0.9:8443")
+        );
+        let named = json!({"uri": "/a", "upstream_id": "1"});
+        let upstream = json!({"nodes": [{"host": "10.0.0.1", "port": 80, "weight": 1}]});
+        assert_eq!(
+            imported_backend(&named, Some(&upstream)).as_deref(),
+            Some("http://10.0.0.1:80")
+        );
+        assert_eq!(imported_backend(&named, None), None);
+        let document = imported_document("r1", &route);
+        assert_eq!(document["info"]["title"], "Vehicles");
+        assert!(document["paths"]["/vehicles/{path}"]["get"]["parameters"].is_array());
+        assert!(document["paths"]["/health"]["get"].is_object());
+        let checked = crate::domain::document::check(&document.to_string()).unwrap();
+        assert_eq!(
+            checked.operations.len(),
+            2,
+            "the generated document passes the checks"
+        );
     }
 
     #[test]

@@ -115,6 +115,11 @@ impl GatewaySync {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The gateway's Admin API.
+    pub fn admin(&self) -> &AdminApi {
+        &self.inner.admin
+    }
+
     /// Gives the gateway a new key of `application` (its consumer first, should it not have
     /// it yet).
     pub async fn add_key(
