@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::Site;
 use crate::client::fetch::{self, Call};
 use crate::client::pool::Pool;
+use crate::runtime::consumer::Consumer;
 use crate::runtime::phases::{Log, Plugin};
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -99,12 +100,12 @@ struct Settings {
     max_pending: usize,
 }
 
-/// One request's entry, as the log phase leaves it (made into JSON when sent).
+/// One request's entry, as the log phase leaves it (written as JSON when sent).
 #[derive(Debug)]
 struct Entry {
     route: Arc<str>,
     service: Option<Arc<str>>,
-    consumer: Option<String>,
+    consumer: Option<Arc<Consumer>>,
     host: String,
     uri: String,
     request_bytes: u64,
@@ -118,29 +119,66 @@ struct Entry {
 }
 
 impl Entry {
-    fn json(&self) -> Value {
+    /// The entry in APISIX's shape, written straight to JSON (no intermediate values: the
+    /// sender writes thousands a second).
+    fn json(&self) -> impl Serialize + '_ {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            route_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            service_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            consumer: Option<Named<'a>>,
+            request: Request<'a>,
+            response: Response,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            upstream: Option<&'a str>,
+            latency: f64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            upstream_latency: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            apisix_latency: Option<f64>,
+            start_time: u64,
+        }
+        #[derive(Serialize)]
+        struct Named<'a> {
+            username: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Request<'a> {
+            uri: &'a str,
+            host: &'a str,
+            size: u64,
+        }
+        #[derive(Serialize)]
+        struct Response {
+            status: u16,
+            size: u64,
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let mut entry = json!({
-            "route_id": self.route,
-            "request": {"uri": self.uri, "host": self.host, "size": self.request_bytes},
-            "response": {"status": self.status, "size": self.response_bytes},
-            "latency": ms(self.latency),
-            "start_time": self.start_time,
-        });
-        if let Some(service) = &self.service {
-            entry["service_id"] = json!(service);
+        Json {
+            route_id: &self.route,
+            service_id: self.service.as_deref(),
+            consumer: self.consumer.as_ref().map(|c| Named {
+                username: &c.username,
+            }),
+            request: Request {
+                uri: &self.uri,
+                host: &self.host,
+                size: self.request_bytes,
+            },
+            response: Response {
+                status: self.status,
+                size: self.response_bytes,
+            },
+            upstream: self.node.as_deref(),
+            latency: ms(self.latency),
+            upstream_latency: self.upstream_latency.map(ms),
+            apisix_latency: self
+                .upstream_latency
+                .map(|upstream| ms(self.latency.saturating_sub(upstream))),
+            start_time: self.start_time,
         }
-        if let Some(username) = &self.consumer {
-            entry["consumer"] = json!({ "username": username });
-        }
-        if let Some(node) = &self.node {
-            entry["upstream"] = json!(node);
-        }
-        if let Some(upstream) = self.upstream_latency {
-            entry["upstream_latency"] = json!(ms(upstream));
-            entry["apisix_latency"] = json!(ms(self.latency.saturating_sub(upstream)));
-        }
-        entry
     }
 }
 
@@ -198,11 +236,7 @@ impl Batch {
             .clone()
     }
 
-    fn push(&self, entry: Entry) {
-        let (max_pending, batch_max_size) = {
-            let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-            (s.max_pending, s.batch_max_size)
-        };
+    fn push(&self, entry: Entry, max_pending: usize, batch_max_size: usize) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= max_pending {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -239,11 +273,12 @@ impl Batch {
 
     /// Sends one batch, retrying as configured; counts it dropped when it never gets through.
     async fn send(&self, pool: &Arc<Pool>, settings: &Settings, batch: &[Entry]) {
+        let entries: Vec<_> = batch.iter().map(Entry::json).collect();
         let body = match settings.concat {
-            Concat::Json => Value::Array(batch.iter().map(Entry::json).collect()).to_string(),
-            Concat::NewLine => batch
+            Concat::Json => serde_json::to_string(&entries).unwrap_or_default(),
+            Concat::NewLine => entries
                 .iter()
-                .map(|e| e.json().to_string())
+                .filter_map(|e| serde_json::to_string(e).ok())
                 .collect::<Vec<_>>()
                 .join("\n"),
         };
@@ -280,6 +315,9 @@ impl Batch {
 #[derive(Debug)]
 struct HttpLogger {
     batch: Arc<Batch>,
+    /// The batch's bounds as this configuration sets them (read per request without a lock).
+    max_pending: usize,
+    batch_max_size: usize,
 }
 
 pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
@@ -320,12 +358,17 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
         retry_delay: Duration::from_secs(c.retry_delay.min(crate::resource::MAX_SECONDS)),
         max_pending: c.max_pending_entries.unwrap_or(MAX_PENDING),
     };
+    let (max_pending, batch_max_size) = (settings.max_pending, settings.batch_max_size);
     // A configuration being checked (no owner) serves nothing: it gets no sender.
     let batch = match site.owner.is_empty() {
         true => Arc::new(Batch::new(settings)),
         false => site.shared.loggers.batch(site.owner, settings),
     };
-    Ok(Arc::new(HttpLogger { batch }))
+    Ok(Arc::new(HttpLogger {
+        batch,
+        max_pending,
+        batch_max_size,
+    }))
 }
 
 impl Plugin for HttpLogger {
@@ -345,19 +388,23 @@ impl Plugin for HttpLogger {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.batch.push(Entry {
-            route: log.route.clone(),
-            service: log.service.clone(),
-            consumer: log.consumer.as_ref().map(|c| c.username.clone()),
-            host: log.host.clone(),
-            uri: log.uri.clone(),
-            request_bytes: log.request_bytes,
-            status: log.status,
-            response_bytes: log.response_bytes,
-            node: log.node.clone(),
-            latency: log.request_time,
-            upstream_latency: log.upstream_time,
-            start_time: now.saturating_sub(log.request_time).as_millis() as u64,
-        });
+        self.batch.push(
+            Entry {
+                route: log.route.clone(),
+                service: log.service.clone(),
+                consumer: log.consumer.clone(),
+                host: log.host.clone(),
+                uri: log.uri.clone(),
+                request_bytes: log.request_bytes,
+                status: log.status,
+                response_bytes: log.response_bytes,
+                node: log.node.clone(),
+                latency: log.request_time,
+                upstream_latency: log.upstream_time,
+                start_time: now.saturating_sub(log.request_time).as_millis() as u64,
+            },
+            self.max_pending,
+            self.batch_max_size,
+        );
     }
 }
