@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -34,7 +33,7 @@ pub fn router() -> Router<AppState> {
 pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(entries): Json<Vec<Value>>,
+    Json(entries): Json<Vec<usage::Entry>>,
 ) -> ApiResult<StatusCode> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)

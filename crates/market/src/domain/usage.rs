@@ -5,9 +5,44 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The fields of an `http-logger` entry the market counts (the rest are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Entry {
+    #[serde(default)]
+    pub route_id: String,
+    pub consumer: Option<Consumer>,
+    #[serde(default)]
+    pub request: Sized,
+    #[serde(default)]
+    pub response: Answer,
+    /// Milliseconds.
+    #[serde(default)]
+    pub latency: f64,
+    /// When the request came, in milliseconds since the epoch.
+    pub start_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Consumer {
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Sized {
+    #[serde(default)]
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Answer {
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default)]
+    pub size: u64,
+}
 
 /// Upper bounds (ms) of the latency histogram's buckets; the last bucket takes the rest.
 pub const BOUNDS_MS: [u64; 11] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000];
@@ -84,33 +119,34 @@ pub fn product_of(route: &str) -> Option<Uuid> {
 
 /// Counts a batch of http-logger entries (entries of other routes are left out), with the
 /// `dropped` entries the gateway reports counted on the batch's product in this minute.
-pub fn count(entries: &[Value], dropped: u64, now: DateTime<Utc>) -> BTreeMap<Key, Counts> {
+pub fn count(entries: &[Entry], dropped: u64, now: DateTime<Utc>) -> BTreeMap<Key, Counts> {
     let mut counted: BTreeMap<Key, Counts> = BTreeMap::new();
     let minute_of = |at: DateTime<Utc>| at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(at);
     let mut batch_product = None;
     for entry in entries {
-        let Some(product) = entry["route_id"].as_str().and_then(product_of) else {
+        let Some(product) = product_of(&entry.route_id) else {
             continue;
         };
         batch_product = Some(product);
-        let at = entry["start_time"]
-            .as_i64()
+        let at = entry
+            .start_time
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or(now);
-        let status = entry["response"]["status"].as_u64().unwrap_or(0);
         let key = Key {
             minute: minute_of(at),
-            application: entry["consumer"]["username"]
-                .as_str()
-                .and_then(application_of),
+            application: entry
+                .consumer
+                .as_ref()
+                .and_then(|c| application_of(&c.username)),
             product,
-            status: u8::try_from(status / 100).unwrap_or(5).clamp(1, 5),
+            status: u8::try_from(entry.response.status / 100)
+                .unwrap_or(5)
+                .clamp(1, 5),
         };
-        let latency = entry["latency"].as_f64().unwrap_or(0.0).max(0.0);
+        let latency = entry.latency.max(0.0);
         let counts = counted.entry(key).or_default();
         counts.requests += 1;
-        counts.bytes += entry["response"]["size"].as_u64().unwrap_or(0)
-            + entry["request"]["size"].as_u64().unwrap_or(0);
+        counts.bytes += entry.response.size + entry.request.size;
         counts.latency_ms += latency.round() as u64;
         counts.latency[bucket(latency)] += 1;
     }
@@ -208,15 +244,16 @@ mod tests {
                    "response": {"status": status, "size": 100}, "request": {"size": 50},
                    "latency": latency, "start_time": at + offset})
         };
-        let entries = [
+        let entries: Vec<Entry> = serde_json::from_value(json!([
             entry(200, 0.5, 0),
             entry(200, 3.0, 1_000),
             entry(429, 0.2, 2_000),
             entry(200, 40.0, 61_000),
-            json!({"route_id": "other", "response": {"status": 200}}),
-            json!({"route_id": route, "response": {"status": 401, "size": 10}, "latency": 1.0,
-                   "start_time": at}),
-        ];
+            {"route_id": "other", "response": {"status": 200}},
+            {"route_id": route, "response": {"status": 401, "size": 10}, "latency": 1.0,
+             "start_time": at},
+        ]))
+        .unwrap();
         let now = DateTime::from_timestamp_millis(at + 120_000).unwrap();
         let counted = count(&entries, 7, now);
         let minute = DateTime::from_timestamp_millis(at).unwrap();
