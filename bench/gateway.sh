@@ -18,39 +18,15 @@ CONNECTIONS="${2:-50}"
 ROUNDS="${3:-3}"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 AXLE_PORT=18083 AXLE_TLS_PORT=18443 ADMIN_PORT=18183 METRICS_PORT=18191
 
-TOOLS="nginx wrk"; WRAP=""
+WRAP=""
 if [ -n "${COUNT_INSTRUCTIONS:-}" ]; then
-  TOOLS="$TOOLS valgrind"
   WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$(mktemp -u /tmp/axle-callgrind.XXXX).%p"
 fi
-for tool in $TOOLS; do
-  if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nginx wrk valgrind >/dev/null
-  fi
-done
 # AXLE_BIN=path/to/axle measures that build instead (to compare two builds).
-# The fully optimized build (profile `dist`), as packages ship it.
-if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
-AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-
-PROXY_CPU="" LOAD_CPU=""
-if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
-
-# The upstream: nginx answering a small fixed body.
-nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
-$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
+prologue nginx wrk ${COUNT_INSTRUCTIONS:+valgrind}
+upstream "$UPSTREAM_PORT"
 
 # The reference proxy: nginx proxy_pass with an upstream keepalive pool.
 nginx_conf proxy "upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 320; }

@@ -11,47 +11,15 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNECTIONS="${2:-50}"
 ROUNDS="${3:-3}"
-UPSTREAM_PORT=18281 AXLE_PORT=18283 ADMIN_PORT=18284
-
-for tool in nginx wrk; do
-  if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
-  fi
-done
-if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
-AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-PROXY_CPU="" LOAD_CPU=""
-if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+UPSTREAM_PORT=18281
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-
-nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
-$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
-
-export AXLE_ADMIN_KEY=bench-key AXLE_ADMIN_PASSWORD="a benchmark passphrase"
-export AXLE__LOG__LEVEL=warn
-export AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT"
-export AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
-unset AXLE__SERVICES__GATEWAY__TLS_LISTEN
-export AXLE__SERVICES__IDENTITY__LISTEN=127.0.0.1:18291 AXLE__SERVICES__WEB__LISTEN=127.0.0.1:18292
-export AXLE__SERVICES__VEHICLE__LISTEN=127.0.0.1:18293 AXLE__SERVICES__MASTERDATA__LISTEN=127.0.0.1:18294
-export AXLE__SERVICES__MASTERDATA__VEHICLE_URL=http://127.0.0.1:18293
-export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN=127.0.0.1:18295
-$PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
-AXLE_PID=$!
-
+prologue nginx wrk
+upstream "$UPSTREAM_PORT"
+serve_axle 18280
+AXLE_PORT=18283
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
-ISSUER="http://127.0.0.1:$AXLE_PORT/api/identity"
-wait_for "$ISSUER/jwks"
+ISSUER="$SITE/api/identity"
 TOKEN=$("$AXLE" token --data-dir "$WORK/axle")
 admin_put() { curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/$1" -d "$2"; }
 admin_put routes/plain "{\"uri\": \"/plain/*\", \"upstream\": {\"nodes\": {\"127.0.0.1:$UPSTREAM_PORT\": 1}}}"

@@ -1,5 +1,59 @@
-# Shared by the benchmarks: nginx configurations, and wrk runs measured with the proxy's CPU.
-# Source after setting WORK (a scratch directory), CONNECTIONS, DURATION and LOAD_CPU.
+# Shared by the benchmarks: their set-up, nginx configurations, and wrk runs measured with the
+# proxy's CPU. Source it from the repository's root, then call `prologue`.
+
+# prologue TOOL...: the tools installed when missing; the optimized build (profile `dist`, as
+# packages ship it) unless AXLE_BIN names a build to measure (AXLE); a scratch directory WORK,
+# removed on exit with the processes in PIDS stopped; the cores: PROXY_CPU for the proxy under
+# test, LOAD_CPU for wrk and the upstream (when there are 2+ cores).
+prologue() {
+  for tool in "$@"; do
+    if ! command -v "$tool" >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
+    fi
+  done
+  if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
+  AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
+  WORK="$(mktemp -d)"
+  PIDS=()
+  trap cleanup EXIT
+  PROXY_CPU="" LOAD_CPU=""
+  if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+}
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# upstream PORT: nginx answering a small fixed body, on the load's core.
+upstream() {
+  nginx_conf upstream "server { listen 127.0.0.1:$1; location / { return 200 'hello from the upstream'; } }"
+  $LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
+}
+
+# serve_axle BASE: `axle serve` with every service (the gateway's data plane on one thread, on
+# the proxy's core), its listeners on ports from BASE up (the data plane on BASE+3, the Admin API
+# on BASE+4); sets AXLE_PID, SITE and ADMIN_PORT, and waits for the issuer.
+serve_axle() {
+  local base=$1
+  export AXLE_ADMIN_KEY=bench-key AXLE_ADMIN_PASSWORD="a benchmark passphrase"
+  export AXLE__LOG__LEVEL=warn
+  export AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$((base + 3))"
+  export AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$((base + 4))"
+  unset AXLE__SERVICES__GATEWAY__TLS_LISTEN
+  export AXLE__SERVICES__IDENTITY__LISTEN="127.0.0.1:$((base + 11))"
+  export AXLE__SERVICES__WEB__LISTEN="127.0.0.1:$((base + 12))"
+  export AXLE__SERVICES__VEHICLE__LISTEN="127.0.0.1:$((base + 13))"
+  export AXLE__SERVICES__MASTERDATA__LISTEN="127.0.0.1:$((base + 14))"
+  export AXLE__SERVICES__MASTERDATA__VEHICLE_URL="http://127.0.0.1:$((base + 13))"
+  export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$((base + 15))"
+  export AXLE__SERVICES__MARKET__LISTEN="127.0.0.1:$((base + 16))"
+  $PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+  AXLE_PID=$!
+  SITE="http://127.0.0.1:$((base + 3))" ADMIN_PORT=$((base + 4))
+  wait_for "$SITE/api/identity/jwks"
+}
 
 nginx_conf() { # $1 = name, $2 = server block, $3 = more main-context directives
   mkdir -p "$WORK/$1"

@@ -13,48 +13,13 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNECTIONS="${2:-50}"
 ROUNDS="${3:-3}"
-UPSTREAM_PORT=18381 AXLE_PORT=18383 ADMIN_PORT=18384
-
-for tool in nginx wrk; do
-  if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
-  fi
-done
-if [ -z "${AXLE_BIN:-}" ]; then cargo build --quiet --profile dist -p axle; fi
-AXLE="${AXLE_BIN:-${CARGO_TARGET_DIR:-target}/dist/axle}"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-PROXY_CPU="" LOAD_CPU=""
-if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 1"; LOAD_CPU="taskset -c 0"; fi
+UPSTREAM_PORT=18381
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-
-nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 'hello from the upstream'; } }"
-$LOAD_CPU nginx -c "$WORK/upstream/nginx.conf" & PIDS+=($!)
-
-export AXLE_ADMIN_KEY=bench-key AXLE_ADMIN_PASSWORD="a benchmark passphrase"
-export AXLE__LOG__LEVEL=warn
-export AXLE__SERVICES__GATEWAY__LISTEN="127.0.0.1:$AXLE_PORT"
-export AXLE__SERVICES__GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
-unset AXLE__SERVICES__GATEWAY__TLS_LISTEN
-export AXLE__SERVICES__IDENTITY__LISTEN=127.0.0.1:18391 AXLE__SERVICES__WEB__LISTEN=127.0.0.1:18392
-export AXLE__SERVICES__VEHICLE__LISTEN=127.0.0.1:18393 AXLE__SERVICES__MASTERDATA__LISTEN=127.0.0.1:18394
-export AXLE__SERVICES__MASTERDATA__VEHICLE_URL=http://127.0.0.1:18393
-export AXLE__SERVICES__MARKET__LISTEN=127.0.0.1:18396
-export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN=127.0.0.1:18395
-$PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
-AXLE_PID=$!
-
-SITE="http://127.0.0.1:$AXLE_PORT"
+prologue nginx wrk
+upstream "$UPSTREAM_PORT"
+serve_axle 18380
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
-wait_for "$SITE/api/identity/jwks"
 wait_for "$SITE/api/market/healthz"
 TOKEN=$("$AXLE" token --data-dir "$WORK/axle")
 # market METHOD PATH [BODY]: the market's answer, as the administrator (publisher too).
