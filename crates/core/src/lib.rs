@@ -15,6 +15,7 @@
 //! | [`id`], [`money`], [`time`] | UUIDv7 ids, integer money, UTC time |
 //! | `testing` | (feature `testing`) fresh databases and backends for tests |
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -112,16 +112,7 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One line of the audit trail.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct AuditEntry {
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub detail: Value,
-}
+pub use axle_core::audit::AuditEntry;
 
 #[derive(Debug, Clone)]
 pub struct IdentityStore {
@@ -212,16 +203,14 @@ impl IdentityStore {
         tx: &mut Transaction<'static, Any>,
         change: &Change<'_>,
     ) -> Result<(), StoreError> {
-        let at = now();
-        sqlx::query("INSERT INTO audit (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(axle_core::id::new_id().to_string())
-            .bind(to_text(at))
-            .bind(change.actor)
-            .bind(change.action)
-            .bind(&change.target)
-            .bind(change.detail.to_string())
-            .execute(&mut **tx)
-            .await?;
+        axle_core::audit::record(
+            tx,
+            change.actor,
+            change.action,
+            &change.target,
+            &change.detail,
+        )
+        .await?;
         let mut data = serde_json::json!({
             "actor": change.actor,
             "target": change.target,
@@ -1032,27 +1021,7 @@ impl IdentityStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM audit WHERE id > $1 AND ($2 = '' OR target = $2) ORDER BY id LIMIT $3",
-        )
-        .bind(after.map(|a| a.to_string()).unwrap_or_default())
-        .bind(target.unwrap_or_default())
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let detail: String = row.try_get("detail")?;
-                Ok(AuditEntry {
-                    id: uuid(row, "id")?,
-                    at: time(row, "at")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    target: row.try_get("target")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-                })
-            })
-            .collect()
+        Ok(axle_core::audit::trail(&self.db, target, after, limit).await?)
     }
 
     /// Forgets what can no longer be used: expired codes, sessions, refresh tokens, reset

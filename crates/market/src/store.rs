@@ -5,6 +5,7 @@
 //! OpenAPI document is kept in its own column, read only when asked for. Every change is saved
 //! with its event in one transaction; a change to a version is guarded by the version it was
 //! read at (optimistic concurrency), so two publishers racing get one outcome and a `Conflict`.
+//! Every change also leaves its line in the audit trail (`axle_core::audit`).
 
 use std::collections::BTreeMap;
 
@@ -311,7 +312,7 @@ impl MarketStore {
         if updated.rows_affected() != 1 {
             return Err(StoreError::Conflict);
         }
-        Outbox::enqueue(&mut tx, event).await?;
+        logged(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -407,6 +408,16 @@ impl MarketStore {
         let status = sub.item.status.name();
         self.save("subscriptions", sub, status, read_version, event)
             .await
+    }
+
+    /// The audit trail, oldest first (of one record, or of all).
+    pub async fn audit_trail(
+        &self,
+        target: Option<&str>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<axle_core::audit::AuditEntry>, StoreError> {
+        Ok(axle_core::audit::trail(&self.db, target, after, limit).await?)
     }
 
     /// Adds counted usage to what is stored, in one transaction.
@@ -531,7 +542,7 @@ impl MarketStore {
         if updated.rows_affected() != 1 {
             return Err(StoreError::Conflict);
         }
-        Outbox::enqueue(&mut tx, event).await?;
+        logged(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -550,10 +561,21 @@ impl MarketStore {
             Err(e) if unique.iter().any(|name| violates(&e, name)) => return Err(exists),
             other => other?,
         };
-        Outbox::enqueue(&mut tx, event).await?;
+        logged(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A change's event into the outbox, and its line into the audit trail, in its transaction.
+async fn logged(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    event: &CloudEvent,
+) -> Result<(), StoreError> {
+    Outbox::enqueue(&mut **tx, event).await?;
+    let actor = event.data["actor"].as_str().unwrap_or("unknown");
+    axle_core::audit::record(tx, actor, &event.ty, &event.subject, &event.data).await?;
+    Ok(())
 }
 
 fn usage_row(row: &sqlx::any::AnyRow) -> Result<(usage::Key, usage::Counts), StoreError> {

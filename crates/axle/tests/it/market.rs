@@ -428,6 +428,22 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
         )
         .await;
     assert_eq!(market.call(car, &other_key).await.status(), 403);
+    // The audit trail says who did what to it.
+    let trail = market.get(&publisher, &format!("/audit?target={wid}")).await;
+    let lines: Vec<(&str, &str)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("axle.market.subscription_requested.v1", "dan.dealer"),
+            ("axle.market.subscription_approved.v1", "pat.publisher"),
+            ("axle.market.subscription_revoked.v1", "pat.publisher"),
+        ]
+    );
 
     // Rotation: both keys work through the overlap; a revoked key is refused at once.
     let kid = key["id"].as_str().unwrap();

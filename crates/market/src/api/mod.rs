@@ -1,9 +1,11 @@
 //! The market's HTTP API: [`products`] (products, their versions and plans — the publishers'
 //! side, and the catalog), [`applications`] (applications, their keys and subscriptions — the
-//! consumers' side) and [`subscriptions`] (the approvals queue and publishers' decisions).
+//! consumers' side), [`subscriptions`] (the approvals queue and publishers' decisions),
+//! [`usage`] (what the gateway reports, summed up) and [`audit`] (every change).
 //! Domain, store and gateway errors become HTTP errors here, in one place.
 
 mod applications;
+mod audit;
 mod products;
 mod subscriptions;
 mod usage;
@@ -55,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(applications::router())
         .merge(subscriptions::router())
         .merge(usage::router())
+        .merge(audit::router())
         .with_state(state)
 }
 
@@ -114,6 +117,7 @@ fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
         usage::ingest,
         usage::of_application,
         usage::of_product,
+        audit::trail,
     ),
     components(schemas(axle_core::http::ErrorBody))
 )]
