@@ -33,7 +33,7 @@ upstream() {
 }
 
 # serve_axle BASE: `axle serve` with every service (the gateway's data plane on one thread, on
-# the proxy's core), its listeners on ports from BASE up (the data plane on BASE+3, the Admin API
+# the proxy's core; under WRAP, e.g. valgrind, when set), its listeners on ports from BASE up (the data plane on BASE+3, the Admin API
 # on BASE+4); sets AXLE_PID, SITE and ADMIN_PORT, and waits for the issuer.
 serve_axle() {
   local base=$1
@@ -49,10 +49,28 @@ serve_axle() {
   export AXLE__SERVICES__MASTERDATA__VEHICLE_URL="http://127.0.0.1:$((base + 13))"
   export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$((base + 15))"
   export AXLE__SERVICES__MARKET__LISTEN="127.0.0.1:$((base + 16))"
-  $PROXY_CPU "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
+  $PROXY_CPU ${WRAP:-} "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
   AXLE_PID=$!
   SITE="http://127.0.0.1:$((base + 3))" ADMIN_PORT=$((base + 4))
   wait_for "$SITE/api/identity/jwks"
+}
+
+# instructions NAME URL [WRK ARGUMENTS…]: the instructions per request (user space, all
+# threads) the process under callgrind whose command line names $AXLE spends on URL; with
+# KEEP_PROFILES the profile is kept as $KEEP_PROFILES/NAME, for callgrind_annotate.
+instructions() {
+  local name=$1 url=$2 pid out requests
+  shift 2
+  pid=$(pgrep -f "valgrind.*callgrind.*$AXLE" | head -1)
+  $LOAD_CPU wrk -t1 -c10 -d3s "$@" "$url" >/dev/null # warm-up
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  requests=$($LOAD_CPU wrk -t1 -c10 -d"${DURATION}s" "$@" "$url" | awk '/requests in/ { print $1 }')
+  sleep 2 # what the requests left to do (a logger's batch) is done
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  out=$(ls -t /tmp/axle-callgrind.*."$pid".* | head -1)
+  awk -v n="$requests" '/^totals:/ { printf "%.0f instructions per request (%d requests)\n", $2 / n, n }' "$out"
+  if [ -n "${KEEP_PROFILES:-}" ]; then mkdir -p "$KEEP_PROFILES" && cp "$out" "$KEEP_PROFILES/$name"; fi
+  rm -f /tmp/axle-callgrind.*."$pid"*
 }
 
 nginx_conf() { # $1 = name, $2 = server block, $3 = more main-context directives

@@ -429,7 +429,9 @@ async fn publish_subscribe_call_within_and_beyond_quota_and_revoke() {
         .await;
     assert_eq!(market.call(car, &other_key).await.status(), 403);
     // The audit trail says who did what to it.
-    let trail = market.get(&publisher, &format!("/audit?target={wid}")).await;
+    let trail = market
+        .get(&publisher, &format!("/audit?target={wid}"))
+        .await;
     let lines: Vec<(&str, &str)> = trail["items"]
         .as_array()
         .unwrap()
