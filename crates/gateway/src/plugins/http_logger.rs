@@ -163,11 +163,22 @@ impl Entry {
     }
 }
 
+/// The bytes a JSON string must escape: controls, `"` and `\`.
+const ESCAPED: [bool; 256] = {
+    let mut escaped = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        escaped[b] = true;
+        b += 1;
+    }
+    escaped[b'"' as usize] = true;
+    escaped[b'\\' as usize] = true;
+    escaped
+};
+
 /// `text` as a JSON string.
 fn string(out: &mut String, text: &str) {
-    let plain = text
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f);
+    let plain = !text.bytes().any(|b| ESCAPED[usize::from(b)]);
     match plain {
         true => {
             out.push('"');
