@@ -572,7 +572,7 @@ async fn logged(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     event: &CloudEvent,
 ) -> Result<(), StoreError> {
-    Outbox::enqueue(&mut **tx, event).await?;
+    Outbox::enqueue(tx, event).await?;
     let actor = event.data["actor"].as_str().unwrap_or("unknown");
     axle_core::audit::record(tx, actor, &event.ty, &event.subject, &event.data).await?;
     Ok(())
