@@ -3,10 +3,10 @@
 # in front of an nginx upstream, a product published through the market's API, an application
 # subscribed with a key. The same wrk drives
 #   - the market's route as the market writes it (key-auth, consumer-restriction,
-#     proxy-rewrite, http-logger reporting each request to the market), a copy of it without
-#     http-logger, and one reporting to nginx instead (the gateway's share of metering alone:
-#     the market, in the same process, counts and stores what it is sent): the proxy's CPU
-#     per request and throughput;
+#     proxy-rewrite, usage-counter posting the counts to the market each second), a copy of
+#     it without usage-counter, and one posting to nginx instead (the gateway's share of
+#     metering alone: the market, in the same process, stores what it is sent): the proxy's
+#     CPU per request and throughput;
 # then, for ROUNDS new applications each, the time from the approval call to the first
 # request the gateway accepts, and from the revocation call to the first it refuses.
 # Usage: [AXLE_BIN=...] bench/market.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 10, 50, 3)
@@ -45,10 +45,10 @@ APP=$(market POST /applications '{"name": "load"}' | field '["id"]')
 KEY=$(market POST "/applications/$APP/keys" | field '["key"]')
 market POST "/applications/$APP/subscriptions" "{\"plan_id\": \"$OPEN\"}" >/dev/null
 
-# The market's route, copied under /unmetered without its http-logger, and under /elsewhere
-# reporting to nginx.
+# The market's route, copied under /unmetered without its usage-counter, and under /elsewhere
+# posting to nginx.
 ROUTE_ID="market-$(echo "$PRODUCT" | tr -d -)-v1"
-copy() { # $1 = path prefix, $2 = the http-logger's uri (none: no http-logger)
+copy() { # $1 = path prefix, $2 = the usage-counter's uri (none: no usage-counter)
   curl -fsS -H 'X-API-KEY: bench-key' "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/$ROUTE_ID" \
     | python3 -c "
 import json, sys
@@ -56,9 +56,9 @@ route = json.load(sys.stdin)['value']
 for field in ('id', 'create_time', 'update_time'):
     route.pop(field, None)
 if '$2':
-    route['plugins']['http-logger']['uri'] = '$2'
+    route['plugins']['usage-counter']['uri'] = '$2'
 else:
-    route['plugins'].pop('http-logger')
+    route['plugins'].pop('usage-counter')
 print(json.dumps(route).replace('/market/bench/v1', '/$1/bench/v1'))" > "$WORK/$1.json"
   curl -fsS -o /dev/null -X PUT -H 'X-API-KEY: bench-key' \
     "http://127.0.0.1:$ADMIN_PORT/apisix/admin/routes/bench-$1" -d @"$WORK/$1.json"
@@ -88,7 +88,7 @@ done
 read -r unmetered_rps unmetered_p99 unmetered_cpu < <(printf '%s' "$unmetered_runs" | median)
 read -r elsewhere_rps elsewhere_p99 elsewhere_cpu < <(printf '%s' "$elsewhere_runs" | median)
 read -r metered_rps metered_p99 metered_cpu < <(printf '%s' "$metered_runs" | median)
-sleep 3 # the last batches reach the market
+sleep 3 # the last counts reach the market
 REPORTED=$(market GET "/applications/$APP/usage?minutes=60" | field '["requests"]')
 DROPPED=$(market GET "/products/$PRODUCT/usage?minutes=60" | field '["dropped"]')
 

@@ -415,7 +415,7 @@ pub struct MarketConfig {
     pub gateway_admin_url: Option<String>,
     /// Whether the gateway reports each request to the market (usage, latency, errors).
     pub metering: bool,
-    /// Where the gateway reports them; unset: `http://<listen>/usage/ingest`.
+    /// Where the gateway reports them; unset: `http://<listen>/usage/counts`.
     pub usage_url: Option<String>,
 }
 

@@ -56,7 +56,7 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
             url: market
                 .usage_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{}/usage/ingest", market.listen)),
+                .unwrap_or_else(|| format!("http://{}/usage/counts", market.listen)),
             token: usage_token.clone(),
         }),
     };

@@ -28,6 +28,7 @@ mod proxy_rewrite;
 mod request_id;
 mod response_rewrite;
 mod traffic_split;
+mod usage_counter;
 mod workflow;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,8 @@ pub struct Shared {
     pub breakers: api_breaker::Breakers,
     /// `http-logger`'s batches waiting to be sent.
     pub loggers: http_logger::Batches,
+    /// `usage-counter`'s counts waiting to be posted.
+    pub usage: usage_counter::Counters,
     /// `opentelemetry`'s span exporter.
     pub tracers: opentelemetry::Tracers,
     /// Fetched JWKS key sets (`jwt-auth`, `openid-connect`).
@@ -262,6 +265,13 @@ const REGISTRY: &[Registered] = &[
         name: "http-logger",
         build: http_logger::build,
         schema: schema_of::<http_logger::Config>,
+        authentication: None,
+        metadata: None,
+    },
+    Registered {
+        name: "usage-counter",
+        build: usage_counter::build,
+        schema: schema_of::<usage_counter::Config>,
         authentication: None,
         metadata: None,
     },

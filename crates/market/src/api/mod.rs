@@ -115,6 +115,7 @@ fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
         subscriptions::queue,
         subscriptions::decide,
         usage::ingest,
+        usage::counts,
         usage::of_application,
         usage::of_product,
         audit::trail,

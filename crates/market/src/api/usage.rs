@@ -1,5 +1,6 @@
-//! Usage: `POST /usage/ingest` takes the gateway's `http-logger` batches (with the market's
-//! usage token); `GET /applications/{id}/usage` and `GET /products/{id}/usage` sum them up for
+//! Usage: `POST /usage/counts` takes the counts of the gateway's `usage-counter`, and
+//! `POST /usage/ingest` entries of `http-logger` (so an APISIX fleet can be metered too), both
+//! with the market's usage token; `GET /applications/{id}/usage` and `GET /products/{id}/usage` sum them up for
 //! the application's owner and for publishers.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use crate::domain::usage::{self, Summary};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/usage/ingest", post(ingest))
+        .route("/usage/counts", post(counts))
         .route("/applications/{id}/usage", get(of_application))
         .route("/products/{id}/usage", get(of_product))
 }
@@ -35,6 +37,31 @@ pub async fn ingest(
     headers: HeaderMap,
     Json(entries): Json<Vec<usage::Entry>>,
 ) -> ApiResult<StatusCode> {
+    let dropped = from_the_gateway(&state, &headers)?;
+    let counted = usage::count(&entries, dropped, axle_core::time::now());
+    state.store.add_usage(&counted).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Take the counts of the gateway's `usage-counter` (per route, consumer, status class and
+/// minute); `X-Axle-Dropped` says how many requests it could not count.
+#[utoipa::path(post, path = "/usage/counts", tag = "usage", operation_id = "ingest_usage_counts",
+    params(("X-Axle-Dropped" = Option<u64>, Header, description = "Requests the gateway dropped since its last post")),
+    request_body(content = Vec<Object>, description = "usage-counter counts"),
+    responses((status = 204, description = "Counted"), (status = 401, body = ErrorBody)))]
+pub async fn counts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(counted): Json<Vec<usage::Counted>>,
+) -> ApiResult<StatusCode> {
+    let dropped = from_the_gateway(&state, &headers)?;
+    let added = usage::add_counted(&counted, dropped, axle_core::time::now());
+    state.store.add_usage(&added).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the usage token a report carries; answers the drops it reports.
+fn from_the_gateway(state: &AppState, headers: &HeaderMap) -> ApiResult<u64> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -47,14 +74,11 @@ pub async fn ingest(
             "the usage token is missing or wrong",
         ));
     }
-    let dropped = headers
+    Ok(headers
         .get("x-axle-dropped")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let counted = usage::count(&entries, dropped, axle_core::time::now());
-    state.store.add_usage(&counted).await?;
-    Ok(StatusCode::NO_CONTENT)
+        .unwrap_or(0))
 }
 
 /// Compares in time independent of where the texts differ.

@@ -162,6 +162,62 @@ pub fn count(entries: &[Entry], dropped: u64, now: DateTime<Utc>) -> BTreeMap<Ke
     counted
 }
 
+/// One key's counts as the gateway's `usage-counter` posts them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Counted {
+    pub route_id: String,
+    pub consumer: Option<String>,
+    pub status_class: u8,
+    /// The minute's start, in seconds since the epoch.
+    pub minute: i64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub latency_ms: u64,
+    /// Over [`BOUNDS_MS`] and one more bucket.
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Adds up the gateway's counts (those of other routes left out, and those whose histogram is
+/// not the market's), with the `dropped` requests the gateway reports on the first product
+/// counted, in this minute.
+pub fn add_counted(counted: &[Counted], dropped: u64, now: DateTime<Utc>) -> BTreeMap<Key, Counts> {
+    let mut added: BTreeMap<Key, Counts> = BTreeMap::new();
+    let mut first_product = None;
+    for c in counted {
+        let Some(product) = product_of(&c.route_id) else {
+            continue;
+        };
+        first_product.get_or_insert(product);
+        let Ok(latency) = <[u64; BUCKETS]>::try_from(c.latency_buckets.as_slice()) else {
+            continue;
+        };
+        let key = Key {
+            minute: DateTime::from_timestamp(c.minute, 0).unwrap_or(now),
+            application: c.consumer.as_deref().and_then(application_of),
+            product,
+            status: c.status_class.clamp(1, 5),
+        };
+        added.entry(key).or_default().add(&Counts {
+            requests: c.requests,
+            bytes: c.bytes,
+            latency_ms: c.latency_ms,
+            dropped: 0,
+            latency,
+        });
+    }
+    if let (Some(product), true) = (first_product, dropped > 0) {
+        let minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+        let key = Key {
+            minute,
+            application: None,
+            product,
+            status: 0,
+        };
+        added.entry(key).or_default().dropped += dropped;
+    }
+    added
+}
+
 /// Usage over a time span, summed up.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Summary {
@@ -282,6 +338,37 @@ mod tests {
         assert_eq!(summary.series[0].requests, 4);
         assert_eq!(summary.p50_ms, Some(1));
         assert_eq!(summary.p99_ms, Some(50));
+    }
+
+    #[test]
+    fn the_gateways_counts_add_up_per_key() {
+        let app = Uuid::now_v7();
+        let product = Uuid::now_v7();
+        let route = format!("market-{}-v1", product.simple());
+        let consumer = format!("market_{}", app.simple());
+        let mut buckets = vec![0; BUCKETS];
+        buckets[0] = 3;
+        let counted: Vec<Counted> = serde_json::from_value(json!([
+            {"route_id": route, "consumer": consumer, "status_class": 2, "minute": 1_796_083_200,
+             "requests": 3, "bytes": 900, "latency_ms": 2, "latency_buckets": buckets},
+            {"route_id": route, "consumer": consumer, "status_class": 2, "minute": 1_796_083_200,
+             "requests": 3, "bytes": 900, "latency_ms": 2, "latency_buckets": buckets},
+            {"route_id": route, "status_class": 4, "minute": 1_796_083_200,
+             "requests": 1, "bytes": 10, "latency_ms": 0, "latency_buckets": [1]},
+            {"route_id": "elsewhere", "status_class": 2, "minute": 1_796_083_200,
+             "requests": 9, "bytes": 0, "latency_ms": 0, "latency_buckets": buckets},
+        ]))
+        .unwrap();
+        let now = DateTime::from_timestamp(1_796_083_300, 0).unwrap();
+        let rows: Vec<(Key, Counts)> = add_counted(&counted, 2, now).into_iter().collect();
+        let summary = summarize(&rows);
+        assert_eq!(
+            summary.requests, 6,
+            "the odd histogram and the other route left out"
+        );
+        assert_eq!(summary.bytes, 1800);
+        assert_eq!(summary.dropped, 2);
+        assert_eq!(summary.p99_ms, Some(1));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   with the quota headers); rules stay in the plans' order, so each keeps its counters;
 //! - `proxy-rewrite`: `/market/<product>/v<major>/rest` → the backend's path + `/rest`;
 //! - deprecated: `response-rewrite` adds `Deprecation` and `Sunset`;
-//! - metered: `http-logger` reports each request to the market's usage endpoint;
+//! - metered: `usage-counter` counts the requests in the gateway and posts the counts to the
+//!   market each second;
 //! - a major with only retired versions answers 410 to everyone (`fault-injection`).
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ use crate::store::Record;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub counting: Counting,
-    /// Where the gateway reports each request (`http-logger`); none: not metered.
+    /// Where the gateway reports each request (`usage-counter`); none: not metered.
     pub metering: Option<Metering>,
 }
 
@@ -160,16 +161,12 @@ fn served(
         plugins["workflow"] = json!({ "rules": rules });
     }
     if let Some(metering) = &settings.metering {
-        plugins["http-logger"] = json!({
+        // Counts kept in the gateway and posted each second (kept over a market restart).
+        plugins["usage-counter"] = json!({
             "uri": metering.url,
             "auth_header": format!("Bearer {}", metering.token),
-            "name": "API market usage",
-            "batch_max_size": 1000,
-            "inactive_timeout": 1,
-            // Rides out a market restart: the batch waits (and new entries with it, up to
-            // the bound) rather than being dropped.
-            "max_retry_count": 120,
-            "retry_delay": 1,
+            "interval": 1,
+            "latency_buckets_ms": crate::domain::usage::BOUNDS_MS,
         });
     }
     if !canaries.is_empty() {
@@ -421,7 +418,7 @@ mod tests {
         let settings = Settings {
             counting: Counting::Local,
             metering: Some(Metering {
-                url: "http://127.0.0.1:9205/usage/ingest".into(),
+                url: "http://127.0.0.1:9205/usage/counts".into(),
                 token: "t".into(),
             }),
         };
@@ -460,10 +457,10 @@ mod tests {
             410
         );
         assert!(
-            v2["plugins"].get("http-logger").is_none(),
+            v2["plugins"].get("usage-counter").is_none(),
             "a retired major is not metered"
         );
-        assert_eq!(v1["plugins"]["http-logger"]["auth_header"], "Bearer t");
+        assert_eq!(v1["plugins"]["usage-counter"]["auth_header"], "Bearer t");
         assert!(v1["plugins"].get("traffic-split").is_none());
 
         // A canary takes its weight of its major's requests; the primary the rest.
