@@ -1,5 +1,6 @@
-//! `http-logger` through the data plane: entries in APISIX's shape, batched by size and by time,
-//! retried, and what could not be sent counted for the receiver.
+//! What the data plane reports of its requests: `http-logger` (entries in APISIX's shape,
+//! batched by size and by time, retried, what could not be sent counted for the receiver) and
+//! `usage-counter` (counts per route, consumer, status class and minute, kept until taken).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,6 +132,65 @@ async fn http_logger_sends_apisix_entries_in_batches_and_counts_what_it_dropped(
         json!({"uri": "/bad", "plugins": {"http-logger": {"uri": uri, "inactive_timeout": 0}},
                "upstream": {"nodes": {up.to_string(): 1}}}),
         "inactive_timeout",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn usage_counter_posts_counts_per_route_consumer_status_and_minute_and_keeps_refused_ones() {
+    let gw = spawn_gateway(Backends::embedded()).await;
+    let up = spawn_upstream("up").await;
+    // The first post is refused: its counts go with the next.
+    let (uri, mut posts) = collector(1).await;
+    gw.put(
+        "/apisix/admin/consumers/jack",
+        json!({"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}),
+    )
+    .await;
+    gw.put(
+        "/apisix/admin/routes/counted",
+        json!({"uri": "/counted/*", "plugins": {
+                  "key-auth": {},
+                  "usage-counter": {"uri": uri, "auth_header": "Bearer log-token", "interval": 1,
+                                    "latency_buckets_ms": [1, 10, 100]}},
+               "upstream": {"nodes": {up.to_string(): 1}}}),
+    )
+    .await;
+    gw.wait_for("/counted/x", 401).await;
+    let key = [("apikey", "jack-key")];
+    for _ in 0..5 {
+        assert_eq!(get(&gw, "/counted/a", &key).await.0, 200);
+    }
+    // Counted: 5 of jack's 200s, and the 401 (or two, with wait_for's) of nobody.
+    let mut jack = 0;
+    let mut anonymous = 0;
+    while jack < 5 || anonymous == 0 {
+        let (dropped, counts) = next(&mut posts).await;
+        assert_eq!(dropped, 0);
+        for c in counts {
+            assert_eq!(c["route_id"], "counted");
+            assert_eq!(c["minute"].as_u64().unwrap() % 60, 0);
+            let buckets: u64 = c["latency_buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+                .sum();
+            assert_eq!(buckets, c["requests"].as_u64().unwrap(), "{c}");
+            assert_eq!(c["latency_buckets"].as_array().unwrap().len(), 4);
+            match (c["consumer"].as_str(), c["status_class"].as_u64()) {
+                (Some("jack"), Some(2)) => jack += c["requests"].as_u64().unwrap(),
+                (None, Some(4)) => anonymous += c["requests"].as_u64().unwrap(),
+                other => panic!("{other:?}: {c}"),
+            }
+        }
+    }
+    assert_eq!(jack, 5);
+    gw.refused_naming(
+        "/apisix/admin/routes/bad",
+        json!({"uri": "/bad", "plugins": {"usage-counter": {"uri": uri, "latency_buckets_ms": [5, 1]}},
+               "upstream": {"nodes": {up.to_string(): 1}}}),
+        "latency_buckets_ms",
     )
     .await;
 }
