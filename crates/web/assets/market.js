@@ -11,6 +11,7 @@ document.addEventListener("DOMContentLoaded", () => {
       deepLinking: false,
       tryItOutEnabled: true,
       persistAuthorization: false,
+      requestSnippetsEnabled: true,
     });
   }
 

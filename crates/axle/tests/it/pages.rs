@@ -350,7 +350,8 @@ async fn a_dealer_finds_an_api_subscribes_and_tries_it_in_the_market_pages() {
     let search = page.find(Locator::Css("input[name=q]")).await.unwrap();
     search.send_keys("pets").await.unwrap();
     click(&page, "form[role=search] button").await;
-    page.find(Locator::LinkText("Swagger Petstore"))
+    page.wait()
+        .for_element(Locator::LinkText("Swagger Petstore"))
         .await
         .unwrap()
         .click()
@@ -359,7 +360,8 @@ async fn a_dealer_finds_an_api_subscribes_and_tries_it_in_the_market_pages() {
     on_page(&page, "Swagger Petstore").await;
     assert!(page.source().await.unwrap().contains("/market/petstore/v1"));
     // An application and its key, shown once.
-    page.find(Locator::LinkText("Make an application first"))
+    page.wait()
+        .for_element(Locator::LinkText("Make an application first"))
         .await
         .unwrap()
         .click()
@@ -398,6 +400,14 @@ async fn a_dealer_finds_an_api_subscribes_and_tries_it_in_the_market_pages() {
         .unwrap();
     on_page(&page, "Swagger Petstore 1.0.0").await;
     assert_eq!(text_of(&page, ".opblock-summary-path").await, "/pets");
+    // Code to call each operation with, through the gateway.
+    let source = page.source().await.unwrap();
+    assert!(
+        source.contains("requests.get(")
+            && source.contains("/market/petstore/v1/pets")
+            && source.contains("await fetch("),
+        "the snippets"
+    );
     click(&page, "button.authorize").await;
     page.wait()
         .for_element(Locator::Css("#api_key_value"))

@@ -502,6 +502,46 @@ struct ReferencePage {
     title: String,
     document: String,
     product: String,
+    snippets: Vec<Snippets>,
+}
+
+/// How to call one operation: with curl, Python (requests) and JavaScript (fetch).
+struct Snippets {
+    operation: String,
+    curl: String,
+    python: String,
+    javascript: String,
+}
+
+const METHODS: [&str; 7] = ["get", "put", "post", "delete", "patch", "head", "options"];
+
+/// The snippets of every operation of `document`, served at `base`.
+fn snippets(document: &Value, base: &str) -> Vec<Snippets> {
+    let mut all = Vec::new();
+    for (path, item) in document["paths"].as_object().into_iter().flatten() {
+        for method in METHODS.iter().filter(|m| item.get(**m).is_some()) {
+            let url = format!("{base}{path}");
+            let upper = method.to_uppercase();
+            let body = matches!(*method, "post" | "put" | "patch");
+            all.push(Snippets {
+                operation: format!("{upper} {path}"),
+                curl: format!(
+                    "curl -X {upper} '{url}' -H 'apikey: YOUR_KEY'{}",
+                    if body { " -H 'content-type: application/json' -d '{}'" } else { "" }
+                ),
+                python: format!(
+                    "import requests\n\nr = requests.{method}(\n    '{url}',\n    headers={{'apikey': 'YOUR_KEY'}},{}\n)\nprint(r.status_code, r.text)",
+                    if body { "\n    json={}," } else { "" }
+                ),
+                javascript: format!(
+                    "const r = await fetch('{url}', {{\n  method: '{upper}',\n  headers: {{apikey: 'YOUR_KEY'{}}},{}\n}});\nconsole.log(r.status, await r.text());",
+                    if body { ", 'content-type': 'application/json'" } else { "" },
+                    if body { "\n  body: JSON.stringify({})," } else { "" }
+                ),
+            });
+        }
+    }
+    all
 }
 
 async fn reference(
@@ -513,6 +553,11 @@ async fn reference(
         Ok(v) => v,
         Err(page) => return page,
     };
+    let served = match served_document(&state, &caller, &id, &version).await {
+        Ok(d) => d,
+        Err(page) => return page,
+    };
+    let base = text(&served["servers"][0]["url"]);
     let title = format!("{} {}", text(&version["title"]), text(&version["number"]));
     let mut shell = shell(&title, &caller, None);
     shell.styles = vec!["swagger-ui.css"];
@@ -522,6 +567,7 @@ async fn reference(
         title,
         document: format!("/market/versions/{id}/openapi.json"),
         product: format!("/market/products/{}", text(&version["product_id"])),
+        snippets: snippets(&served, &base),
     };
     Html::from(&page).into_response()
 }
@@ -537,20 +583,22 @@ async fn document(
         Ok(v) => v,
         Err(page) => return page,
     };
-    let product = match fetch(
-        &state,
-        &caller,
-        &format!("/products/{}", text(&version["product_id"])),
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(page) => return page,
-    };
-    let mut document = match fetch(&state, &caller, &format!("/versions/{id}/openapi")).await {
-        Ok(d) => d,
-        Err(page) => return page,
-    };
+    match served_document(&state, &caller, &id, &version).await {
+        Ok(document) => axum::Json(document).into_response(),
+        Err(page) => page,
+    }
+}
+
+/// The version's document served at the gateway's path for its major, with the key scheme.
+async fn served_document(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    version: &Value,
+) -> Result<Value, Response> {
+    let product_path = format!("/products/{}", text(&version["product_id"]));
+    let product = fetch(state, caller, &product_path).await?;
+    let mut document = fetch(state, caller, &format!("/versions/{id}/openapi")).await?;
     let major = text(&version["number"])
         .split('.')
         .next()
@@ -561,7 +609,7 @@ async fn document(
     document["components"]["securitySchemes"]["apikey"] = json!({"type": "apiKey", "in": "header", "name": "apikey",
                "description": "An application's key, from My applications"});
     document["security"] = json!([{"apikey": []}]);
-    axum::Json(document).into_response()
+    Ok(document)
 }
 
 // Applications.
