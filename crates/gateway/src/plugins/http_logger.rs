@@ -13,7 +13,6 @@
 //! per route and URI, in the process's [`Shared`](super::Shared) state) but not a restart.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::Site;
-use crate::client::fetch::{self, Call};
+use super::report::{Dropped, Target};
 use crate::client::pool::Pool;
 use crate::runtime::consumer::Consumer;
 use crate::runtime::phases::{Log, Plugin};
@@ -88,11 +87,8 @@ const MAX_PENDING: usize = 100_000;
 struct Settings {
     /// The batch processor's name, in its log lines.
     name: String,
-    uri: String,
-    authorization: Option<String>,
-    timeout: Duration,
+    target: Target,
     concat: Concat,
-    verify: bool,
     batch_max_size: usize,
     inactive: Duration,
     retries: u32,
@@ -222,14 +218,14 @@ struct Batch {
     /// Rung when a full batch is pending.
     full: Notify,
     /// Dropped since the last batch the server took.
-    dropped: AtomicU64,
+    dropped: Dropped,
 }
 
 impl Batches {
-    /// The batch of `owner` to `settings.uri`, its settings brought up to date; its sender
+    /// The batch of `owner` to `settings.target.uri`, its settings brought up to date; its sender
     /// started on the runtime building the plugin the first time.
     fn batch(&self, owner: &str, settings: Settings) -> Arc<Batch> {
-        let key = (owner.to_string(), settings.uri.clone());
+        let key = (owner.to_string(), settings.target.uri.clone());
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(batch) = batches.get(&key) {
             *batch.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
@@ -250,7 +246,7 @@ impl Batch {
             settings: Mutex::new(settings),
             pending: Mutex::default(),
             full: Notify::new(),
-            dropped: AtomicU64::new(0),
+            dropped: Dropped::default(),
         }
     }
 
@@ -264,7 +260,7 @@ impl Batch {
     fn push(&self, entry: Entry, max_pending: usize, batch_max_size: usize) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() >= max_pending {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.add(1);
             return;
         }
         pending.push_back(entry);
@@ -320,23 +316,18 @@ impl Batch {
             if attempt > 0 {
                 tokio::time::sleep(settings.retry_delay).await;
             }
-            let dropped = self.dropped.load(Ordering::Relaxed);
-            let mut call = Call::post(&settings.uri, settings.verify, content_type, body.clone());
-            call.authorization = settings.authorization.clone();
-            call.timeout = settings.timeout;
-            call.headers = vec![("x-axle-dropped", dropped.to_string())];
-            match fetch::send(pool, call).await {
-                Ok((status, _)) if status.is_success() => {
-                    self.dropped.fetch_sub(dropped, Ordering::Relaxed);
-                    return;
-                }
-                Ok((status, _)) => last_error = format!("status {status}"),
+            let target = &settings.target;
+            match self
+                .dropped
+                .post(pool, target, content_type, body.clone())
+                .await
+            {
+                Ok(()) => return,
                 Err(e) => last_error = e,
             }
         }
-        self.dropped
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        tracing::warn!(name = %settings.name, uri = %settings.uri, entries = batch.len(),
+        self.dropped.add(batch.len() as u64);
+        tracing::warn!(name = %settings.name, uri = %settings.target.uri, entries = batch.len(),
             error = %last_error, "http-logger: a batch of log entries could not be sent; dropped");
     }
 }
@@ -351,10 +342,6 @@ struct HttpLogger {
 
 pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    let url = reqwest::Url::parse(&c.uri).map_err(|e| format!("uri: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("uri: an http or https URL expected".into());
-    }
     let seconds = |field: &str, value: u64| {
         if (1..=crate::resource::MAX_SECONDS).contains(&value) {
             Ok(Duration::from_secs(value))
@@ -368,19 +355,12 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
     if c.batch_max_size == 0 || c.max_pending_entries == Some(0) {
         return Err("batch_max_size and max_pending_entries: at least 1".into());
     }
-    if let Some(auth) = &c.auth_header
-        && http::HeaderValue::from_str(auth).is_err()
-    {
-        return Err("auth_header: not a header value".into());
-    }
     seconds("buffer_duration", c.buffer_duration)?;
+    let timeout = seconds("timeout", c.timeout)?;
     let settings = Settings {
         name: c.name.unwrap_or_else(|| "http logger".into()),
-        uri: c.uri,
-        authorization: c.auth_header,
-        timeout: seconds("timeout", c.timeout)?,
+        target: Target::new(c.uri, c.auth_header, timeout, c.ssl_verify)?,
         concat: c.concat_method,
-        verify: c.ssl_verify,
         batch_max_size: c.batch_max_size,
         inactive: seconds("inactive_timeout", c.inactive_timeout)?,
         retries: c.max_retry_count.min(1_000),

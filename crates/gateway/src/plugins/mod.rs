@@ -25,6 +25,7 @@ mod opentelemetry;
 mod prometheus;
 mod proxy_mirror;
 mod proxy_rewrite;
+mod report;
 mod request_id;
 mod response_rewrite;
 mod traffic_split;

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Site;
+use super::report::{Dropped, Target};
 use crate::FastMap;
-use crate::client::fetch::{self, Call};
 use crate::client::pool::Pool;
 use crate::runtime::consumer::Consumer;
 use crate::runtime::phases::{Log, Plugin};
@@ -68,11 +67,8 @@ const MAX_BUCKETS: usize = 32;
 /// Where counts go and how.
 #[derive(Debug, Clone)]
 struct Settings {
-    uri: String,
-    authorization: Option<String>,
+    target: Target,
     interval: Duration,
-    timeout: Duration,
-    verify: bool,
     max_keys: usize,
 }
 
@@ -154,19 +150,19 @@ struct Counter {
     settings: Mutex<Settings>,
     counts: Mutex<FastMap<Key, Counts>>,
     /// Requests dropped since the last post the server took.
-    dropped: AtomicU64,
+    dropped: Dropped,
 }
 
 impl Counters {
-    /// The counter posting to `settings.uri`, its settings brought up to date; its sender
+    /// The counter posting to `settings.target.uri`, its settings brought up to date; its sender
     /// started on the runtime building the plugin the first time.
     fn counter(&self, settings: Settings) -> Arc<Counter> {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(counter) = counters.get(&settings.uri) {
+        if let Some(counter) = counters.get(&settings.target.uri) {
             *counter.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
             return counter.clone();
         }
-        let uri = settings.uri.clone();
+        let uri = settings.target.uri.clone();
         let counter = Arc::new(Counter::new(settings));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(counter.clone().post_forever(self.pool.clone()));
@@ -181,7 +177,7 @@ impl Counter {
         Counter {
             settings: Mutex::new(settings),
             counts: Mutex::default(),
-            dropped: AtomicU64::new(0),
+            dropped: Dropped::default(),
         }
     }
 
@@ -196,11 +192,11 @@ impl Counter {
             tokio::time::sleep(settings.interval).await;
             let counts =
                 std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()));
-            if counts.is_empty() && self.dropped.load(Ordering::Relaxed) == 0 {
+            if counts.is_empty() && !self.dropped.any() {
                 continue;
             }
             if let Err(e) = self.post(&pool, &settings, &counts).await {
-                tracing::warn!(uri = %settings.uri, error = %e,
+                tracing::warn!(uri = %settings.target.uri, error = %e,
                     "usage-counter: the counts could not be posted; kept for the next try");
                 self.keep(counts, settings.max_keys);
             }
@@ -227,18 +223,9 @@ impl Counter {
             })
             .collect();
         let body = serde_json::to_string(&posted).map_err(|e| e.to_string())?;
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        let mut call = Call::post(&settings.uri, settings.verify, "application/json", body);
-        call.authorization = settings.authorization.clone();
-        call.timeout = settings.timeout;
-        call.headers = vec![("x-axle-dropped", dropped.to_string())];
-        match fetch::send(pool, call).await? {
-            (status, _) if status.is_success() => {
-                self.dropped.fetch_sub(dropped, Ordering::Relaxed);
-                Ok(())
-            }
-            (status, _) => Err(format!("status {status}")),
-        }
+        self.dropped
+            .post(pool, &settings.target, "application/json", body)
+            .await
     }
 
     /// Puts counts that were not taken back, to go with the next post.
@@ -250,7 +237,7 @@ impl Counter {
             } else if current.len() < max_keys {
                 current.insert(key, counts);
             } else {
-                self.dropped.fetch_add(counts.requests, Ordering::Relaxed);
+                self.dropped.add(counts.requests);
             }
         }
     }
@@ -265,10 +252,6 @@ struct UsageCounter {
 
 pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, String> {
     let c: Config = crate::resource::parse(config).map_err(|e| e.0)?;
-    let url = reqwest::Url::parse(&c.uri).map_err(|e| format!("uri: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("uri: an http or https URL expected".into());
-    }
     let seconds = |field: &str, value: u64| {
         if (1..=3600).contains(&value) {
             Ok(Duration::from_secs(value))
@@ -289,18 +272,15 @@ pub(crate) fn build(config: &Value, site: &Site) -> Result<Arc<dyn Plugin>, Stri
     if c.max_keys == 0 {
         return Err("max_keys: at least 1".into());
     }
-    if let Some(auth) = &c.auth_header
-        && http::HeaderValue::from_str(auth).is_err()
-    {
-        return Err("auth_header: not a header value".into());
-    }
     let buckets: Arc<[u64]> = Arc::from(c.latency_buckets_ms.as_slice());
     let settings = Settings {
-        uri: c.uri,
-        authorization: c.auth_header,
+        target: Target::new(
+            c.uri,
+            c.auth_header,
+            seconds("timeout", c.timeout)?,
+            c.ssl_verify,
+        )?,
         interval: seconds("interval", c.interval)?,
-        timeout: seconds("timeout", c.timeout)?,
-        verify: c.ssl_verify,
         max_keys: c.max_keys,
     };
     let max_keys = settings.max_keys;
@@ -353,7 +333,7 @@ impl Plugin for UsageCounter {
             .unwrap_or_else(|e| e.into_inner());
         if !counts.contains_key(&key) && counts.len() >= self.max_keys {
             drop(counts);
-            self.counter.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counter.dropped.add(1);
             return;
         }
         let counts = counts.entry(key).or_default();
