@@ -223,6 +223,9 @@ pub struct ServicesConfig {
     pub identity: IdentityConfig,
     pub web: WebConfig,
     pub market: MarketConfig,
+    pub order: OrderConfig,
+    pub finance: ServiceConfig,
+    pub saga: SagaConfig,
 }
 
 impl Default for ServicesConfig {
@@ -234,6 +237,9 @@ impl Default for ServicesConfig {
             identity: IdentityConfig::default(),
             web: WebConfig::default(),
             market: MarketConfig::default(),
+            order: OrderConfig::default(),
+            finance: ServiceConfig::on_port(9207),
+            saga: SagaConfig::default(),
         }
     }
 }
@@ -430,6 +436,65 @@ impl Default for MarketConfig {
     }
 }
 
+/// `[services.order]`: orders and their state machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrderConfig {
+    pub listen: SocketAddr,
+    /// How long an order awaits payment before it is cancelled, unless the order says.
+    pub payment_deadline_secs: u64,
+    /// How often overdue orders are looked for.
+    pub expiry_check_secs: u64,
+}
+
+impl Default for OrderConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9206)),
+            payment_deadline_secs: 30 * 60,
+            expiry_check_secs: 5,
+        }
+    }
+}
+
+/// `[services.saga]`: the saga orchestrator (settlement), which calls the participants'
+/// HTTP APIs as a client of the identity service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SagaConfig {
+    pub listen: SocketAddr,
+    /// The participants; unset: this process's (`services.<name>.listen`).
+    pub vehicle_url: Option<String>,
+    pub order_url: Option<String>,
+    pub finance_url: Option<String>,
+    /// The client the orchestrator calls participants as (client credentials).
+    pub client_id: String,
+    /// Its secret; unset: the one the identity service keeps in `<data_dir>/identity/saga_secret`.
+    pub client_secret: Option<SecretString>,
+    /// Instances driven at once by this process.
+    pub concurrency: usize,
+    /// This process's name in instance leases; unset: the host name and process id.
+    pub node: Option<String>,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9208)),
+            vehicle_url: None,
+            order_url: None,
+            finance_url: None,
+            client_id: SAGA_CLIENT.into(),
+            client_secret: None,
+            concurrency: 64,
+            node: None,
+        }
+    }
+}
+
+/// The identity client the saga orchestrator runs as, registered by the identity service.
+pub const SAGA_CLIENT: &str = "axle-saga";
+
 /// The environment variable that sets the gateway's Admin API key.
 pub const ADMIN_KEY_ENV: &str = "AXLE_ADMIN_KEY";
 
@@ -457,6 +522,22 @@ impl Config {
             );
         }
         Ok(SecretString::from(key))
+    }
+
+    /// Where the saga orchestrator's bootstrapped client secret is kept.
+    pub fn saga_secret_path(&self) -> PathBuf {
+        self.data_dir.join("identity").join("saga_secret")
+    }
+
+    /// The base URL of a service this process would run, from its `listen` address (a
+    /// wildcard address is reached on loopback).
+    pub fn local_url(listen: SocketAddr) -> String {
+        let ip = if listen.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            listen.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, listen.port()))
     }
 
     /// The gateway's Admin API as the market calls it.
@@ -692,6 +773,27 @@ impl Config {
             if gw.etcd.timeout_secs == 0 {
                 return invalid("services.gateway.etcd.timeout_secs: must be at least 1");
             }
+        }
+        let saga = &self.services.saga;
+        for (key, url) in [
+            ("vehicle_url", &saga.vehicle_url),
+            ("order_url", &saga.order_url),
+            ("finance_url", &saga.finance_url),
+        ] {
+            if url.as_deref().is_some_and(|u| !http_url(u)) {
+                return Err(ConfigError::Invalid(format!(
+                    "services.saga.{key}: expected an http(s) URL"
+                )));
+            }
+        }
+        if saga.concurrency == 0 {
+            return invalid("services.saga.concurrency: must be at least 1");
+        }
+        let order = &self.services.order;
+        if order.payment_deadline_secs == 0 || order.expiry_check_secs == 0 {
+            return invalid(
+                "services.order: payment_deadline_secs and expiry_check_secs must be at least 1",
+            );
         }
         if self.auth.issuer.as_deref().is_some_and(|u| !http_url(u)) {
             return invalid("auth.issuer: expected an http(s) URL");

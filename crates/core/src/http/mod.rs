@@ -12,6 +12,7 @@
 //! in the shape of [`ErrorBody`].
 
 pub mod auth;
+pub mod client;
 mod error;
 pub mod idempotency;
 mod page;
