@@ -28,6 +28,9 @@ const SERVICES: &[&str] = &[
     axle_vehicle::NAME,
     axle_masterdata::NAME,
     axle_market::NAME,
+    axle_order::NAME,
+    axle_finance::NAME,
+    axle_saga::NAME,
     axle_gateway::NAME,
 ];
 
@@ -94,6 +97,9 @@ async fn build(name: &str, platform: &Platform) -> Result<Service, StartError> {
         axle_vehicle::NAME => axle_vehicle::build(platform).await,
         axle_masterdata::NAME => axle_masterdata::build(platform).await,
         axle_market::NAME => axle_market::build(platform).await,
+        axle_order::NAME => axle_order::build(platform).await,
+        axle_finance::NAME => axle_finance::build(platform).await,
+        axle_saga::NAME => axle_saga::build(platform).await,
         _ => unreachable!("select() only returns names from SERVICES; the gateway is built apart"),
     }
 }
@@ -114,6 +120,9 @@ fn listen_addr(config: &Config, name: &str) -> SocketAddr {
         axle_vehicle::NAME => config.services.vehicle.listen,
         axle_masterdata::NAME => config.services.masterdata.listen,
         axle_market::NAME => config.services.market.listen,
+        axle_order::NAME => config.services.order.listen,
+        axle_finance::NAME => config.services.finance.listen,
+        axle_saga::NAME => config.services.saga.listen,
         axle_gateway::NAME => config.services.gateway.admin_listen,
         _ => unreachable!("select() only returns names from SERVICES"),
     }

@@ -267,7 +267,7 @@ impl FinanceStore {
     async fn with_balances(&self, row: sqlx::any::AnyRow) -> Result<Account, StoreError> {
         let id = uuid(row.get::<&str, _>(0))?;
         let mut conn = self.db.pool().acquire().await?;
-        let balances = balances(&mut *conn, id).await?;
+        let balances = balances(&mut conn, id).await?;
         let currency: String = row.get(2);
         Ok(Account {
             id,
@@ -305,7 +305,7 @@ impl FinanceStore {
     ) -> Result<Hold, StoreError> {
         let mut tx = self.db.begin().await?;
         let version = lock(&mut tx, account).await?;
-        let available = balances(&mut *tx, account).await?.available;
+        let available = balances(&mut tx, account).await?.available;
         ledger::check_hold(available, booking.amount)?;
         let now = axle_core::time::now();
         let hold = Hold {
@@ -483,7 +483,7 @@ impl FinanceStore {
         let mut conn = self.db.pool().acquire().await?;
         for id in ids {
             let account = uuid(&id)?;
-            let b = balances(&mut *conn, account).await?;
+            let b = balances(&mut conn, account).await?;
             let active: i64 = sqlx::query_scalar(
                 "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds WHERE account_id = $1 AND status = 'active'",
             )

@@ -98,9 +98,9 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
     bootstrap(&provider, admin_password)
         .await
         .map_err(|e| fail(format!("first administrator: {e}")))?;
-    ensure_cli_client(&provider, &config.data_dir)
+    ensure_service_clients(&provider, config)
         .await
-        .map_err(|e| fail(format!("command-line client: {e}")))?;
+        .map_err(|e| fail(format!("Axle's own clients: {e}")))?;
 
     let api = api::router(api::AppState {
         secure_cookies: provider.settings.secure_issuer,
@@ -138,11 +138,44 @@ pub fn cli_secret_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join(NAME).join("cli_secret")
 }
 
-/// Registers [`CLI_CLIENT`] and writes its secret when it is missing.
-async fn ensure_cli_client(provider: &Provider, data_dir: &std::path::Path) -> Result<(), String> {
+/// A confidential client Axle registers for itself on first start (client credentials only),
+/// its secret written to a file for the process that calls as it.
+struct ServiceClient<'a> {
+    id: &'a str,
+    name: &'a str,
+    roles: Vec<Role>,
+    secret_path: std::path::PathBuf,
+}
+
+/// Registers [`CLI_CLIENT`] (platform-admin, operator) and the saga orchestrator's client
+/// (operator, finance: it settles lots across vehicle, order and finance) when missing.
+async fn ensure_service_clients(
+    provider: &Provider,
+    config: &axle_core::config::Config,
+) -> Result<(), String> {
+    for client in [
+        ServiceClient {
+            id: CLI_CLIENT,
+            name: "Axle command line",
+            roles: vec![Role::PlatformAdmin, Role::Operator],
+            secret_path: cli_secret_path(&config.data_dir),
+        },
+        ServiceClient {
+            id: axle_core::config::SAGA_CLIENT,
+            name: "Axle saga orchestrator",
+            roles: vec![Role::Operator, Role::Finance],
+            secret_path: config.saga_secret_path(),
+        },
+    ] {
+        ensure_client(provider, client).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_client(provider: &Provider, client: ServiceClient<'_>) -> Result<(), String> {
     let store = &provider.store;
     if store
-        .client(CLI_CLIENT)
+        .client(client.id)
         .await
         .map_err(|e| e.to_string())?
         .is_some()
@@ -150,20 +183,20 @@ async fn ensure_cli_client(provider: &Provider, data_dir: &std::path::Path) -> R
         return Ok(());
     }
     let new = api::NewClient {
-        id: CLI_CLIENT.into(),
-        name: "Axle command line".into(),
+        id: client.id.into(),
+        name: client.name.into(),
         kind: domain::ClientKind::Confidential,
         redirect_uris: vec![],
         post_logout_redirect_uris: vec![],
         grants: vec![domain::Grant::ClientCredentials],
         scopes: vec![],
-        roles: vec![Role::PlatformAdmin, Role::Operator],
+        roles: client.roles,
         org_id: None,
         first_party: true,
     };
-    let (client, secret) = api::build_client(new).map_err(|e| e.to_string())?;
+    let (registered, secret) = api::build_client(new).map_err(|e| e.to_string())?;
     let secret = secret.ok_or("a confidential client has a secret")?;
-    let path = cli_secret_path(data_dir);
+    let path = client.secret_path;
     if let Some(dir) = path.parent() {
         axle_core::files::private_dir(dir).map_err(|e| e.to_string())?;
     }
@@ -172,13 +205,13 @@ async fn ensure_cli_client(provider: &Provider, data_dir: &std::path::Path) -> R
     let change = Change {
         actor: "identity",
         action: "client_created",
-        target: format!("client:{CLI_CLIENT}"),
+        target: format!("client:{}", client.id),
         version: 1,
         detail: serde_json::json!({ "bootstrap": true }),
         notice: None,
     };
     let hash = store::digest(&secret);
-    match store.create_client(&client, Some(&hash), &change).await {
+    match store.create_client(&registered, Some(&hash), &change).await {
         Ok(()) | Err(store::StoreError::Exists(_)) => Ok(()),
         Err(e) => Err(e.to_string()),
     }

@@ -214,6 +214,7 @@ impl Command {
 
 /// What an allowed command did.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // returned once per command, never stored in bulk
 pub enum Outcome {
     Changed {
         order: Order,
