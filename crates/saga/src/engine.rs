@@ -17,7 +17,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Reg
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::definition::{Call, Definition, Method};
@@ -183,7 +183,10 @@ impl Engine {
                 tracing::warn!(error = %e, "could not release this node's old leases");
             }
             let permits = Arc::new(Semaphore::new(self.0.concurrency));
+            // The instances in flight belong to this task: if it is aborted, so are they.
+            let mut drives = JoinSet::new();
             while !shutdown.is_cancelled() {
+                while drives.try_join_next().is_some() {}
                 let free = permits.available_permits();
                 let claimed = if free == 0 {
                     Vec::new()
@@ -205,7 +208,7 @@ impl Engine {
                     };
                     let engine = self.clone();
                     let stop = shutdown.clone();
-                    tokio::spawn(async move {
+                    drives.spawn(async move {
                         engine.0.metrics.in_flight.inc();
                         engine.drive(instance, stop).await;
                         engine.0.metrics.in_flight.dec();
@@ -222,7 +225,7 @@ impl Engine {
                 }
             }
             // Wait for the instances in flight (each ends after its current call).
-            let _ = permits.acquire_many(self.0.concurrency as u32).await;
+            while drives.join_next().await.is_some() {}
         })
     }
 

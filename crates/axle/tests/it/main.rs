@@ -8,3 +8,4 @@ mod identity;
 mod market;
 mod pages;
 mod serve;
+mod settlement;
