@@ -64,15 +64,13 @@ impl Proxy {
 
     fn fault_for(&self, method: &str, path: &str) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap();
-        let rule = rules
-            .iter_mut()
-            .find(|r| {
-                let hit = match r.path.strip_prefix('*') {
-                    Some(suffix) => path.ends_with(suffix),
-                    None => path == r.path,
-                };
-                r.times > 0 && r.method == method && hit
-            })?;
+        let rule = rules.iter_mut().find(|r| {
+            let hit = match r.path.strip_prefix('*') {
+                Some(suffix) => path.ends_with(suffix),
+                None => path == r.path,
+            };
+            r.times > 0 && r.method == method && hit
+        })?;
         rule.times -= 1;
         Some(rule.fault)
     }
@@ -98,10 +96,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         _ => {}
     }
     let target = proxy.targets.lock().unwrap()[participant].clone();
-    let mut out = reqwest::Client::new().request(
-        parts.method.clone(),
-        format!("{target}/{rest}"),
-    );
+    let mut out = reqwest::Client::new().request(parts.method.clone(), format!("{target}/{rest}"));
     for name in ["authorization", "idempotency-key", "content-type"] {
         if let Some(v) = parts.headers.get(name) {
             out = out.header(name, v.clone());
@@ -228,7 +223,12 @@ impl Stack {
         self.saga.as_ref().unwrap().1.url(path)
     }
 
-    async fn send(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self.client.request(method, url);
         if let Some(body) = body {
             request = request.json(&body);
@@ -239,8 +239,13 @@ impl Stack {
     }
 
     async fn post(&self, url: String, body: Value) -> Value {
-        let (status, answer) = self.send(reqwest::Method::POST, url.clone(), Some(body)).await;
-        assert!((200..300).contains(&status), "POST {url}: {status} {answer}");
+        let (status, answer) = self
+            .send(reqwest::Method::POST, url.clone(), Some(body))
+            .await;
+        assert!(
+            (200..300).contains(&status),
+            "POST {url}: {status} {answer}"
+        );
         answer
     }
 
@@ -276,9 +281,13 @@ impl Stack {
             )
             .await;
         assert_eq!(status, 200);
-        self.post(v(&format!("/vehicles/{id}/list")), json!({})).await;
+        self.post(v(&format!("/vehicles/{id}/list")), json!({}))
+            .await;
         let pool = self
-            .post(v("/pools"), json!({"name": format!("pool-{n}"), "capacity": 1}))
+            .post(
+                v("/pools"),
+                json!({"name": format!("pool-{n}"), "capacity": 1}),
+            )
             .await;
         Lot {
             lot_id: format!("lot-{n}-{}", self.platform.tag),
@@ -310,8 +319,7 @@ impl Stack {
         let url = self.saga_url(&format!("/sagas/{id}"));
         eventually(30, "the saga to finish", || async {
             let (_, detail) = self.get(url.clone()).await;
-            matches!(detail["status"].as_str(), Some("completed" | "compensated"))
-                .then_some(detail)
+            matches!(detail["status"].as_str(), Some("completed" | "compensated")).then_some(detail)
         })
         .await
     }
@@ -328,7 +336,9 @@ impl Stack {
         let vehicle = self
             .get(self.vehicle.url(&format!("/vehicles/{}", lot.vehicle_id)))
             .await;
-        let order = self.get(self.order.url(&format!("/orders/{order_id}"))).await;
+        let order = self
+            .get(self.order.url(&format!("/orders/{order_id}")))
+            .await;
         let pool = self
             .get(self.vehicle.url(&format!("/pools/{}", lot.pool_id)))
             .await;
@@ -353,8 +363,15 @@ impl Stack {
                 "{case}: all done"
             ),
             "compensated" => {
-                assert_eq!((vehicle.as_str(), used), ("listed", 0), "{case}: all undone");
-                assert!(matches!(order.as_str(), "absent" | "cancelled"), "{case}: order {order}");
+                assert_eq!(
+                    (vehicle.as_str(), used),
+                    ("listed", 0),
+                    "{case}: all undone"
+                );
+                assert!(
+                    matches!(order.as_str(), "absent" | "cancelled"),
+                    "{case}: order {order}"
+                );
                 assert!(
                     matches!(receivable.as_str(), "absent" | "cancelled"),
                     "{case}: receivable {receivable}"
@@ -387,7 +404,10 @@ fn actions(lot: &Lot) -> [(&'static str, String); 4] {
     [
         ("POST", format!("vehicles/{}/sell", lot.vehicle_id)),
         ("POST", "orders".to_string()),
-        ("PUT", format!("pools/{}/deductions/{}", lot.pool_id, lot.vehicle_id)),
+        (
+            "PUT",
+            format!("pools/{}/deductions/{}", lot.pool_id, lot.vehicle_id),
+        ),
         ("POST", "receivables".to_string()),
     ]
 }
@@ -420,7 +440,8 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
             .filter(|a| a["phase"] == "action" && a["step"] == step)
             .count();
         assert_eq!(tries, 1, "a refusal is not retried");
-        s.assert_agree(&saga, &lot, &format!("refused at step {step}")).await;
+        s.assert_agree(&saga, &lot, &format!("refused at step {step}"))
+            .await;
 
         // Failing (5xx) past its attempts: retried, then undone with its own step.
         let lot = s.lot().await;
@@ -429,7 +450,8 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
         let saga = s.settled(&lot).await;
         s.proxy.clear();
         assert_eq!(saga["status"], "compensated", "failing at {step}: {saga}");
-        s.assert_agree(&saga, &lot, &format!("failing at step {step}")).await;
+        s.assert_agree(&saga, &lot, &format!("failing at step {step}"))
+            .await;
 
         // The call took effect but its answer was lost, every time: undone all the same.
         let lot = s.lot().await;
@@ -437,8 +459,12 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
         s.proxy.inject(method, path, Fault::LoseAnswer, 100);
         let saga = s.settled(&lot).await;
         s.proxy.clear();
-        assert_eq!(saga["status"], "compensated", "answers lost at {step}: {saga}");
-        s.assert_agree(&saga, &lot, &format!("answers lost at step {step}")).await;
+        assert_eq!(
+            saga["status"], "compensated",
+            "answers lost at {step}: {saga}"
+        );
+        s.assert_agree(&saga, &lot, &format!("answers lost at step {step}"))
+            .await;
 
         // Failing once, answered late once (three attempts allowed), then fine: retried
         // (idempotently) to the end.
@@ -449,7 +475,8 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
         let saga = s.settled(&lot).await;
         s.proxy.clear();
         assert_eq!(saga["status"], "completed", "recovering at {step}: {saga}");
-        s.assert_agree(&saga, &lot, &format!("recovering at step {step}")).await;
+        s.assert_agree(&saga, &lot, &format!("recovering at step {step}"))
+            .await;
 
         // The orchestrator dies during the step; another starts and carries on.
         let lot = s.lot().await;
@@ -467,7 +494,8 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
         s.start_saga().await;
         let saga = s.finished(&id).await;
         assert_eq!(saga["status"], "completed", "crash at {step}: {saga}");
-        s.assert_agree(&saga, &lot, &format!("crash at step {step}")).await;
+        s.assert_agree(&saga, &lot, &format!("crash at step {step}"))
+            .await;
     }
 
     // A compensation that keeps failing: flagged for an operator, who retries it once the
@@ -488,13 +516,19 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
     })
     .await;
     assert_eq!(flagged["status"], "compensating");
-    assert!(flagged["last_error"].as_str().unwrap().contains("503"), "{flagged}");
+    assert!(
+        flagged["last_error"].as_str().unwrap().contains("503"),
+        "{flagged}"
+    );
     s.proxy.clear();
-    let retried = s.post(s.saga_url(&format!("/sagas/{id}/retry")), json!({})).await;
+    let retried = s
+        .post(s.saga_url(&format!("/sagas/{id}/retry")), json!({}))
+        .await;
     assert_eq!(retried["flagged"], false);
     let saga = s.finished(&id).await;
     assert_eq!(saga["status"], "compensated");
-    s.assert_agree(&saga, &lot, "compensation flagged then retried").await;
+    s.assert_agree(&saga, &lot, "compensation flagged then retried")
+        .await;
 
     // An operator aborts an instance stuck in a step whose calls take effect unanswered.
     let lot = s.lot().await;
@@ -509,10 +543,17 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
     })
     .await;
     let (status, aborted) = s
-        .send(reqwest::Method::POST, s.saga_url(&format!("/sagas/{id}/abort")), None)
+        .send(
+            reqwest::Method::POST,
+            s.saga_url(&format!("/sagas/{id}/abort")),
+            None,
+        )
         .await;
     // It may have given up on its own a moment before.
-    assert!(status == 200 || aborted["code"] == "SAGA_ILLEGAL_TRANSITION", "{aborted}");
+    assert!(
+        status == 200 || aborted["code"] == "SAGA_ILLEGAL_TRANSITION",
+        "{aborted}"
+    );
     let saga = s.finished(&id).await;
     s.proxy.clear();
     assert_eq!(saga["status"], "compensated");
@@ -523,16 +564,27 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
         .send(
             reqwest::Method::POST,
             s.saga_url("/settlements"),
-            Some(json!({"lot_id": " ", "vehicle_id": lot.vehicle_id, "pool_id": lot.pool_id,
-                        "buyer_org": "d", "seller_org": "s", "price": cny(1)})),
+            Some(
+                json!({"lot_id": " ", "vehicle_id": lot.vehicle_id, "pool_id": lot.pool_id,
+                        "buyer_org": "d", "seller_org": "s", "price": cny(1)}),
+            ),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("SETTLEMENT_INVALID")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("SETTLEMENT_INVALID"))
+    );
     let (status, body) = s
-        .send(reqwest::Method::POST, s.saga_url("/settlements"), Some(json!({"lot_id": 1})))
+        .send(
+            reqwest::Method::POST,
+            s.saga_url("/settlements"),
+            Some(json!({"lot_id": 1})),
+        )
         .await;
     assert_eq!(status, 422, "{body}");
-    let (status, _) = s.get(s.saga_url(&format!("/sagas/{}", axle_core::id::new_id()))).await;
+    let (status, _) = s
+        .get(s.saga_url(&format!("/sagas/{}", axle_core::id::new_id())))
+        .await;
     assert_eq!(status, 404);
     let (_, stats) = s.get(s.saga_url("/sagas/stats")).await;
     assert!(stats["by_status"].as_array().unwrap().len() >= 2, "{stats}");
