@@ -184,12 +184,15 @@ pub struct Timing {
 }
 
 impl Default for Timing {
+    /// Undoing a sale is expensive, so an action is retried for about two minutes before the
+    /// settlement gives up: long enough for a participant to restart, and for the claim on an
+    /// idempotency key that a crashed participant left behind to lapse (a minute).
     fn default() -> Self {
         Self {
             action: RetryPolicy {
-                max_attempts: 5,
+                max_attempts: 12,
                 initial: Duration::from_millis(200),
-                max: Duration::from_secs(5),
+                max: Duration::from_secs(30),
             },
             compensation: RetryPolicy {
                 max_attempts: 10,

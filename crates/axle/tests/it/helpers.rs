@@ -13,6 +13,9 @@ pub fn axle(dir: &Path) -> Command {
     for key in [
         "AXLE__SERVICES__MASTERDATA__LISTEN",
         "AXLE__SERVICES__MARKET__LISTEN",
+        "AXLE__SERVICES__ORDER__LISTEN",
+        "AXLE__SERVICES__FINANCE__LISTEN",
+        "AXLE__SERVICES__SAGA__LISTEN",
         "AXLE__SERVICES__IDENTITY__LISTEN",
         "AXLE__SERVICES__WEB__LISTEN",
         "AXLE__SERVICES__GATEWAY__LISTEN",

@@ -9,3 +9,4 @@ mod market;
 mod pages;
 mod serve;
 mod settlement;
+mod settlement_kill;
