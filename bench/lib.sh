@@ -49,6 +49,9 @@ serve_axle() {
   export AXLE__SERVICES__MASTERDATA__VEHICLE_URL="http://127.0.0.1:$((base + 13))"
   export AXLE__SERVICES__GATEWAY__PROMETHEUS_LISTEN="127.0.0.1:$((base + 15))"
   export AXLE__SERVICES__MARKET__LISTEN="127.0.0.1:$((base + 16))"
+  export AXLE__SERVICES__ORDER__LISTEN="127.0.0.1:$((base + 17))"
+  export AXLE__SERVICES__FINANCE__LISTEN="127.0.0.1:$((base + 18))"
+  export AXLE__SERVICES__SAGA__LISTEN="127.0.0.1:$((base + 19))"
   $PROXY_CPU ${WRAP:-} "$AXLE" serve --workers 1 --data-dir "$WORK/axle" >"$WORK/axle.log" 2>&1 & PIDS+=($!)
   AXLE_PID=$!
   SITE="http://127.0.0.1:$((base + 3))" ADMIN_PORT=$((base + 4))

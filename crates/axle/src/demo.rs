@@ -1,7 +1,8 @@
 //! `axle serve --demo`: sample data a newcomer can click through at once — two dealer
-//! companies with staff, an auctioneer, a finance clerk, vehicles at several points of their
-//! lifecycle, and an API in the market (master data's model catalog) — written through the
-//! public APIs, as any client would, once Axle answers.
+//! companies with staff and deposit accounts, an auctioneer, a finance clerk, an operator,
+//! vehicles at several points of their lifecycle, one of them sold at auction and settled
+//! (vehicle, order, inventory, receivable), and an API in the market (master data's model
+//! catalog) — written through the public APIs, as any client would, once Axle answers.
 //! Seeding again finds them there and adds nothing.
 
 use anyhow::Context;
@@ -84,6 +85,7 @@ pub async fn seed(config: Config) -> anyhow::Result<()> {
     {
         return Ok(());
     }
+    let mut listed = Vec::new();
     for (n, (make, model, year, km, steps)) in VEHICLES.iter().enumerate() {
         let vin = vin(n);
         let created: Value = post(
@@ -127,6 +129,45 @@ pub async fn seed(config: Config) -> anyhow::Result<()> {
             };
             request.send().await?;
         }
+        if *steps == 4 {
+            listed.push((id.to_string(), price));
+        }
+    }
+    // Deposit accounts for both dealers, an inventory pool, and the first listed car sold at
+    // auction to the second dealer: a settlement to look at in the sagas, orders and finance.
+    for org in org_ids.iter().flatten() {
+        let account: Value = post(
+            "/api/finance/accounts".into(),
+            json!({"org_id": org, "currency": "CNY"}),
+        )
+        .await?
+        .json()
+        .await?;
+        if let Some(id) = account["id"].as_str() {
+            post(
+                format!("/api/finance/accounts/{id}/top-ups"),
+                json!({"amount": {"amount": 20_000_000, "currency": "CNY"}, "reference": "demo deposit"}),
+            )
+            .await?;
+        }
+    }
+    let pool: Value = post(
+        "/api/vehicle/pools".into(),
+        json!({"name": "Shanghai yard", "capacity": 50}),
+    )
+    .await?
+    .json()
+    .await?;
+    if let (Some(pool), Some((vehicle, price)), [Some(seller), Some(buyer)]) =
+        (pool["id"].as_str(), listed.first(), org_ids.as_slice())
+    {
+        post(
+            "/api/saga/settlements".into(),
+            json!({"lot_id": "demo-lot-1", "vehicle_id": vehicle, "pool_id": pool,
+                "buyer_org": buyer, "seller_org": seller,
+                "price": {"amount": price * 95 / 100, "currency": "CNY"}}),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ pub async fn build(platform: &Platform) -> Result<Service, StartError> {
     let api = pages::router(pages::AppState {
         identity: config.issuer(),
         market: format!("{}/api/market", config.site()),
+        saga: format!("{}/api/saga", config.site()),
+        order: format!("{}/api/order", config.site()),
+        finance: format!("{}/api/finance", config.site()),
         site: config.site(),
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))

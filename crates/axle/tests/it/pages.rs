@@ -509,3 +509,166 @@ async fn a_dealer_finds_an_api_subscribes_and_tries_it_in_the_market_pages() {
     page.close().await.unwrap();
     assert!(server.terminate().status.success());
 }
+
+/// Signs the browser out (Axle asks to confirm) and back in as `username`.
+async fn switch_user(page: &fantoccini::Client, username: &str, password: &str) {
+    click(page, "header nav a[href='/logout']").await;
+    on_page(page, "Sign out").await;
+    click(page, "form button[type=submit]").await;
+    on_page(page, "Sign in").await;
+    sign_in(page, username, password).await;
+    on_page(page, &format!("Welcome, {username}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages() {
+    let Some(chromedriver) = axle_core::testing::tool("AXLE_TEST_CHROMEDRIVER", "chromedriver")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::serve_with(
+        dir.path(),
+        free_port(),
+        &["--demo"],
+        &[("AXLE_ADMIN_PASSWORD", PASSWORD.into())],
+    )
+    .await;
+    let site = format!("http://127.0.0.1:{}", server.gateway_port);
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (page, _driver) = browser(&chromedriver).await;
+    const DEMO: &str = "axle demo passphrase";
+
+    // The operator: the demo's settlement in the sagas, with its four steps done.
+    page.goto(&format!("{site}/")).await.unwrap();
+    sign_in(&page, "zhao.ops", DEMO).await;
+    on_page(&page, "Welcome, zhao.ops").await;
+    let nav = nav_labels(&page).await;
+    for label in ["Orders", "Finance", "Sagas"] {
+        assert!(nav.contains(&label.to_string()), "{nav:?}");
+    }
+    click(&page, "header nav a[href='/sagas']").await;
+    on_page(&page, "Sagas").await;
+    for _ in 0..100 {
+        if page.source().await.unwrap().contains("demo-lot-1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page.refresh().await.unwrap();
+    }
+    click(&page, "main table tbody a").await;
+    on_page(&page, "settlement demo-lot-1").await;
+    for _ in 0..100 {
+        if text_of(&page, "#saga-status").await == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page.refresh().await.unwrap();
+    }
+    assert_eq!(text_of(&page, "#saga-status").await, "completed");
+    let calls = page
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 4, "one call per step");
+    std::fs::write(
+        shots.join("pages-saga.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // Filtering: no compensated settlement in the demo.
+    page.goto(&format!("{site}/sagas?status=compensated"))
+        .await
+        .unwrap();
+    on_page(&page, "Sagas").await;
+    assert!(page.source().await.unwrap().contains("No saga matches."));
+
+    // The order it created, awaiting payment, with its history.
+    click(&page, "header nav a[href='/orders']").await;
+    on_page(&page, "Orders").await;
+    // Organisations by name, not by id.
+    assert!(page.source().await.unwrap().contains("Beijing Chaoyang Auto Trading"));
+    click(&page, "main table tbody a").await;
+    assert_eq!(text_of(&page, "#order-status").await, "awaiting_payment");
+    assert!(page.source().await.unwrap().contains("demo-lot-1"));
+    std::fs::write(
+        shots.join("pages-order.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // Finance: both dealers' deposits, a statement, the receivable.
+    click(&page, "header nav a[href='/finance/accounts']").await;
+    on_page(&page, "Deposit accounts").await;
+    let accounts = page
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(accounts.len(), 2);
+    click(&page, "main table tbody a").await;
+    assert_eq!(text_of(&page, "#available").await, "200000.00 CNY");
+    assert!(page.source().await.unwrap().contains("demo deposit"));
+    std::fs::write(
+        shots.join("pages-account-statement.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    page.goto(&format!("{site}/finance/receivables"))
+        .await
+        .unwrap();
+    on_page(&page, "Receivables").await;
+    assert!(page.source().await.unwrap().contains(">open<"));
+
+    // The finance clerk records a top-up from the statement page.
+    switch_user(&page, "wang.finance", DEMO).await;
+    page.goto(&format!("{site}/finance/accounts"))
+        .await
+        .unwrap();
+    click(&page, "main table tbody a").await;
+    click(&page, "details summary").await;
+    let form = page.form(Locator::Css("details form")).await.unwrap();
+    form.set_by_name("amount", "1,000.50").await.unwrap();
+    form.set_by_name("reference", "bank transfer 7781")
+        .await
+        .unwrap();
+    form.submit().await.unwrap();
+    page.wait()
+        .for_element(Locator::Css(".flash-info"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&page, "#available").await, "201000.50 CNY");
+
+    // The buying dealer sees its own order and account; the selling dealer no order.
+    switch_user(&page, "zhang.min", DEMO).await;
+    let nav = nav_labels(&page).await;
+    assert!(!nav.contains(&"Sagas".to_string()), "{nav:?}");
+    page.goto(&format!("{site}/orders")).await.unwrap();
+    on_page(&page, "Orders").await;
+    assert_eq!(
+        page.find_all(Locator::Css("main table tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    page.goto(&format!("{site}/finance/accounts"))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.find_all(Locator::Css("main table tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    page.goto(&format!("{site}/sagas")).await.unwrap();
+    on_page(&page, "Not for your role").await;
+    page.goto(&format!("{site}/")).await.unwrap();
+    switch_user(&page, "li.wei", DEMO).await;
+    page.goto(&format!("{site}/orders")).await.unwrap();
+    on_page(&page, "Orders").await;
+    assert!(page.source().await.unwrap().contains("No order matches."));
+    page.close().await.unwrap();
+    assert!(server.terminate().status.success());
+}

@@ -19,6 +19,15 @@ use crate::provider::random_secret;
 use crate::store::{AuditEntry, Change, digest};
 
 const ADMIN: &[Role] = &[Role::PlatformAdmin];
+/// Who may read the directory of organisations (to show names where records hold ids); any
+/// user may read their own organisation.
+const DIRECTORY: &[Role] = &[
+    Role::PlatformAdmin,
+    Role::Operator,
+    Role::Auctioneer,
+    Role::Finance,
+    Role::ApiPublisher,
+];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -331,7 +340,7 @@ pub async fn create_organisation(
     Ok((StatusCode::CREATED, Json(org)))
 }
 
-/// List organisations.
+/// List organisations (staff).
 #[utoipa::path(get, path = "/organisations", tag = "admin", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = Page<Organisation>)))]
 pub async fn list_organisations(
@@ -339,7 +348,7 @@ pub async fn list_organisations(
     caller: Caller,
     Query(page): Query<PageQuery>,
 ) -> ApiResult<Json<Page<Organisation>>> {
-    caller.require(ADMIN)?;
+    caller.require(DIRECTORY)?;
     let limit = page.limit()?;
     let orgs = state
         .provider
@@ -351,7 +360,7 @@ pub async fn list_organisations(
     })))
 }
 
-/// Fetch one organisation.
+/// Fetch one organisation (staff, or its own users).
 #[utoipa::path(get, path = "/organisations/{id}", tag = "admin", security(("bearer" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = Organisation), (status = 404, body = ErrorBody)))]
 pub async fn fetch_organisation(
@@ -359,7 +368,9 @@ pub async fn fetch_organisation(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Organisation>> {
-    caller.require(ADMIN)?;
+    if caller.0.org != Some(id) {
+        caller.require(DIRECTORY)?;
+    }
     Ok(Json(
         state
             .provider

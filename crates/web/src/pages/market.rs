@@ -18,7 +18,9 @@ use axum_extra::extract::CookieJar;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, FlashQuery, Viewer, answer, done, error_page, refused_form, shell};
+use super::{
+    AppState, FlashQuery, FormFields, Viewer, done, error_page, refused_form, shell, text,
+};
 use crate::{FlashKind, Html, Shell};
 
 pub fn router() -> Router<AppState> {
@@ -45,59 +47,17 @@ async fn api(
     path: &str,
     body: Option<Value>,
 ) -> Result<(StatusCode, Value), Response> {
-    let mut request = state.call_at(&state.market, caller, method, path);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    answer(request.send().await).await
+    super::api(state, &state.market, caller, method, path, body).await
 }
 
-/// A GET that must succeed; otherwise the page for its status.
+/// A GET of the market's that must succeed; otherwise the page for its status.
 async fn fetch(state: &AppState, caller: &Caller, path: &str) -> Result<Value, Response> {
-    match api(state, caller, reqwest::Method::GET, path, None).await? {
-        (StatusCode::OK, body) => Ok(body),
-        (StatusCode::NOT_FOUND, _) => Err(error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no such thing in the market, or it is not shown to you.",
-        )),
-        (status, body) => Err(error_page(
-            status,
-            "It cannot be shown",
-            body["message"].as_str().unwrap_or("The market refused."),
-        )),
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
-        other => other.to_string(),
-    }
-}
-
-/// A form's fields by name, with its CSRF token checked.
-#[derive(Debug, Deserialize)]
-struct FormFields {
-    csrf: Option<String>,
-    #[serde(flatten)]
-    fields: HashMap<String, String>,
-}
-
-impl FormFields {
-    fn get(&self, name: &str) -> &str {
-        self.fields.get(name).map(|s| s.trim()).unwrap_or_default()
-    }
+    super::fetch(state, &state.market, caller, path).await
 }
 
 /// What a refused change says, for the page's flash.
 fn refusal(body: &Value) -> String {
-    body["message"]
-        .as_str()
-        .unwrap_or("The market refused it.")
-        .to_string()
+    super::refusal(body, "The market refused it.")
 }
 
 // The catalog.

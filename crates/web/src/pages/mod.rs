@@ -9,7 +9,10 @@
 
 mod account;
 mod admin;
+mod finance;
 mod market;
+mod orders;
+mod sagas;
 
 use askama::Template;
 use axle_core::http::Caller;
@@ -31,6 +34,10 @@ pub struct AppState {
     /// The market's API, and the gateway as browsers reach it (where the market's APIs are
     /// called).
     pub market: String,
+    /// The saga orchestrator's, order's and finance's APIs (through the gateway).
+    pub saga: String,
+    pub order: String,
+    pub finance: String,
     pub site: String,
     pub http: reqwest::Client,
     pub csrf: CsrfKey,
@@ -44,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .merge(account::router())
         .merge(admin::router())
         .merge(market::router())
+        .merge(orders::router())
+        .merge(finance::router())
+        .merge(sagas::router())
         .merge(crate::assets::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::security::headers))
@@ -59,6 +69,15 @@ pub(crate) fn shell(title: &str, caller: &Caller, flash: Option<&Flash>) -> Shel
     ];
     if caller.has_role("api-publisher") || caller.has_role("platform-admin") {
         nav.push(link("/market/approvals", "Approvals"));
+    }
+    if orders::buyer_or_staff(caller) {
+        nav.push(link("/orders", "Orders"));
+    }
+    if finance::sees_finance(caller) {
+        nav.push(link("/finance/accounts", "Finance"));
+    }
+    if sagas::watcher(caller) {
+        nav.push(link("/sagas", "Sagas"));
     }
     nav.push(link("/account", "Account"));
     if caller.has_role("platform-admin") {
@@ -268,4 +287,147 @@ pub(crate) async fn answer(
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = response.json().await.unwrap_or(serde_json::Value::Null);
     Ok((status, body))
+}
+
+/// Calls the API at `base` as the caller; its answer, or the page saying it did not answer.
+pub(crate) async fn api(
+    state: &AppState,
+    base: &str,
+    caller: &Caller,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(StatusCode, serde_json::Value), Response> {
+    let mut request = state.call_at(base, caller, method, path);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(request.send().await).await
+}
+
+/// A GET at `base` that must succeed; otherwise the page for its status.
+pub(crate) async fn fetch(
+    state: &AppState,
+    base: &str,
+    caller: &Caller,
+    path: &str,
+) -> Result<serde_json::Value, Response> {
+    match api(state, base, caller, reqwest::Method::GET, path, None).await? {
+        (StatusCode::OK, body) => Ok(body),
+        (StatusCode::NOT_FOUND, _) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such thing, or it is not shown to you.",
+        )),
+        (status, body) => Err(error_page(
+            status,
+            "It cannot be shown",
+            body["message"].as_str().unwrap_or("The service refused."),
+        )),
+    }
+}
+
+/// A JSON value as a page shows it.
+pub(crate) fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// What a refused change says, for the page's flash.
+pub(crate) fn refusal(body: &serde_json::Value, otherwise: &str) -> String {
+    body["message"].as_str().unwrap_or(otherwise).to_string()
+}
+
+/// A form's fields by name, with its CSRF token to check.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FormFields {
+    pub csrf: Option<String>,
+    #[serde(flatten)]
+    pub fields: std::collections::HashMap<String, String>,
+}
+
+impl FormFields {
+    pub fn get(&self, name: &str) -> &str {
+        self.fields.get(name).map(|s| s.trim()).unwrap_or_default()
+    }
+}
+
+/// Money as the APIs send it (`{"amount": minor units, "currency": …}`), as people read it.
+pub(crate) fn money(v: &serde_json::Value) -> String {
+    serde_json::from_value::<axle_core::money::Money>(v.clone())
+        .map(|m| m.to_string())
+        .unwrap_or_default()
+}
+
+/// Minor units of `currency`, as people read them.
+pub(crate) fn minor(amount: &serde_json::Value, currency: &serde_json::Value) -> String {
+    money(&serde_json::json!({"amount": amount, "currency": currency}))
+}
+
+/// An RFC 3339 time as a page shows it: to the second, in UTC.
+pub(crate) fn when(v: &serde_json::Value) -> String {
+    v.as_str()
+        .and_then(axle_core::time::from_text)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// `text` as one query-string value.
+pub(crate) fn urlencoded(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Organisations' names by id, as far as the caller may read them (staff: the directory; a
+/// dealer: its own), for pages whose records hold organisation ids.
+pub(crate) struct OrgNames(std::collections::HashMap<String, String>);
+
+impl OrgNames {
+    pub async fn load(state: &AppState, caller: &Caller) -> Self {
+        let staff = [
+            "platform-admin",
+            "operator",
+            "auctioneer",
+            "finance",
+            "api-publisher",
+        ]
+        .iter()
+        .any(|r| caller.has_role(r));
+        let path = match (&caller.org, staff) {
+            (_, true) => "/organisations?limit=200".to_string(),
+            (Some(org), false) => format!("/organisations/{org}"),
+            (None, false) => return OrgNames(Default::default()),
+        };
+        let answer = api(
+            state,
+            &state.identity,
+            caller,
+            reqwest::Method::GET,
+            &path,
+            None,
+        )
+        .await;
+        let body = match answer {
+            Ok((StatusCode::OK, body)) => body,
+            _ => return OrgNames(Default::default()),
+        };
+        let orgs = match body.get("items").and_then(|i| i.as_array()) {
+            Some(items) => items.clone(),
+            None => vec![body],
+        };
+        OrgNames(
+            orgs.iter()
+                .map(|o| (text(&o["id"]), text(&o["name"])))
+                .collect(),
+        )
+    }
+
+    /// The name of the organisation `id` names, else the id itself.
+    pub fn of(&self, id: &serde_json::Value) -> String {
+        let id = text(id);
+        self.0.get(&id).cloned().unwrap_or(id)
+    }
 }
