@@ -394,6 +394,9 @@ async fn every_openapi_document_passes_the_validator() {
         ("masterdata", own(server.masterdata_port)),
         ("identity", own(server.identity_port)),
         ("market", through_gateway("market")),
+        ("order", through_gateway("order")),
+        ("finance", through_gateway("finance")),
+        ("saga", through_gateway("saga")),
         ("gateway", own(admin)),
     ];
     for (name, url) in services {
