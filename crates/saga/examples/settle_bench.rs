@@ -255,6 +255,10 @@ async fn main() -> Fallible<()> {
         .await;
     let direct_secs = start.elapsed().as_secs_f64();
     direct.into_iter().collect::<Fallible<Vec<()>>>()?;
+    println!(
+        "reference  {:>7.0} settlements/s  (the four calls made directly by the client, {concurrency} at a time)",
+        f64::from(lots) / direct_secs
+    );
 
     // The settlements: started, then run to their end by the orchestrator.
     let start = Instant::now();
@@ -294,10 +298,6 @@ async fn main() -> Fallible<()> {
         .await?;
 
     let lots = f64::from(lots);
-    println!(
-        "reference  {:>7.0} settlements/s  (the four calls made directly by the client, {concurrency} at a time)",
-        lots / direct_secs
-    );
     println!(
         "saga       {:>7.0} settlements/s  ({completed} completed, {compensated} compensated; all {lots} started in {started_secs:.1} s)",
         lots / saga_secs

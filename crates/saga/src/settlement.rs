@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::definition::{Call, Definition, Step};
+use crate::domain::definition::{Call, Definition, Step, summary};
 use crate::domain::retry::RetryPolicy;
 
 pub const SAGA: &str = "settlement";
@@ -210,6 +210,7 @@ pub fn definition(timing: Timing) -> Definition {
         participant,
         action,
         compensation: Some(compensation),
+        keep: summary,
         retry: timing.action,
         compensation_retry: timing.compensation,
         timeout: timing.timeout,

@@ -588,7 +588,12 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
     click(&page, "header nav a[href='/orders']").await;
     on_page(&page, "Orders").await;
     // Organisations by name, not by id.
-    assert!(page.source().await.unwrap().contains("Beijing Chaoyang Auto Trading"));
+    assert!(
+        page.source()
+            .await
+            .unwrap()
+            .contains("Beijing Chaoyang Auto Trading")
+    );
     click(&page, "main table tbody a").await;
     assert_eq!(text_of(&page, "#order-status").await, "awaiting_payment");
     assert!(page.source().await.unwrap().contains("demo-lot-1"));

@@ -75,6 +75,9 @@ pub struct Step {
     pub action: BuildCall,
     /// `None`: nothing to undo.
     pub compensation: Option<BuildCall>,
+    /// What of the action's answer the instance keeps (later calls and operators read it):
+    /// usually [`summary`], so a saga's row stays small however large the answers.
+    pub keep: fn(&Value) -> Value,
     /// How the action is retried; past its attempts the saga compensates.
     pub retry: RetryPolicy,
     /// How the compensation is retried; past its attempts the instance is flagged for an
@@ -94,4 +97,18 @@ pub struct Definition {
     pub completed_event: &'static str,
     /// Published when an instance was compensated (undone).
     pub compensated_event: &'static str,
+}
+
+/// The identifying fields of a participant's answer — `id`, `status`, `state`, `version` —
+/// as an instance keeps it.
+pub fn summary(answer: &Value) -> Value {
+    let Value::Object(fields) = answer else {
+        return Value::Null;
+    };
+    Value::Object(
+        ["id", "status", "state", "version"]
+            .into_iter()
+            .filter_map(|k| fields.get(k).map(|v| (k.to_string(), v.clone())))
+            .collect(),
+    )
 }

@@ -186,7 +186,8 @@ impl Instance {
         let mut next = self.clone();
         next.version += 1;
         next.updated_at = now;
-        next.due_at = now;
+        // `due_at` moves only when the instance must wait: a row whose indexed columns stay
+        // as they were is updated in place (PostgreSQL's HOT updates).
         let Some((step, _, _)) = self.next_call(definition) else {
             return next;
         };
@@ -199,7 +200,7 @@ impl Instance {
         };
         match (self.status, outcome) {
             (Status::Running, Outcome::Done(answer)) => {
-                next.results.insert(step.name.into(), answer);
+                next.results.insert(step.name.into(), (step.keep)(&answer));
                 next.step += 1;
                 next.attempt = 0;
                 next.last_error = None;
@@ -316,6 +317,7 @@ mod tests {
             participant: "p",
             action: call,
             compensation: undo.then_some(call as BuildCall),
+            keep: definition::summary,
             retry: RetryPolicy {
                 max_attempts: 3,
                 initial: Duration::from_millis(100),
@@ -356,7 +358,7 @@ mod tests {
     }
 
     fn done() -> Outcome {
-        Outcome::Done(json!({"ok": true}))
+        Outcome::Done(json!({"id": "r-1", "status": "open", "lines": ["a long answer"]}))
     }
 
     #[test]
@@ -364,6 +366,11 @@ mod tests {
         let i = run(&[done(), done(), done(), done()]);
         assert_eq!(i.status, Status::Completed);
         assert_eq!(i.results.len(), 4);
+        assert_eq!(
+            i.results["d"],
+            json!({"id": "r-1", "status": "open"}),
+            "a summary"
+        );
         assert_eq!(i.version, 5);
     }
 
