@@ -13,8 +13,8 @@ use axum_extra::extract::CookieJar;
 use serde_json::json;
 
 use super::{
-    AppState, FlashQuery, FormFields, OrgNames, Viewer, done, error_page, fetch, minor, money,
-    refusal, refused_form, shell, text, when,
+    AppState, FlashQuery, FormFields, OrgNames, Submit, Viewer, error_page, fetch, minor, money,
+    refused_form, shell, text, when,
 };
 use crate::{Html, Shell};
 
@@ -159,24 +159,19 @@ async fn open(
         return refused_form();
     }
     let body = json!({"org_id": form.get("org_id"), "currency": form.get("currency")});
-    match super::api(
-        &state,
-        &state.finance,
-        &caller,
-        reqwest::Method::POST,
-        "/accounts",
-        Some(body),
-    )
-    .await
-    {
-        Ok((StatusCode::CREATED, a)) => {
-            done(&format!("/finance/accounts/{}", text(&a["id"])), "created")
-        }
-        Ok((status, body)) => {
-            error_page(status, "Not opened", &refusal(&body, "Finance refused it."))
-        }
-        Err(page) => page,
-    }
+    let submit = Submit {
+        base: &state.finance,
+        path: "/accounts",
+        body: Some(body),
+        expected: StatusCode::CREATED,
+        flash: "created",
+        refused: "Not opened",
+    };
+    submit
+        .send(&state, &caller, |a| {
+            format!("/finance/accounts/{}", text(&a["id"]))
+        })
+        .await
 }
 
 #[derive(Template)]
@@ -318,24 +313,17 @@ async fn top_up(
     };
     let body = json!({"amount": {"amount": amount, "currency": form.get("currency")}, "reference": form.get("reference")});
     let path = format!("/accounts/{id}/top-ups");
-    match super::api(
-        &state,
-        &state.finance,
-        &caller,
-        reqwest::Method::POST,
-        &path,
-        Some(body),
-    )
-    .await
-    {
-        Ok((StatusCode::CREATED, _)) => done(&format!("/finance/accounts/{id}"), "saved"),
-        Ok((status, body)) => error_page(
-            status,
-            "Not recorded",
-            &refusal(&body, "Finance refused it."),
-        ),
-        Err(page) => page,
-    }
+    let submit = Submit {
+        base: &state.finance,
+        path: &path,
+        body: Some(body),
+        expected: StatusCode::CREATED,
+        flash: "saved",
+        refused: "Not recorded",
+    };
+    submit
+        .send(&state, &caller, |_| format!("/finance/accounts/{id}"))
+        .await
 }
 
 /// "1,000.50" → 100050 (two-decimal currencies).

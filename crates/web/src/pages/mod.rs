@@ -431,3 +431,36 @@ impl OrgNames {
         self.0.get(&id).cloned().unwrap_or(id)
     }
 }
+
+/// What a form asks of a service: `path` at `base`, POSTed with `body` as the caller. On
+/// `expected`, back to the page `then` names (from the answer) with `flash`; otherwise the page
+/// saying why, in the service's words.
+pub(crate) struct Submit<'a> {
+    pub base: &'a str,
+    pub path: &'a str,
+    pub body: Option<serde_json::Value>,
+    pub expected: StatusCode,
+    pub flash: &'a str,
+    /// What the page says when the service refuses.
+    pub refused: &'a str,
+}
+
+impl Submit<'_> {
+    pub async fn send(
+        self,
+        state: &AppState,
+        caller: &Caller,
+        then: impl FnOnce(&serde_json::Value) -> String,
+    ) -> Response {
+        let method = reqwest::Method::POST;
+        match api(state, self.base, caller, method, self.path, self.body).await {
+            Ok((status, answer)) if status == self.expected => done(&then(&answer), self.flash),
+            Ok((status, answer)) => error_page(
+                status,
+                self.refused,
+                &refusal(&answer, "The service refused it."),
+            ),
+            Err(page) => page,
+        }
+    }
+}

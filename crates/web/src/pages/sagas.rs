@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    AppState, FlashQuery, FormFields, Viewer, done, error_page, fetch, refused_form, shell, text,
+    AppState, FlashQuery, FormFields, Submit, Viewer, error_page, fetch, refused_form, shell, text,
     when,
 };
 use crate::{Html, Shell};
@@ -304,22 +304,15 @@ async fn operate(
         _ => return error_page(StatusCode::BAD_REQUEST, "Not a form of this page", ""),
     };
     let path = format!("/sagas/{id}/{action}");
-    match super::api(
-        &state,
-        &state.saga,
-        &caller,
-        reqwest::Method::POST,
-        &path,
-        None,
-    )
-    .await
-    {
-        Ok((StatusCode::OK, _)) => done(&format!("/sagas/{id}"), "decided"),
-        Ok((status, body)) => error_page(
-            status,
-            "Not done",
-            &super::refusal(&body, "The orchestrator refused."),
-        ),
-        Err(page) => page,
-    }
+    let submit = Submit {
+        base: &state.saga,
+        path: &path,
+        body: None,
+        expected: StatusCode::OK,
+        flash: "decided",
+        refused: "Not done",
+    };
+    submit
+        .send(&state, &caller, |_| format!("/sagas/{id}"))
+        .await
 }
