@@ -44,6 +44,8 @@ struct Rule {
 struct Proxy {
     targets: Arc<Mutex<HashMap<String, String>>>,
     rules: Arc<Mutex<Vec<Rule>>>,
+    /// Calls seen per idempotency key (each step's action has its own).
+    keys: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -80,6 +82,10 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let (participant, rest) = path[1..].split_once('/').unwrap();
+    if let Some(key) = parts.headers.get("idempotency-key") {
+        let key = key.to_str().unwrap().to_string();
+        *proxy.keys.lock().unwrap().entry(key).or_default() += 1;
+    }
     let fault = proxy.fault_for(parts.method.as_str(), rest);
     let status = |code: u16| {
         Response::builder()
@@ -200,13 +206,19 @@ impl Stack {
 
     /// Starts the orchestrator (again) on the platform's storage, as a process of its own.
     async fn start_saga(&mut self) {
-        let config = (*self.platform.platform.config).clone();
+        self.saga = Some(self.orchestrator(None).await);
+    }
+
+    /// An orchestrator on the platform's storage, named `node` in leases.
+    async fn orchestrator(&self, node: Option<&str>) -> (Service, TestServer, Platform) {
+        let mut config = (*self.platform.platform.config).clone();
+        config.services.saga.node = node.map(String::from);
         let platform = Platform::start(config, CancellationToken::new())
             .await
             .unwrap();
         let service = axle_saga::build_with(&platform, timing()).await.unwrap();
         let server = TestServer::spawn(&service).await;
-        self.saga = Some((service, server, platform));
+        (service, server, platform)
     }
 
     /// The orchestrator dies: its workers stop where they are, nothing is flushed.
@@ -588,4 +600,52 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
     assert_eq!(status, 404);
     let (_, stats) = s.get(s.saga_url("/sagas/stats")).await;
     assert!(stats["by_status"].as_array().unwrap().len() >= 2, "{stats}");
+}
+
+axle_core::on_every_backend!(two_orchestrators_share_the_work_and_never_run_a_step_twice);
+
+/// Two orchestrators on one database: every settlement is driven by one of them at a time, so
+/// each step's action is called once, and every lot ends settled.
+async fn two_orchestrators_share_the_work_and_never_run_a_step_twice(backends: Backends) {
+    let mut s = Stack::start(backends).await;
+    let second = s.orchestrator(Some("second-node")).await;
+    let mut lots = Vec::new();
+    for _ in 0..30 {
+        lots.push(s.lot().await);
+    }
+    let mut ids = Vec::new();
+    for (n, lot) in lots.iter().enumerate() {
+        // Half the settlements asked of each orchestrator.
+        let url = if n % 2 == 0 {
+            s.saga_url("/settlements")
+        } else {
+            second.1.url("/settlements")
+        };
+        let (status, started) = s
+            .send(
+                reqwest::Method::POST,
+                url,
+                Some(json!({
+                    "lot_id": lot.lot_id, "vehicle_id": lot.vehicle_id, "pool_id": lot.pool_id,
+                    "buyer_org": "dealer-1", "seller_org": "seller-1", "price": cny(9_500_000),
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{started}");
+        ids.push(started["id"].as_str().unwrap().to_string());
+    }
+    for (id, lot) in ids.iter().zip(&lots) {
+        let saga = s.finished(id).await;
+        assert_eq!(saga["status"], "completed", "{saga}");
+        s.assert_agree(&saga, lot, "two orchestrators").await;
+    }
+    let keys = s.proxy.keys.lock().unwrap().clone();
+    assert_eq!(
+        keys.len(),
+        4 * lots.len(),
+        "one key per step of every settlement"
+    );
+    let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "steps called more than once: {twice:?}");
+    drop(second);
 }
