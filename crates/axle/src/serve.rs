@@ -260,8 +260,9 @@ async fn serve(config: Config, selected: Vec<&'static str>, demo: bool) -> anyho
             match crate::demo::seed(config).await {
                 Ok(()) => println!(
                     "demo: dealers li.wei and zhang.min, auctioneer chen.auction, finance wang.finance \
-                     and operator zhao.ops, each with the password \"{}\"; five sample vehicles; \
-                     the API \"Vehicle models\" in the market",
+                     and operator zhao.ops, each with the password \"{}\"; five sample vehicles, \
+                     one sold at auction and settled; both dealers' deposits; the API \"Vehicle \
+                     models\" in the market",
                     crate::demo::PASSWORD
                 ),
                 Err(e) => {

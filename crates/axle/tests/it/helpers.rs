@@ -54,20 +54,62 @@ pub fn free_port() -> u16 {
 }
 
 /// Runs a command that must fail on its own, returning its output.
-pub fn run_to_end(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd
+pub fn run_to_end(cmd: Command, limit: Duration) -> Output {
+    let (child, output) = spawn(cmd);
+    wait_with_deadline(child, output, limit, "the command to end on its own")
+}
+
+/// What a child writes to its stdout and stderr, read as it comes — a pipe nobody reads fills
+/// up, and the child then blocks on its next log line.
+struct Drained {
+    stdout: Pipe,
+    stderr: Pipe,
+}
+
+/// A pipe's bytes so far, and the thread reading it to its end.
+struct Pipe {
+    read: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Pipe {
+    fn all(self) -> Vec<u8> {
+        let _ = self.reader.join();
+        std::mem::take(&mut *self.read.lock().unwrap())
+    }
+}
+
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> Pipe {
+    let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = read.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    Pipe { read, reader }
+}
+
+/// Starts `cmd` with its output drained.
+fn spawn(mut cmd: Command) -> (Child, Drained) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_with_deadline(child, limit, "the command to end on its own")
+    let output = Drained {
+        stdout: drain(child.stdout.take().unwrap()),
+        stderr: drain(child.stderr.take().unwrap()),
+    };
+    (child, output)
 }
 
 /// Waits for `child` to exit and returns its output; kills it and fails after `limit`.
-fn wait_with_deadline(child: Child, limit: Duration, what: &str) -> Output {
+fn wait_with_deadline(mut child: Child, output: Drained, limit: Duration, what: &str) -> Output {
     let deadline = Instant::now() + limit;
     let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let waiter = std::thread::spawn(move || child.wait().unwrap());
     while !waiter.is_finished() {
         if Instant::now() > deadline {
             let _ = Command::new("kill")
@@ -78,12 +120,17 @@ fn wait_with_deadline(child: Child, limit: Duration, what: &str) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    waiter.join().unwrap()
+    Output {
+        status: waiter.join().unwrap(),
+        stdout: output.stdout.all(),
+        stderr: output.stderr.all(),
+    }
 }
 
 /// A running `axle serve`, killed if the test ends without stopping it.
 pub struct Server {
     pub child: Option<Child>,
+    output: Option<Drained>,
     /// Where master data listens (vehicle's port is the caller's choice).
     pub masterdata_port: u16,
     /// Where the gateway's data plane listens.
@@ -164,14 +211,11 @@ impl Server {
         server
     }
 
-    pub fn start(mut cmd: Command) -> Self {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    pub fn start(cmd: Command) -> Self {
+        let (child, output) = spawn(cmd);
         Self {
             child: Some(child),
+            output: Some(output),
             masterdata_port: 0,
             gateway_port: 0,
             identity_port: 0,
@@ -188,7 +232,12 @@ impl Server {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = self.child.take().unwrap().wait_with_output().unwrap();
+                let out = wait_with_deadline(
+                    self.child.take().unwrap(),
+                    self.output.take().unwrap(),
+                    Duration::from_secs(5),
+                    "axle's output",
+                );
                 panic!(
                     "axle exited with {status}: {}",
                     String::from_utf8_lossy(&out.stderr)
@@ -197,6 +246,12 @@ impl Server {
             assert!(Instant::now() < deadline, "{url} did not answer within 30s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What the server has printed on stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        let output = self.output.as_ref().unwrap();
+        String::from_utf8_lossy(&output.stdout.read.lock().unwrap()).into_owned()
     }
 
     /// Sends SIGTERM and waits for the process to exit on its own.
@@ -208,7 +263,13 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
-        wait_with_deadline(child, Duration::from_secs(30), "axle to stop after SIGTERM")
+        let output = self.output.take().unwrap();
+        wait_with_deadline(
+            child,
+            output,
+            Duration::from_secs(30),
+            "axle to stop after SIGTERM",
+        )
     }
 }
 
