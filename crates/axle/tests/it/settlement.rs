@@ -600,6 +600,25 @@ async fn settlement_ends_all_done_or_all_undone(backends: Backends) {
     assert_eq!(status, 404);
     let (_, stats) = s.get(s.saga_url("/sagas/stats")).await;
     assert!(stats["by_status"].as_array().unwrap().len() >= 2, "{stats}");
+
+    // What the orchestrator counted since its last start (the crash case restarted it).
+    let metrics = s
+        .client
+        .get(s.saga_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "axle_saga_finished_total{saga=\"settlement\",status=\"compensated\"}",
+        "axle_saga_flagged_total{saga=\"settlement\"} 1",
+        "axle_saga_step_duration_seconds_bucket{outcome=\"refused\",phase=\"action\",saga=\"settlement\",step=\"create_receivable\"",
+        "axle_saga_in_flight 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 axle_core::on_every_backend!(two_orchestrators_share_the_work_and_never_run_a_step_twice);
