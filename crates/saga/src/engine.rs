@@ -212,7 +212,12 @@ impl Engine {
                         engine.0.metrics.in_flight.inc();
                         engine.drive(instance, stop).await;
                         engine.0.metrics.in_flight.dec();
+                        let all_busy = permit.semaphore().available_permits() == 0;
                         drop(permit);
+                        if all_busy {
+                            // Due work may be waiting for a worker: look now, not at the poll.
+                            engine.0.wake.notify_one();
+                        }
                     });
                 }
                 if more {
