@@ -31,6 +31,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Where embedded storage lives (SQLite files, the embedded bus, generated secrets).
     pub data_dir: PathBuf,
+    /// This process's name where it holds things others must not take while it lives (saga
+    /// leases, idempotency claims), and gives back when it starts again. Unset: the host name.
+    /// Give each process sharing a database its own.
+    pub node: Option<String>,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
@@ -45,6 +49,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./axle-data"),
+            node: None,
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
             http: HttpConfig::default(),
@@ -473,8 +478,6 @@ pub struct SagaConfig {
     pub client_secret: Option<SecretString>,
     /// Instances driven at once by this process.
     pub concurrency: usize,
-    /// This process's name in instance leases; unset: the host name and process id.
-    pub node: Option<String>,
 }
 
 impl Default for SagaConfig {
@@ -487,7 +490,6 @@ impl Default for SagaConfig {
             client_id: SAGA_CLIENT.into(),
             client_secret: None,
             concurrency: 64,
-            node: None,
         }
     }
 }
@@ -522,6 +524,20 @@ impl Config {
             );
         }
         Ok(SecretString::from(key))
+    }
+
+    /// This process's name (see [`Config::node`]): configured, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "axle".into())
     }
 
     /// Where the saga orchestrator's bootstrapped client secret is kept.

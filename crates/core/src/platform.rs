@@ -87,9 +87,14 @@ impl Platform {
             api,
             openapi,
         } = parts;
+        let node: Arc<str> = Arc::from(self.config.node_name());
+        let keys = http::idempotency::Keys {
+            db: db.clone(),
+            node: node.clone(),
+        };
         let api = api
             .layer(axum::middleware::from_fn_with_state(
-                db.clone(),
+                keys,
                 http::idempotency::layer,
             ))
             .layer(axum::Extension(self.verifier.clone()));
@@ -106,7 +111,7 @@ impl Platform {
         if let Some(outbox) = outbox {
             tasks.push(outbox.spawn_relay(self.bus.clone(), self.shutdown.clone()));
         }
-        tasks.push(spawn_housekeeping(db.clone(), self.shutdown.clone()));
+        tasks.push(spawn_housekeeping(db.clone(), node, self.shutdown.clone()));
         Ok(Service {
             name,
             router,
@@ -184,9 +189,21 @@ fn ensure_writable_dir(path: &Path) -> Result<(), StartError> {
     std::fs::remove_file(&probe).map_err(fail)
 }
 
-/// Hourly: forget expired idempotency keys.
-fn spawn_housekeeping(db: Db, shutdown: CancellationToken) -> JoinHandle<()> {
+/// At start: give back this node's idempotency claims that a crash left unfinished. Hourly:
+/// forget expired idempotency keys.
+fn spawn_housekeeping(db: Db, node: Arc<str>, shutdown: CancellationToken) -> JoinHandle<()> {
+    let started = crate::time::now_text();
     tokio::spawn(async move {
+        match http::idempotency::release_claims(&db, &node, &started).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                claims = n,
+                "gave back idempotency keys claimed before a crash"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back this node's idempotency claims")
+            }
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {

@@ -61,7 +61,7 @@ pub async fn build_with(
             definitions: vec![settlement::definition(timing)],
             participants: participants(config),
             token: ClientToken::new(config, &settings.client_id, secret),
-            owner: settings.node.clone().unwrap_or_else(node_name),
+            owner: config.node_name(),
             concurrency: settings.concurrency,
         },
         &registry,
@@ -104,15 +104,4 @@ fn participants(config: &Config) -> HashMap<&'static str, String> {
             url(&s.saga.finance_url, s.finance.listen),
         ),
     ])
-}
-
-/// This machine's name, the default name of its orchestrator in leases (stable across
-/// restarts, so a restarted node takes its own leased instances back at once).
-fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "axle".into())
 }

@@ -186,7 +186,8 @@ pub struct Timing {
 impl Default for Timing {
     /// Undoing a sale is expensive, so an action is retried for about two minutes before the
     /// settlement gives up: long enough for a participant to restart, and for the claim on an
-    /// idempotency key that a crashed participant left behind to lapse (a minute).
+    /// idempotency key that a crashed participant left behind to lapse (a minute, unless the
+    /// same node starts again and gives it back at once).
     fn default() -> Self {
         Self {
             action: RetryPolicy {

@@ -212,7 +212,7 @@ impl Stack {
     /// An orchestrator on the platform's storage, named `node` in leases.
     async fn orchestrator(&self, node: Option<&str>) -> (Service, TestServer, Platform) {
         let mut config = (*self.platform.platform.config).clone();
-        config.services.saga.node = node.map(String::from);
+        config.node = node.map(String::from);
         let platform = Platform::start(config, CancellationToken::new())
             .await
             .unwrap();

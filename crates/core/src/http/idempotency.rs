@@ -5,6 +5,9 @@
 //! running twice. The same key with a different request is a client bug: 422. A retry while the
 //! first is still running: 409. Server errors (5xx) are not stored, so they can be retried.
 //! Keys are scoped per consumer (the gateway's `X-Consumer-Username`) and kept for 24 hours.
+//! A claim names the process that made it: one whose request never finished because the
+//! process died is given back when that process starts again ([`release_claims`]), else after
+//! a minute.
 
 use std::time::Duration;
 
@@ -29,8 +32,15 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 const MAX_KEY_LEN: usize = 255;
 const MAX_BODY: usize = 1024 * 1024;
 
-/// Middleware: `axum::middleware::from_fn_with_state(db, idempotency::layer)`.
-pub async fn layer(State(db): State<Db>, request: Request, next: Next) -> Response {
+/// What the middleware needs: the service's database and this process's name.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub db: Db,
+    pub node: std::sync::Arc<str>,
+}
+
+/// Middleware: `axum::middleware::from_fn_with_state(keys, idempotency::layer)`.
+pub async fn layer(State(keys): State<Keys>, request: Request, next: Next) -> Response {
     let mutating = matches!(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -41,13 +51,13 @@ pub async fn layer(State(db): State<Db>, request: Request, next: Next) -> Respon
     if !mutating {
         return next.run(request).await;
     }
-    match run_once(&db, key, request, next).await {
+    match run_once(&keys, key, request, next).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 async fn run_once(
-    db: &Db,
+    keys: &Keys,
     key: HeaderValue,
     request: Request,
     next: Next,
@@ -68,6 +78,7 @@ async fn run_once(
         .await
         .unwrap_or_default();
     let scoped_key = format!("{consumer}\n{key}");
+    let db = &keys.db;
 
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, MAX_BODY).await.map_err(|_| {
@@ -86,7 +97,7 @@ async fn run_once(
     hasher.update(&body);
     let fingerprint = format!("{:x}", hasher.finalize());
 
-    if let Some(replay) = claim(db, &scoped_key, &fingerprint)
+    if let Some(replay) = claim(keys, &scoped_key, &fingerprint)
         .await
         .map_err(IntoResponse::into_response)?
     {
@@ -129,15 +140,17 @@ async fn run_once(
 }
 
 /// Reserves the key for this request; `Some(response)` when the request must not run.
-async fn claim(db: &Db, key: &str, fingerprint: &str) -> Result<Option<Response>, ApiError> {
+async fn claim(keys: &Keys, key: &str, fingerprint: &str) -> Result<Option<Response>, ApiError> {
+    let db = &keys.db;
     loop {
         let inserted = sqlx::query(
-            "INSERT INTO axle_idempotency_keys (key, fingerprint, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO axle_idempotency_keys (key, fingerprint, created_at, claimed_by) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(key)
         .bind(fingerprint)
         .bind(now_text())
+        .bind(&*keys.node)
         .execute(db.pool())
         .await?
         .rows_affected();
@@ -200,6 +213,19 @@ async fn forget(db: &Db, key: &str) {
     {
         tracing::error!(error = %e, "could not release an idempotency key");
     }
+}
+
+/// Gives back the claims `node` made before `started` and never finished: their requests
+/// died with the process, so a retry may run now. Run once when a service starts.
+pub async fn release_claims(db: &Db, node: &str, started: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM axle_idempotency_keys WHERE claimed_by = $1 AND status IS NULL AND created_at < $2",
+    )
+    .bind(node)
+    .bind(started)
+    .execute(db.pool())
+    .await?
+    .rows_affected())
 }
 
 /// Deletes keys older than [`RETENTION`]; run periodically by each service.
