@@ -677,3 +677,153 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
     page.close().await.unwrap();
     assert!(server.terminate().status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_aborts_a_settlement_stuck_on_an_unreachable_participant() {
+    let Some(chromedriver) = axle_core::testing::tool("AXLE_TEST_CHROMEDRIVER", "chromedriver")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vehicle = free_port();
+    // Finance is nowhere: its steps fail (connection refused) and are retried.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let server = Server::serve(
+        dir.path(),
+        vehicle,
+        &[
+            ("AXLE_ADMIN_PASSWORD", PASSWORD.into()),
+            ("AXLE__SERVICES__SAGA__FINANCE_URL", nowhere),
+        ],
+    )
+    .await;
+    let site = format!("http://127.0.0.1:{}", server.gateway_port);
+    let token = server.token(dir.path());
+    let http = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{site}/api{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let cny = |amount: i64| json!({"amount": amount, "currency": "CNY"});
+    let created: serde_json::Value = post(
+        "/vehicle/vehicles".into(),
+        json!({"vin": "1HGCM82633A004352", "make": "Honda", "model": "Accord", "year": 2003}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = created["id"].as_str().unwrap();
+    post(
+        format!("/vehicle/vehicles/{id}/inspection/start"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    post(
+        format!("/vehicle/vehicles/{id}/inspection"),
+        json!({"inspector": "i", "grade": "B", "completed_at": "2026-12-01T10:00:00Z",
+               "items": [{"name": "engine", "result": "ok"}]}),
+    )
+    .await
+    .unwrap();
+    http.put(format!("{site}/api/vehicle/vehicles/{id}/pricing"))
+        .bearer_auth(&token)
+        .json(&json!({"guide_price": cny(9_800_000), "reserve_suggestion": cny(9_000_000)}))
+        .send()
+        .await
+        .unwrap();
+    post(format!("/vehicle/vehicles/{id}/list"), json!({}))
+        .await
+        .unwrap();
+    let pool: serde_json::Value = post(
+        "/vehicle/pools".into(),
+        json!({"name": "yard", "capacity": 5}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let started = post(
+        "/saga/settlements".into(),
+        json!({"lot_id": "lot-stuck", "vehicle_id": id, "pool_id": pool["id"],
+               "buyer_org": "dealer-1", "seller_org": "seller-1", "price": cny(9_500_000)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.status(), 201);
+    let saga: serde_json::Value = started.json().await.unwrap();
+
+    let (page, _driver) = browser(&chromedriver).await;
+    page.goto(&format!("{site}/sagas/{}", saga["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    sign_in(&page, "admin", PASSWORD).await;
+    on_page(&page, "settlement lot-stuck").await;
+    // It reaches the receivable and keeps retrying it.
+    for _ in 0..100 {
+        if page
+            .source()
+            .await
+            .unwrap()
+            .contains("at create_receivable")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page.refresh().await.unwrap();
+    }
+    assert_eq!(text_of(&page, "#saga-status").await, "running");
+    assert!(
+        page.source()
+            .await
+            .unwrap()
+            .contains("finance: error sending request")
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(
+        shots.join("pages-saga-stuck.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // The operator gives up on it: what was done is undone, last first — starting with the
+    // receivable's cancellation, which keeps failing while finance is away, so nothing before
+    // it is undone yet (never out of order).
+    click(&page, "form input[value=abort] + button").await;
+    page.wait()
+        .for_element(Locator::Css(".flash-info"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&page, "#saga-status").await, "compensating");
+    assert!(
+        page.find(Locator::Css("form input[value=abort]"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        text_of(&page, "ol.steps li.step-undoing").await,
+        "create_receivable undoing"
+    );
+    let vehicle: serde_json::Value = http
+        .get(format!("{site}/api/vehicle/vehicles/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(vehicle["state"], "sold", "undone only after the receivable");
+    std::fs::write(
+        shots.join("pages-saga-aborted.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    page.close().await.unwrap();
+    assert!(server.terminate().status.success());
+}

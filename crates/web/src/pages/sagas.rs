@@ -235,13 +235,12 @@ async fn detail(
         .enumerate()
         .map(|(n, name)| {
             let done = i["results"].get(text(name)).is_some();
+            // Compensation runs from the last step back: past the current one, undone.
             let mark = match (status.as_str(), done) {
-                ("completed", _) => "done",
                 ("running", _) if n == at => "now",
                 ("compensating", _) if n == at => "undoing",
-                ("compensated" | "compensating", true) if n < at || status == "compensated" => {
-                    "undone"
-                }
+                ("compensating", true) if n > at => "undone",
+                ("compensated", true) => "undone",
                 (_, true) => "done",
                 _ => "",
             };
