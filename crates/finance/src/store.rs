@@ -105,8 +105,7 @@ impl FinanceStore {
         r: &Receivable,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO receivables (id, order_id, debtor_org, status, due_date, version, created_at, doc) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -117,18 +116,13 @@ impl FinanceStore {
         .bind(r.due_date.to_string())
         .bind(r.version)
         .bind(to_text(r.created_at))
-        .bind(receivable_doc(r))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
+        .bind(receivable_doc(r));
+        match Outbox::commit(&self.db, insert, event).await {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Exists(format!("receivable {}", r.id)));
+                Err(StoreError::Exists(format!("receivable {}", r.id)))
             }
-            other => other?,
-        };
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+            other => other.map(|_| ()).map_err(Into::into),
+        }
     }
 
     pub async fn save_receivable(
@@ -137,24 +131,18 @@ impl FinanceStore {
         read_version: i64,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let updated = sqlx::query(
+        let update = sqlx::query(
             "UPDATE receivables SET status = $1, version = $2, doc = $3 WHERE id = $4 AND version = $5",
         )
         .bind(r.status.as_str())
         .bind(r.version)
         .bind(receivable_doc(r))
         .bind(r.id.to_string())
-        .bind(read_version)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            return Err(StoreError::Conflict);
+        .bind(read_version);
+        match Outbox::commit(&self.db, update, event).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
         }
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     pub async fn receivable(&self, id: Uuid) -> Result<Option<Receivable>, StoreError> {

@@ -44,8 +44,7 @@ impl OrderStore {
 
     /// Inserts a new order and its event in one transaction.
     pub async fn create(&self, order: &Order, event: &CloudEvent) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO orders (id, status, buyer_org, seller_org, source_kind, source_ref, \
              payment_deadline, version, created_at, updated_at, doc) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -60,16 +59,11 @@ impl OrderStore {
         .bind(order.version)
         .bind(to_text(order.created_at))
         .bind(to_text(order.updated_at))
-        .bind(doc(order))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::Exists(order.id)),
-            other => other?,
-        };
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        .bind(doc(order));
+        match Outbox::commit(&self.db, insert, event).await {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(order.id)),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// Saves `order` and its event if the stored order is still at `read_version`.
@@ -79,8 +73,7 @@ impl OrderStore {
         read_version: i64,
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        let updated = sqlx::query(
+        let update = sqlx::query(
             "UPDATE orders SET status = $1, payment_deadline = $2, version = $3, updated_at = $4, \
              doc = $5 WHERE id = $6 AND version = $7",
         )
@@ -90,16 +83,11 @@ impl OrderStore {
         .bind(to_text(order.updated_at))
         .bind(doc(order))
         .bind(order.id.to_string())
-        .bind(read_version)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            return Err(StoreError::Conflict);
+        .bind(read_version);
+        match Outbox::commit(&self.db, update, event).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
         }
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Order>, StoreError> {

@@ -68,8 +68,7 @@ impl VehicleStore {
     /// Inserts a new vehicle and its event in one transaction.
     pub async fn create(&self, vehicle: &Vehicle, event: &CloudEvent) -> Result<(), StoreError> {
         let v = vehicle.view();
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO vehicles (id, vin, make, model, year, mileage_km, state, version, created_at, \
              updated_at, seller_org, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
@@ -84,18 +83,13 @@ impl VehicleStore {
         .bind(to_text(v.created_at))
         .bind(to_text(v.updated_at))
         .bind(v.seller_org.as_deref())
-        .bind(doc(v))
-        .execute(&mut *tx)
-        .await;
-        match inserted {
+        .bind(doc(v));
+        match Outbox::commit(&self.db, insert, event).await {
             Err(e) if violates(&e, "vehicles_vin_key") || violates(&e, "vehicles.vin") => {
-                return Err(StoreError::VinExists(v.vin.clone()));
+                Err(StoreError::VinExists(v.vin.clone()))
             }
-            other => other?,
-        };
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+            other => other.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// Saves `vehicle` and its event if the stored vehicle is still at `read_version`.
@@ -106,8 +100,7 @@ impl VehicleStore {
         event: &CloudEvent,
     ) -> Result<(), StoreError> {
         let v = vehicle.view();
-        let mut tx = self.db.begin().await?;
-        let updated = sqlx::query(
+        let update = sqlx::query(
             "UPDATE vehicles SET mileage_km = $1, state = $2, version = $3, updated_at = $4, \
              seller_org = $5, doc = $6 WHERE id = $7 AND version = $8",
         )
@@ -118,16 +111,11 @@ impl VehicleStore {
         .bind(v.seller_org.as_deref())
         .bind(doc(v))
         .bind(v.id.to_string())
-        .bind(read_version)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            return Err(StoreError::Conflict);
+        .bind(read_version);
+        match Outbox::commit(&self.db, update, event).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
         }
-        Outbox::enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<Vehicle>, StoreError> {

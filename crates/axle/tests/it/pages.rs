@@ -556,6 +556,11 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
         tokio::time::sleep(Duration::from_millis(100)).await;
         page.refresh().await.unwrap();
     }
+    std::fs::write(
+        shots.join("pages-sagas.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
     click(&page, "main table tbody a").await;
     on_page(&page, "settlement demo-lot-1").await;
     for _ in 0..100 {
@@ -594,6 +599,11 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
             .unwrap()
             .contains("Beijing Chaoyang Auto Trading")
     );
+    std::fs::write(
+        shots.join("pages-orders.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
     click(&page, "main table tbody a").await;
     assert_eq!(text_of(&page, "#order-status").await, "awaiting_payment");
     assert!(page.source().await.unwrap().contains("demo-lot-1"));
@@ -611,6 +621,11 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
         .await
         .unwrap();
     assert_eq!(accounts.len(), 2);
+    std::fs::write(
+        shots.join("pages-accounts.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
     click(&page, "main table tbody a").await;
     assert_eq!(text_of(&page, "#available").await, "200000.00 CNY");
     assert!(page.source().await.unwrap().contains("demo deposit"));
@@ -624,6 +639,11 @@ async fn an_operator_follows_a_settlement_through_sagas_orders_and_finance_pages
         .unwrap();
     on_page(&page, "Receivables").await;
     assert!(page.source().await.unwrap().contains(">open<"));
+    std::fs::write(
+        shots.join("pages-receivables.png"),
+        page.screenshot().await.unwrap(),
+    )
+    .unwrap();
 
     // The finance clerk records a top-up from the statement page.
     switch_user(&page, "wang.finance", DEMO).await;

@@ -81,6 +81,25 @@ impl Outbox {
         Ok(())
     }
 
+    /// Runs `change` (an insert, or an update guarded by the version it read) and adds `event`
+    /// in one transaction; answers the rows `change` affected. When it affected none, nothing
+    /// is committed and no event goes out (the caller's "changed concurrently"). Call
+    /// [`Outbox::wake`] after.
+    pub async fn commit<'q>(
+        db: &Db,
+        change: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        event: &CloudEvent,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = db.begin().await?;
+        let affected = change.execute(&mut *tx).await?.rows_affected();
+        if affected == 0 {
+            return Ok(0);
+        }
+        Self::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(affected)
+    }
+
     /// Tells the relay that new events were committed.
     pub fn wake(&self) {
         self.wake.notify_one();
